@@ -1,0 +1,354 @@
+"""Typed view of a ClaudeCodeService, parsed once at the boundary.
+
+The defaults here are the CRD's defaults (a test applies the CRD's structural defaults and
+checks both agree), so an object that skipped admission defaulting (for example a file given
+to `ccs-operator render`) renders the same children as one read back from the API server.
+Cross-field rules repeat the CRD's CEL rules for the same reason; errors name the field path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "serving.claudecode.io"
+API_VERSION = "v1alpha1"
+KIND = "ClaudeCodeService"
+PLURAL = "claudecodeservices"
+
+DEFAULT_IMAGE = "nvcr.io/nvidia/tritonserver:25.01-py3"
+MAX_NAME_LENGTH = 50
+_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+DataType = Literal[
+    "TYPE_BOOL",
+    "TYPE_UINT8",
+    "TYPE_UINT16",
+    "TYPE_UINT32",
+    "TYPE_UINT64",
+    "TYPE_INT8",
+    "TYPE_INT16",
+    "TYPE_INT32",
+    "TYPE_INT64",
+    "TYPE_FP16",
+    "TYPE_FP32",
+    "TYPE_FP64",
+    "TYPE_STRING",
+    "TYPE_BF16",
+]
+Platform = Literal[
+    "pytorch_libtorch",
+    "python",
+    "onnxruntime_onnx",
+    "tensorrt_plan",
+    "tensorflow_savedmodel",
+    "tensorflow_graphdef",
+    "openvino",
+]
+Quantity = str | int
+
+
+class SpecError(ValueError):
+    """An invalid ClaudeCodeService; `path` is the offending field, e.g. spec.replicas.min."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class Tensor(_Model):
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[a-zA-Z0-9_.:-]+$")
+    data_type: DataType
+    dims: tuple[int, ...] = Field(min_length=1, max_length=8)
+
+    @model_validator(mode="after")
+    def _dims_valid(self) -> Tensor:
+        if any(d == 0 or d < -1 for d in self.dims):
+            raise ValueError("dims must be positive or -1 (variable)")
+        return self
+
+
+class VersionPolicy(_Model):
+    policy: Literal["Latest", "All", "Specific"] = "Latest"
+    num_versions: int = Field(default=1, ge=1, le=64)
+    versions: tuple[int, ...] = ()
+
+    @model_validator(mode="after")
+    def _specific_has_versions(self) -> VersionPolicy:
+        if self.policy == "Specific" and not self.versions:
+            raise ValueError("versions must list at least one version when policy is Specific")
+        return self
+
+
+class Warmup(_Model):
+    enabled: bool = False
+    batch_size: int = Field(default=1, ge=1)
+    count: int = Field(default=1, ge=1, le=100)
+
+
+# Same language as the CRD's CEL rule (RE2: '.' does not match a newline).
+_REPOSITORY_RE = re.compile(r"(s3|gs|az|file)://.+|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?")
+
+
+class Model(_Model):
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[a-zA-Z0-9_.-]+$")
+    repository: str = Field(min_length=2, max_length=1024)
+    platform: Platform = "pytorch_libtorch"
+    inputs: tuple[Tensor, ...] = Field(
+        default=(Tensor(name="input_ids", data_type="TYPE_INT32", dims=(-1,)),),
+        min_length=1,
+        max_length=16,
+    )
+    outputs: tuple[Tensor, ...] = Field(
+        default=(Tensor(name="output", data_type="TYPE_FP32", dims=(-1, 50257)),),
+        min_length=1,
+        max_length=16,
+    )
+    version_policy: VersionPolicy = VersionPolicy()
+    warmup: Warmup = Warmup()
+
+    @model_validator(mode="after")
+    def _check(self) -> Model:
+        if self.name in (".", ".."):
+            raise ValueError("name cannot be '.' or '..'")
+        if not (self.repository.startswith("/") or _REPOSITORY_RE.fullmatch(self.repository)):
+            raise ValueError(
+                "repository must be s3://, gs://, az://, pvc://<claim>/<path>, file:///<path> "
+                "or an absolute path"
+            )
+        for kind, tensors in (("inputs", self.inputs), ("outputs", self.outputs)):
+            names = [t.name for t in tensors]
+            if len(names) != len(set(names)):
+                raise ValueError(f"{kind} names must be unique")
+        return self
+
+
+class Resources(_Model):
+    gpus: int = Field(default=1, ge=0, le=16)
+    cpu: Quantity = "4"
+    memory: Quantity = "16Gi"
+    shm_size: Quantity = "1Gi"
+    gpu_product: str | None = Field(default=None, max_length=63)
+
+
+class QueuePolicy(_Model):
+    max_queue_size: int = Field(default=0, ge=0, le=1_000_000)
+    timeout_microseconds: int = Field(default=0, ge=0)
+    timeout_action: Literal["REJECT", "DELAY"] = "REJECT"
+    allow_timeout_override: bool = False
+
+    @model_validator(mode="after")
+    def _delay_needs_timeout(self) -> QueuePolicy:
+        if self.timeout_action == "DELAY" and self.timeout_microseconds <= 0:
+            raise ValueError("timeoutAction DELAY needs timeoutMicroseconds > 0")
+        return self
+
+
+class Batching(_Model):
+    enabled: bool = True
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_microseconds: int = Field(default=2000, ge=0, le=10_000_000)
+    preserve_ordering: bool = False
+    queue_policy: QueuePolicy | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Batching:
+        too_big = [s for s in self.preferred_batch_sizes if s > self.max_batch_size or s < 1]
+        if too_big:
+            raise ValueError(
+                f"preferredBatchSizes {too_big} must be between 1 and maxBatchSize "
+                f"({self.max_batch_size})"
+            )
+        if self.queue_policy is not None and not self.enabled:
+            raise ValueError("queuePolicy needs enabled: true")
+        return self
+
+
+class InstanceGroup(_Model):
+    count: int = Field(default=1, ge=1, le=64)
+    kind: Literal["KIND_GPU", "KIND_CPU", "KIND_AUTO"] = "KIND_GPU"
+    gpus: tuple[int, ...] = ()
+
+
+class Replicas(_Model):
+    min: int = Field(default=2, ge=0, le=1000)
+    max: int = Field(default=10, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Replicas:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        return self
+
+
+class Prewarm(_Model):
+    enabled: bool = False
+    period: Literal["Day", "Week"] = "Day"
+    lead_time_seconds: int | None = Field(default=None, ge=0, le=7200)
+
+    @property
+    def period_seconds(self) -> int:
+        return 86_400 if self.period == "Day" else 7 * 86_400
+
+
+class Floor(_Model):
+    enabled: bool = True
+    queue_latency_target_ms: int = Field(default=100, ge=1, le=600_000)
+    lower_watermark_percent: int = Field(default=50, ge=1, le=99)
+    query: str | None = Field(default=None, max_length=4096)
+    evaluation_interval_seconds: int = Field(default=30, ge=5, le=3600)
+    scale_up_step: int = Field(default=1, ge=1, le=100)
+    cooldown_seconds: int = Field(default=300, ge=0, le=86_400)
+    prewarm: Prewarm = Prewarm()
+
+    @model_validator(mode="after")
+    def _cooldown_covers_interval(self) -> Floor:
+        if 0 < self.cooldown_seconds < self.evaluation_interval_seconds:
+            raise ValueError("cooldownSeconds must be 0 or at least evaluationIntervalSeconds")
+        return self
+
+
+class Autoscaling(_Model):
+    cpu_utilization: int = Field(default=60, ge=0, le=100)
+    requests_per_second: int = Field(default=1000, ge=0)
+    scale_down_stabilization_seconds: int = Field(default=300, ge=0, le=3600)
+    floor: Floor = Floor()
+
+
+class Monitoring(_Model):
+    service_monitor: bool = True
+    interval: str = Field(default="15s", pattern=r"^[0-9]+(ms|s|m)$")
+    labels: dict[str, str] = Field(default_factory=dict, max_length=16)
+
+
+class Toleration(_Model):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class Ports(_Model):
+    http: int = Field(default=8000, ge=1, le=65535)
+    grpc: int = Field(default=8001, ge=1, le=65535)
+    metrics: int = Field(default=8002, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Ports:
+        if len({self.http, self.grpc, self.metrics}) != 3:
+            raise ValueError("http, grpc and metrics must be three different ports")
+        return self
+
+
+class ServiceSpec(_Model):
+    model: Model
+    image: str = Field(default=DEFAULT_IMAGE, min_length=1, max_length=512)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    resources: Resources = Resources()
+    batching: Batching = Batching()
+    instance_groups: tuple[InstanceGroup, ...] = Field(
+        default=(InstanceGroup(count=2, kind="KIND_GPU"),), min_length=1, max_length=8
+    )
+    replicas: Replicas = Replicas()
+    autoscaling: Autoscaling = Autoscaling()
+    monitoring: Monitoring = Monitoring()
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: tuple[Toleration, ...] = ()
+    # Free-form like a Pod's affinity; passed through to the pod template untouched.
+    affinity: dict[str, Any] | None = None
+    priority_class_name: str | None = None
+    ports: Ports = Ports()
+
+    @model_validator(mode="after")
+    def _check(self) -> ServiceSpec:
+        if self.resources.gpus < 1 and any(g.kind == "KIND_GPU" for g in self.instance_groups):
+            raise ValueError(
+                "instanceGroups has a KIND_GPU group but resources.gpus is 0; "
+                "set resources.gpus >= 1 or use kind KIND_CPU"
+            )
+        if (
+            self.model.warmup.enabled
+            and self.model.warmup.batch_size > self.batching.max_batch_size
+        ):
+            raise ValueError("model.warmup.batchSize must not exceed batching.maxBatchSize")
+        return self
+
+
+class ClaudeCodeService(_Model):
+    """The parts of a ClaudeCodeService object the operator acts on."""
+
+    name: str
+    namespace: str
+    uid: str | None = None
+    generation: int | None = None
+    spec: ServiceSpec
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    path = "spec"
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.startswith(("function-", "tagged-union")):
+            # pydantic's internal validator names are not user-facing fields.
+            continue
+        else:
+            path += f".{to_camel(part) if '_' in part else part}"
+    return path
+
+
+def parse_spec(spec: Mapping[str, Any] | None) -> ServiceSpec:
+    """Parse `.spec` of a ClaudeCodeService; raise SpecError naming the first bad field."""
+    if not isinstance(spec, Mapping):
+        raise SpecError("spec", "must be an object with at least spec.model")
+    try:
+        return ServiceSpec.model_validate(dict(spec))
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown field; check the spelling against `kubectl explain ccs.spec`"
+        raise SpecError(_field_path(first["loc"]), message) from None
+
+
+def parse_service(body: Mapping[str, Any]) -> ClaudeCodeService:
+    """Parse a whole ClaudeCodeService object (apiVersion, kind, metadata, spec)."""
+    api_version = body.get("apiVersion")
+    if api_version not in (None, f"{API_GROUP}/{API_VERSION}"):
+        raise SpecError("apiVersion", f"must be {API_GROUP}/{API_VERSION}, got {api_version!r}")
+    if body.get("kind") not in (None, KIND):
+        raise SpecError("kind", f"must be {KIND}, got {body.get('kind')!r}")
+    metadata = body.get("metadata") or {}
+    name = metadata.get("name")
+    if not isinstance(name, str) or not name:
+        raise SpecError("metadata.name", "is required")
+    if len(name) > MAX_NAME_LENGTH:
+        raise SpecError(
+            "metadata.name",
+            f"must be at most {MAX_NAME_LENGTH} characters so child names stay valid",
+        )
+    if not _NAME_RE.match(name):
+        raise SpecError(
+            "metadata.name",
+            "must start with a lowercase letter and contain only lowercase letters, digits, '-'",
+        )
+    return ClaudeCodeService(
+        name=name,
+        namespace=metadata.get("namespace") or "default",
+        uid=metadata.get("uid"),
+        generation=metadata.get("generation"),
+        spec=parse_spec(body.get("spec")),
+    )

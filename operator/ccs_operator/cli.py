@@ -1,0 +1,112 @@
+"""`ccs-operator run | render | crd | version`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from . import __version__
+from .api import SpecError, parse_service
+from .render import RenderSettings, render_children, to_yaml
+
+CRD_FILE = Path(__file__).parent / "crds" / "claudecodeservices.yaml"
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _render(args: argparse.Namespace) -> int:
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    except OSError as exc:
+        return _fail(f"cannot read {args.file}: {exc.strerror}")
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        return _fail(f"{args.file} is not valid YAML: {exc}")
+    manifests = []
+    for document in documents:
+        if not isinstance(document, dict):
+            return _fail(f"{args.file}: each document must be a ClaudeCodeService object")
+        try:
+            ccs = parse_service(document)
+        except SpecError as exc:
+            return _fail(f"{args.file}: {exc}")
+        if args.namespace:
+            ccs = ccs.model_copy(update={"namespace": args.namespace})
+        settings = RenderSettings(
+            service_monitor_crd=not args.no_service_monitor,
+            **({"loader_image": args.loader_image} if args.loader_image else {}),
+        )
+        manifests.extend(render_children(ccs, floor=args.floor, settings=settings))
+    sys.stdout.write(to_yaml(manifests))
+    return 0
+
+
+def _crd(_: argparse.Namespace) -> int:
+    sys.stdout.write(CRD_FILE.read_text())
+    return 0
+
+
+def _version(_: argparse.Namespace) -> int:
+    print(__version__)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .runner import run_operator  # kopf is only imported when the operator runs
+
+    return run_operator(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ccs-operator",
+        description="Run GPU inference services on NVIDIA Triton and keep them warm.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the operator against the current cluster")
+    run.add_argument(
+        "--namespace",
+        action="append",
+        default=None,
+        help="namespace to watch (repeatable; default: all, or CCS_NAMESPACES)",
+    )
+    run.add_argument("--log-format", choices=["text", "json"], default=None)
+    run.add_argument("--metrics-port", type=int, default=None, help="operator metrics port")
+    run.add_argument("--health-port", type=int, default=None, help="liveness endpoint port")
+    run.add_argument("--verbose", action="store_true")
+    run.set_defaults(handler=_run)
+
+    render = commands.add_parser("render", help="print the children of a ClaudeCodeService")
+    render.add_argument("-f", "--file", required=True, help="ClaudeCodeService YAML, or -")
+    render.add_argument("-n", "--namespace", help="namespace for the children")
+    render.add_argument("--floor", type=int, default=None, help="replica floor to render")
+    render.add_argument("--loader-image", default=None, help="model loader image")
+    render.add_argument(
+        "--no-service-monitor",
+        action="store_true",
+        help="render as for a cluster without the ServiceMonitor CRD",
+    )
+    render.set_defaults(handler=_render)
+
+    commands.add_parser("crd", help="print the CustomResourceDefinition").set_defaults(handler=_crd)
+    commands.add_parser("version", help="print the version").set_defaults(handler=_version)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""Pure: (service, floor, settings) -> the child manifests of a ClaudeCodeService.
+
+No I/O beyond reading the packaged templates once, no clock, no environment. Every value
+reaches the YAML through Jinja's `tojson`, so no user string can inject structure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from . import __version__
+from .api import API_GROUP, API_VERSION, KIND, ClaudeCodeService, ServiceSpec
+from .tritonconfig import config_hash, render_config_pbtxt
+
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+MODEL_CONFIG_MOUNT = "/etc/ccs/model-config"
+MODEL_STORE_MOUNT = "/models"
+PVC_MOUNT_ROOT = "/mnt/pvc"
+CONFIG_HASH_ANNOTATION = f"{API_GROUP}/config-hash"
+SERVICE_LABEL = f"{API_GROUP}/service"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+DEFAULT_LOADER_IMAGE = f"ghcr.io/claudecode/ccs-model-loader:{__version__}"
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Operator-level inputs to rendering (from the operator's config, not the ccs)."""
+
+    loader_image: str = DEFAULT_LOADER_IMAGE
+    # Whether the monitoring.coreos.com ServiceMonitor CRD is served by the cluster.
+    service_monitor_crd: bool = True
+
+
+@dataclass(frozen=True)
+class ChildNames:
+    deployment: str
+    config_map: str
+    service: str
+    hpa: str
+    service_monitor: str
+
+    @classmethod
+    def of(cls, name: str) -> ChildNames:
+        return cls(
+            deployment=name,
+            config_map=f"{name}-model-config",
+            service=name,
+            hpa=name,
+            service_monitor=name,
+        )
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    """Labels that select the service's pods; immutable once the Deployment exists."""
+    return {SERVICE_LABEL: name}
+
+
+def common_labels(ccs: ClaudeCodeService) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "triton-inference-server",
+        "app.kubernetes.io/instance": ccs.name,
+        "app.kubernetes.io/component": "inference",
+        "app.kubernetes.io/part-of": ccs.name,
+        "app.kubernetes.io/managed-by": "ccs-operator",
+        **selector_labels(ccs.name),
+    }
+
+
+def owner_references(ccs: ClaudeCodeService) -> list[dict[str, Any]]:
+    if not ccs.uid:
+        # Rendering a file offline: there is no owner yet.
+        return []
+    return [
+        {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": KIND,
+            "name": ccs.name,
+            "uid": ccs.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+
+
+def hpa_min_replicas(spec: ServiceSpec, floor: int | None) -> int:
+    """The HPA minimum: the floor when the floor controller runs, clamped to the spec bounds.
+
+    The HPA rejects minReplicas 0 unless the cluster enables HPAScaleToZero, so it stays >= 1.
+    """
+    wanted = spec.replicas.min
+    if spec.autoscaling.floor.enabled and floor is not None:
+        wanted = max(wanted, floor)
+    return max(1, min(wanted, spec.replicas.max))
+
+
+def _pvc_claim(repository: str) -> str | None:
+    if not repository.startswith("pvc://"):
+        return None
+    return repository.removeprefix("pvc://").split("/", 1)[0]
+
+
+def _volumes_and_mounts(ccs: ClaudeCodeService) -> tuple[list[Any], list[Any], list[Any]]:
+    names = ChildNames.of(ccs.name)
+    volumes: list[dict[str, Any]] = [
+        {"name": "model-config", "configMap": {"name": names.config_map}},
+        {"name": "model-store", "emptyDir": {}},
+        {
+            "name": "dshm",
+            "emptyDir": {"medium": "Memory", "sizeLimit": ccs.spec.resources.shm_size},
+        },
+    ]
+    store = {"name": "model-store", "mountPath": MODEL_STORE_MOUNT}
+    loader_mounts: list[dict[str, Any]] = [
+        {"name": "model-config", "mountPath": MODEL_CONFIG_MOUNT, "readOnly": True},
+        store,
+    ]
+    triton_mounts: list[dict[str, Any]] = [
+        {**store, "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    claim = _pvc_claim(ccs.spec.model.repository)
+    if claim is not None:
+        volumes.append(
+            {"name": "model-pvc", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+        # Mounted in both containers: the loader links version directories into the store
+        # and the links must resolve inside Triton's container too.
+        pvc_mount = {
+            "name": "model-pvc",
+            "mountPath": f"{PVC_MOUNT_ROOT}/{claim}",
+            "readOnly": True,
+        }
+        loader_mounts.append(pvc_mount)
+        triton_mounts.append(pvc_mount)
+    return volumes, loader_mounts, triton_mounts
+
+
+def _resources(spec: ServiceSpec) -> dict[str, Any]:
+    res = spec.resources
+    limits: dict[str, Any] = {"cpu": str(res.cpu), "memory": str(res.memory)}
+    if res.gpus > 0:
+        limits[GPU_RESOURCE] = str(res.gpus)
+    return {"requests": {"cpu": str(res.cpu), "memory": str(res.memory)}, "limits": limits}
+
+
+def _tolerations(spec: ServiceSpec) -> list[dict[str, Any]]:
+    tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations]
+    if spec.resources.gpus > 0 and not any(t.get("key") == GPU_RESOURCE for t in tolerations):
+        tolerations.insert(0, {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    return tolerations
+
+
+def _node_selector(spec: ServiceSpec) -> dict[str, str]:
+    selector = dict(spec.node_selector)
+    if spec.resources.gpu_product:
+        selector[GPU_PRODUCT_LABEL] = spec.resources.gpu_product
+    return selector
+
+
+def triton_args(spec: ServiceSpec) -> list[str]:
+    return [
+        f"--model-repository={MODEL_STORE_MOUNT}",
+        f"--http-port={spec.ports.http}",
+        f"--grpc-port={spec.ports.grpc}",
+        f"--metrics-port={spec.ports.metrics}",
+        "--allow-metrics=true",
+        # Queue-time quantiles (nv_inference_queue_summary_us) feed the floor's p99 signal.
+        "--metrics-config=summary_latencies=true",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+    ]
+
+
+def loader_args(spec: ServiceSpec) -> list[str]:
+    return [
+        "--repository",
+        spec.model.repository,
+        "--model-name",
+        spec.model.name,
+        "--config",
+        f"{MODEL_CONFIG_MOUNT}/config.pbtxt",
+        "--model-store",
+        MODEL_STORE_MOUNT,
+    ]
+
+
+def _hpa_metrics(ccs: ClaudeCodeService) -> list[dict[str, Any]]:
+    autoscaling = ccs.spec.autoscaling
+    metrics: list[dict[str, Any]] = []
+    if autoscaling.cpu_utilization > 0:
+        metrics.append(
+            {
+                "type": "Resource",
+                "resource": {
+                    "name": "cpu",
+                    "target": {
+                        "type": "Utilization",
+                        "averageUtilization": autoscaling.cpu_utilization,
+                    },
+                },
+            }
+        )
+    if autoscaling.requests_per_second > 0:
+        metrics.append(
+            {
+                "type": "External",
+                "external": {
+                    "metric": {
+                        "name": "requests_per_second",
+                        "selector": {"matchLabels": {"service": ccs.name}},
+                    },
+                    "target": {
+                        "type": "AverageValue",
+                        "averageValue": str(autoscaling.requests_per_second),
+                    },
+                },
+            }
+        )
+    return metrics
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+    )
+
+
+def _render(template: str, context: dict[str, Any]) -> dict[str, Any]:
+    text = _environment().get_template(template).render(**context)
+    manifest = yaml.safe_load(text)
+    if not manifest["metadata"]["ownerReferences"]:
+        del manifest["metadata"]["ownerReferences"]
+    return manifest
+
+
+def render_children(
+    ccs: ClaudeCodeService, floor: int | None = None, settings: RenderSettings | None = None
+) -> list[dict[str, Any]]:
+    """Every child manifest of the service, in apply order."""
+    settings = settings or RenderSettings()
+    spec = ccs.spec
+    config_pbtxt = render_config_pbtxt(spec)
+    volumes, loader_mounts, triton_mounts = _volumes_and_mounts(ccs)
+    labels = common_labels(ccs)
+    context: dict[str, Any] = {
+        "spec": spec,
+        "names": ChildNames.of(ccs.name),
+        "namespace": ccs.namespace,
+        "labels": labels,
+        "service_labels": labels,
+        "service_monitor_labels": {**spec.monitoring.labels, **labels},
+        "selector": selector_labels(ccs.name),
+        "owner_references": owner_references(ccs),
+        "config_pbtxt": config_pbtxt,
+        "pod_annotations": {
+            CONFIG_HASH_ANNOTATION: config_hash(config_pbtxt),
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(spec.ports.metrics),
+            "prometheus.io/path": "/metrics",
+        },
+        "node_selector": _node_selector(spec),
+        "tolerations": _tolerations(spec),
+        "affinity": spec.affinity,
+        "priority_class_name": spec.priority_class_name,
+        "container_security": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "resources": _resources(spec),
+        "loader_image": settings.loader_image,
+        "loader_args": loader_args(spec),
+        "loader_mounts": loader_mounts,
+        "triton_args": triton_args(spec),
+        "triton_mounts": triton_mounts,
+        "volumes": volumes,
+        "min_replicas": hpa_min_replicas(spec, floor),
+        "hpa_metrics": _hpa_metrics(ccs),
+    }
+    children = [
+        _render("configmap.yaml.j2", context),
+        _render("deployment.yaml.j2", context),
+        _render("service.yaml.j2", context),
+        _render("hpa.yaml.j2", context),
+    ]
+    if spec.monitoring.service_monitor and settings.service_monitor_crd:
+        children.append(_render("servicemonitor.yaml.j2", context))
+    return children
+
+
+class _ReadableDumper(yaml.SafeDumper):
+    """Writes multi-line strings (config.pbtxt) as literal blocks, as a person would."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_ReadableDumper.add_representer(str, _represent_str)
+
+
+def to_yaml(manifests: list[dict[str, Any]]) -> str:
+    """Multi-document YAML, as `kubectl apply -f` reads it."""
+    return yaml.dump_all(
+        manifests, Dumper=_ReadableDumper, sort_keys=False, default_flow_style=False
+    )

@@ -1,0 +1,189 @@
+"""Rendering: the write-up's values, valid Kubernetes objects, and inert hostile strings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ccs_operator.api import ClaudeCodeService, parse_service
+from ccs_operator.render import (
+    CONFIG_HASH_ANNOTATION,
+    RenderSettings,
+    hpa_min_replicas,
+    render_children,
+)
+from ccs_operator.tritonconfig import parse_config_pbtxt
+
+from helpers import SAMPLES, minimal_service
+
+K8S_VERSION = "1.34.0"
+
+
+def _by_kind(ccs: ClaudeCodeService, **kwargs: Any) -> dict[str, dict[str, Any]]:
+    return {m["kind"]: m for m in render_children(ccs, **kwargs)}
+
+
+def _sample(name: str) -> ClaudeCodeService:
+    import yaml
+
+    (path,) = [p for p in SAMPLES if p.stem == name]
+    return parse_service(yaml.safe_load(path.read_text()))
+
+
+def test_write_up_service_renders_the_write_up_values() -> None:
+    children = _by_kind(_sample("claude-code"))
+    assert sorted(children) == [
+        "ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Service", "ServiceMonitor",
+    ]
+    hpa = children["HorizontalPodAutoscaler"]["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 10)
+    cpu, rps = hpa["metrics"]
+    assert cpu["resource"]["target"] == {"type": "Utilization", "averageUtilization": 60}
+    assert rps["external"]["metric"] == {
+        "name": "requests_per_second", "selector": {"matchLabels": {"service": "claude-code"}},
+    }
+    assert rps["external"]["target"] == {"type": "AverageValue", "averageValue": "1000"}
+    config = parse_config_pbtxt(children["ConfigMap"]["data"]["config.pbtxt"])
+    assert config.max_batch_size == 32
+    assert [(g.count, g.kind) for g in config.instance_group] == [(2, 1)]  # KIND_GPU
+    assert config.HasField("dynamic_batching")
+    monitor = children["ServiceMonitor"]["spec"]["endpoints"][0]
+    assert monitor["port"] == "metrics"  # Triton serves /metrics on 8002, not 8000
+
+
+def test_deployment_leaves_replicas_to_the_hpa_and_targets_gpus() -> None:
+    deployment = _by_kind(_sample("claude-code"))["Deployment"]
+    assert "replicas" not in deployment["spec"]
+    pod = deployment["spec"]["template"]["spec"]
+    (triton,) = pod["containers"]
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+    assert {p["name"]: p["containerPort"] for p in triton["ports"]} == {
+        "http": 8000, "grpc": 8001, "metrics": 8002,
+    }
+    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert triton["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert "--metrics-config=summary_latencies=true" in triton["args"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in triton["volumeMounts"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for key in ("name", "instance", "component", "managed-by"):
+        assert f"app.kubernetes.io/{key}" in labels
+
+
+def test_config_change_changes_the_pod_template_hash() -> None:
+    def pod_hash(**spec: Any) -> str:
+        deployment = _by_kind(parse_service(minimal_service(**spec)))["Deployment"]
+        return deployment["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+
+    assert pod_hash() == pod_hash()
+    assert pod_hash() != pod_hash(batching={"maxBatchSize": 16})
+
+
+def test_hpa_minimum_follows_the_floor_within_bounds() -> None:
+    spec = parse_service(minimal_service(replicas={"min": 2, "max": 6})).spec
+    assert hpa_min_replicas(spec, None) == 2
+    assert hpa_min_replicas(spec, 4) == 4
+    assert hpa_min_replicas(spec, 9) == 6
+    assert hpa_min_replicas(spec, 1) == 2
+    disabled = parse_service(
+        minimal_service(replicas={"min": 2, "max": 6}, autoscaling={"floor": {"enabled": False}})
+    ).spec
+    assert hpa_min_replicas(disabled, 5) == 2
+    zero = parse_service(minimal_service(replicas={"min": 0, "max": 3})).spec
+    assert hpa_min_replicas(zero, None) == 1
+
+
+def test_no_service_monitor_without_its_crd() -> None:
+    children = _by_kind(
+        parse_service(minimal_service()), settings=RenderSettings(service_monitor_crd=False)
+    )
+    assert "ServiceMonitor" not in children
+    off = _by_kind(parse_service(minimal_service(monitoring={"serviceMonitor": False})))
+    assert "ServiceMonitor" not in off
+
+
+def test_owner_reference_points_at_the_service() -> None:
+    body = minimal_service()
+    body["metadata"]["uid"] = "1234"
+    for child in render_children(parse_service(body)):
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert owner["uid"] == "1234" and owner["controller"] is True
+        assert owner["kind"] == "ClaudeCodeService"
+
+
+def test_pvc_repository_is_mounted_in_both_containers() -> None:
+    ccs = parse_service(minimal_service(model={"name": "m", "repository": "pvc://weights/llm"}))
+    pod = _by_kind(ccs)["Deployment"]["spec"]["template"]["spec"]
+    assert {"name": "model-pvc", "persistentVolumeClaim": {"claimName": "weights",
+                                                           "readOnly": True}} in pod["volumes"]
+    for container in pod["initContainers"] + pod["containers"]:
+        assert any(m["mountPath"] == "/mnt/pvc/weights" for m in container["volumeMounts"])
+
+
+def test_cpu_only_service_has_no_gpu_limit_or_toleration() -> None:
+    ccs = parse_service(minimal_service(
+        resources={"gpus": 0}, instanceGroups=[{"count": 1, "kind": "KIND_CPU"}]
+    ))
+    pod = _by_kind(ccs)["Deployment"]["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in pod["containers"][0]["resources"]["limits"]
+    assert pod["tolerations"] == []
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.stem)
+def test_every_sample_renders_valid_kubernetes_objects(sample: Any) -> None:
+    import yaml
+
+    ccs = parse_service(yaml.safe_load(sample.read_text()))
+    for manifest in render_children(ccs, floor=3):
+        if manifest["apiVersion"].startswith("monitoring.coreos.com"):
+            continue  # not in the core schema; checked against its CRD on the API server
+        kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+
+
+HOSTILE = st.lists(
+    st.sampled_from([*list("ab\"'{}#:\n\t-|>&*!%@`[] \\$\u2028"), "{{", "}}", "{%", "---"]),
+    min_size=1,
+    max_size=15,
+).map(lambda parts: "a" + "".join(parts))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(image=HOSTILE, path=HOSTILE, label=HOSTILE, selector=HOSTILE, priority=HOSTILE)
+def test_hostile_strings_come_out_inert(
+    image: str, path: str, label: str, selector: str, priority: str
+) -> None:
+    ccs = parse_service(minimal_service(
+        image=image,
+        model={"name": "m", "repository": "/" + path},
+        monitoring={"labels": {"team": label}},
+        nodeSelector={"pool": selector},
+        priorityClassName=priority,
+    ))
+    benign = parse_service(minimal_service(
+        image="x", model={"name": "m", "repository": "/x"}, monitoring={"labels": {"team": "x"}},
+        nodeSelector={"pool": "x"}, priorityClassName="x",
+    ))
+    children = _by_kind(ccs)
+    # Same structure as a benign object: no key was injected anywhere.
+    assert _shape(children) == _shape(_by_kind(benign))
+    pod = children["Deployment"]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == image
+    assert pod["nodeSelector"] == {"pool": selector}
+    assert pod["priorityClassName"] == priority
+    assert pod["initContainers"][0]["args"][1] == "/" + path
+    assert children["ServiceMonitor"]["metadata"]["labels"]["team"] == label
+
+
+def _shape(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shape(v) for v in value]
+    return type(value).__name__
