@@ -1,0 +1,125 @@
+"""One typed operator configuration, read from CCS_* environment variables at start-up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from .render import DEFAULT_LOADER_IMAGE
+
+ENV_PREFIX = "CCS_"
+
+
+class ConfigError(ValueError):
+    """A bad operator setting; the message names the variable."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(ENV_PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}{name} must be an integer, got {raw!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(ENV_PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}{name} must be a number, got {raw!r}") from None
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(ENV_PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{ENV_PREFIX}{name} must be true or false, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    namespaces: tuple[str, ...] = ()  # empty: every namespace
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+    metrics_port: int = 8080
+    health_port: int = 8081
+    loader_image: str = DEFAULT_LOADER_IMAGE
+    # How often every service is re-checked even without events (drift repair backstop).
+    resync_seconds: int = 300
+    # Leader election over a coordination.k8s.io Lease, so two replicas never both act.
+    leader_election: bool = True
+    lease_name: str = "ccs-operator-leader"
+    lease_namespace: str = "default"
+    lease_duration_seconds: int = 15
+    api_workers: int = 16
+    request_timeout_seconds: float = 30.0
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    prometheus_bearer_token: str | None = field(default=None, repr=False)
+    prometheus_timeout_seconds: float = 5.0
+    # Floor decisions are evaluated by one shared scheduler at this granularity.
+    floor_tick_seconds: float = 1.0
+    default_lead_time_seconds: int = 300
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
+        env = os.environ if env is None else env
+        namespaces = tuple(
+            n.strip() for n in env.get(ENV_PREFIX + "NAMESPACES", "").split(",") if n.strip()
+        )
+        log_format = env.get(ENV_PREFIX + "LOG_FORMAT", "text")
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"{ENV_PREFIX}LOG_FORMAT must be text or json, got {log_format!r}")
+        config = cls(
+            namespaces=namespaces,
+            log_format=log_format,  # type: ignore[arg-type]
+            log_level=env.get(ENV_PREFIX + "LOG_LEVEL", "INFO").upper(),
+            metrics_port=_int(env, "METRICS_PORT", cls.metrics_port),
+            health_port=_int(env, "HEALTH_PORT", cls.health_port),
+            loader_image=env.get(ENV_PREFIX + "LOADER_IMAGE") or DEFAULT_LOADER_IMAGE,
+            resync_seconds=_int(env, "RESYNC_SECONDS", cls.resync_seconds),
+            leader_election=_bool(env, "LEADER_ELECTION", cls.leader_election),
+            lease_name=env.get(ENV_PREFIX + "LEASE_NAME") or cls.lease_name,
+            lease_namespace=env.get(ENV_PREFIX + "LEASE_NAMESPACE")
+            or env.get("POD_NAMESPACE")
+            or cls.lease_namespace,
+            lease_duration_seconds=_int(env, "LEASE_DURATION_SECONDS", cls.lease_duration_seconds),
+            api_workers=_int(env, "API_WORKERS", cls.api_workers),
+            request_timeout_seconds=_float(env, "REQUEST_TIMEOUT_SECONDS", 30.0),
+            prometheus_url=env.get(ENV_PREFIX + "PROMETHEUS_URL") or cls.prometheus_url,
+            prometheus_bearer_token=env.get(ENV_PREFIX + "PROMETHEUS_BEARER_TOKEN") or None,
+            prometheus_timeout_seconds=_float(env, "PROMETHEUS_TIMEOUT_SECONDS", 5.0),
+            floor_tick_seconds=_float(env, "FLOOR_TICK_SECONDS", 1.0),
+            default_lead_time_seconds=_int(env, "DEFAULT_LEAD_TIME_SECONDS", 300),
+        )
+        config.validate()
+        return config
+
+    def with_overrides(self, **overrides: object) -> OperatorConfig:
+        """Command-line flags win over the environment; None means 'not given'."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        config = replace(self, **given)  # type: ignore[arg-type]
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        for name in ("metrics_port", "health_port"):
+            port = getattr(self, name)
+            if not 0 < port < 65536:
+                raise ConfigError(f"{name} must be a TCP port, got {port}")
+        if self.metrics_port == self.health_port:
+            raise ConfigError("metrics and health ports must differ")
+        if self.resync_seconds < 10:
+            raise ConfigError(f"{ENV_PREFIX}RESYNC_SECONDS must be >= 10")
+        if self.lease_duration_seconds < 5:
+            raise ConfigError(f"{ENV_PREFIX}LEASE_DURATION_SECONDS must be >= 5")

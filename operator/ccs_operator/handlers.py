@@ -1,0 +1,108 @@
+"""kopf wiring only: every handler hands its object to the Reconciler or the floor loop."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from .api import API_GROUP, API_VERSION, PLURAL
+from .config import OperatorConfig
+from .kube import CHILD_TYPES
+from .reconcile import InvalidSpec, Reconciler, RetryLater, controller_name
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "ccs-operator"}
+FINALIZER = f"{API_GROUP}/finalizer"
+ANNOTATION_PREFIX = f"operator.{API_GROUP}"
+
+
+def post_event(body: Any, type_: str, reason: str, message: str) -> None:
+    """Post a Kubernetes Event on the service (kopf batches and sends them)."""
+    kopf.event(body, type=type_, reason=reason, message=message[:1024])
+
+
+def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+    """Explicit kopf settings: project-prefixed storage, timeouts, quiet handler chatter."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATION_PREFIX
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    # Our own events say what happened; kopf's per-handler success events are noise.
+    settings.posting.level = logging.WARNING
+    settings.networking.request_timeout = config.request_timeout_seconds
+    settings.networking.connect_timeout = 10
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.execution.max_workers = config.api_workers
+    settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
+
+
+def build_registry(reconciler: Reconciler, config: OperatorConfig) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    resource = (API_GROUP, API_VERSION, PLURAL)
+
+    @kopf.on.startup(registry=registry)
+    def _settings(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure(settings, config)
+
+    @kopf.on.event(*resource, registry=registry)
+    def _remember(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+        if event.get("type") == "DELETED":
+            meta = body["metadata"]
+            reconciler.forget_service((meta["namespace"], meta["name"]))
+        else:
+            reconciler.remember_service(body)
+
+    @kopf.on.resume(*resource, registry=registry)
+    @kopf.on.create(*resource, registry=registry)
+    @kopf.on.update(*resource, registry=registry)
+    @kopf.timer(*resource, registry=registry, interval=config.resync_seconds, idle=10)
+    async def _reconcile(body: kopf.Body, **_: Any) -> None:
+        reconciler.remember_service(body)
+        try:
+            await reconciler.reconcile(body)
+        except InvalidSpec as exc:
+            raise kopf.PermanentError(str(exc)) from exc
+        except RetryLater as exc:
+            raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
+
+    for child in CHILD_TYPES.values():
+        group, _, version = child.api_version.rpartition("/")
+        _watch_child(registry, reconciler, child.kind, group, version, child.plural)
+
+    return registry
+
+
+def _watch_child(
+    registry: kopf.OperatorRegistry,
+    reconciler: Reconciler,
+    kind: str,
+    group: str,
+    version: str,
+    plural: str,
+) -> None:
+    """Drift repair: a child deleted or edited by hand brings its owner back to the spec."""
+
+    @kopf.on.event(
+        group, version, plural, labels=MANAGED_BY, registry=registry, id=f"watch-{plural}"
+    )
+    def _child_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+        owner = controller_name(body)
+        if owner is None:
+            return
+        meta = body["metadata"]
+        deleted = event.get("type") == "DELETED"
+        known = reconciler.children.get((kind, meta["namespace"], meta["name"]))
+        reconciler.remember_child(kind, body, deleted=deleted)
+        if event.get("type") is None:
+            return  # the initial listing: nothing happened, the cache is just filled
+        changed_by_someone = (
+            deleted or known is None or known.resource_version != meta["resourceVersion"]
+        )
+        if changed_by_someone:
+            reconciler.enqueue((meta["namespace"], owner))

@@ -1,0 +1,201 @@
+"""Kubernetes I/O: server-side apply of children, status patches, discovery.
+
+The official client is synchronous, so every call runs on a bounded thread pool and never
+blocks kopf's event loop. Errors are mapped to a few typed exceptions the reconcile acts on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import urllib3
+from kubernetes import client as k8s
+
+from .api import API_GROUP, API_VERSION, PLURAL
+
+FIELD_MANAGER = "ccs-operator"
+
+
+class KubeError(Exception):
+    """An API call failed; `status` is the HTTP status (0 for transport errors)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Transient(KubeError):
+    """Worth retrying: the API server is unreachable, overloaded or timed out."""
+
+
+class Rejected(KubeError):
+    """The API server refused the object (invalid, forbidden, quota): retrying will not help."""
+
+
+class NotFound(KubeError):
+    pass
+
+
+class Conflict(KubeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ResourceType:
+    api_version: str
+    kind: str
+    plural: str
+
+    def path(self, namespace: str, name: str | None = None) -> str:
+        prefix = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        path = f"{prefix}/namespaces/{namespace}/{self.plural}"
+        return f"{path}/{name}" if name else path
+
+
+CHILD_TYPES: dict[str, ResourceType] = {
+    t.kind: t
+    for t in (
+        ResourceType("v1", "ConfigMap", "configmaps"),
+        ResourceType("apps/v1", "Deployment", "deployments"),
+        ResourceType("v1", "Service", "services"),
+        ResourceType("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
+        ResourceType("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors"),
+    )
+}
+SERVICE_TYPE = ResourceType(f"{API_GROUP}/{API_VERSION}", "ClaudeCodeService", PLURAL)
+
+
+def _error(method: str, path: str, status: int, body: bytes | str | None) -> KubeError:
+    """Map an HTTP error to the exception the reconcile acts on."""
+    try:
+        message = str(json.loads(body or b"{}").get("message") or f"HTTP {status}")
+    except (TypeError, ValueError):
+        message = f"HTTP {status}"
+    if status in (0, 429, 500, 502, 503, 504):
+        return Transient(f"{method} {path}: {message}", status)
+    if status == 404:
+        return NotFound(f"{method} {path}: not found", status)
+    if status == 409:
+        return Conflict(f"{method} {path}: {message}", status)
+    return Rejected(message, status)
+
+
+class KubeClient:
+    """Asynchronous facade over the synchronous Kubernetes client."""
+
+    def __init__(
+        self, api_client: k8s.ApiClient, workers: int = 16, timeout_seconds: float = 30.0
+    ) -> None:
+        self._api = api_client
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
+        self._timeout = timeout_seconds
+        self._served_cache: dict[str, tuple[float, bool]] = {}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        def call() -> Any:
+            serialized = self._api.param_serialize(
+                method=method,
+                resource_path=path,
+                query_params=query or [],
+                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            response = self._api.call_api(*serialized, _request_timeout=self._timeout)
+            data = response.read()
+            if not 200 <= response.status < 300:
+                raise _error(method, path, response.status, data)
+            return json.loads(data) if data else None
+
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, call)
+        except k8s.ApiException as exc:
+            raise _error(method, path, exc.status or 0, exc.body) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Transient(f"{method} {path}: {exc}") from exc
+
+    async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply with our field manager; force only moves the fields we set."""
+        kind = CHILD_TYPES[manifest["kind"]]
+        meta = manifest["metadata"]
+        result: dict[str, Any] = await self._call(
+            "PATCH",
+            kind.path(meta["namespace"], meta["name"]),
+            body=dict(manifest),
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            content_type="application/apply-patch+yaml",
+        )
+        return result
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = await self._call(
+                "GET", CHILD_TYPES[kind].path(namespace, name)
+            )
+        except NotFound:
+            return None
+        return result
+
+    async def delete(self, kind: str, namespace: str, name: str, uid: str) -> None:
+        """Delete a child only if it is still the object we mean (uid precondition)."""
+        # Already gone, or replaced by a newer object that is not ours to delete: both fine.
+        with contextlib.suppress(NotFound, Conflict):
+            await self._call(
+                "DELETE",
+                CHILD_TYPES[kind].path(namespace, name),
+                body={"preconditions": {"uid": uid}, "propagationPolicy": "Background"},
+            )
+
+    async def get_service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = await self._call("GET", SERVICE_TYPE.path(namespace, name))
+        except NotFound:
+            return None
+        return result
+
+    async def patch_service_status(
+        self, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            "PATCH",
+            SERVICE_TYPE.path(namespace, name) + "/status",
+            body={"status": dict(patch)},
+            content_type="application/merge-patch+json",
+        )
+        return result
+
+    async def served(self, api_version: str, plural: str, ttl_seconds: float = 30.0) -> bool:
+        """Whether the API server serves a resource (e.g. the ServiceMonitor CRD), cached."""
+        key = f"{api_version}/{plural}"
+        cached = self._served_cache.get(key)
+        if cached and time.monotonic() - cached[0] < ttl_seconds:
+            return cached[1]
+        try:
+            discovery = await self._call("GET", f"/apis/{api_version}")
+            found = any(r.get("name") == plural for r in discovery.get("resources", ()))
+        except NotFound:
+            found = False
+        self._served_cache[key] = (time.monotonic(), found)
+        return found
+
+    def forget_discovery(self) -> None:
+        self._served_cache.clear()

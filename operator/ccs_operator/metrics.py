@@ -1,0 +1,46 @@
+"""The operator's own Prometheus metrics (served on the metrics port)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECONCILES = Counter(
+    "ccs_reconcile_total", "Reconciles of ClaudeCodeServices by result", ["result"]
+)
+RECONCILE_ERRORS = Counter("ccs_reconcile_errors_total", "Reconcile errors by reason", ["reason"])
+RECONCILE_DURATION = Histogram(
+    "ccs_reconcile_duration_seconds",
+    "Duration of one reconcile",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+CHILDREN_APPLIED = Counter(
+    "ccs_children_applied_total", "Server-side applies that changed a child, by kind", ["kind"]
+)
+APPLY_REQUESTS = Counter(
+    "ccs_apply_requests_total", "Server-side apply requests sent, by kind", ["kind"]
+)
+STATUS_WRITES = Counter("ccs_status_writes_total", "Status patches written")
+SERVICES = Gauge("ccs_services", "ClaudeCodeServices known to the operator")
+FLOOR = Gauge("ccs_floor_replicas", "Current replica floor", ["namespace", "name"])
+FLOOR_DESIRED = Gauge(
+    "ccs_floor_desired_replicas",
+    "Replicas the service needed at this time (pre-warm history source)",
+    ["namespace", "name"],
+)
+QUEUE_LATENCY = Gauge(
+    "ccs_queue_latency_milliseconds", "Last observed queue latency", ["namespace", "name"]
+)
+FLOOR_DECISIONS = Counter("ccs_floor_decisions_total", "Floor decisions by reason", ["reason"])
+PROM_QUERY_DURATION = Histogram(
+    "ccs_prometheus_query_duration_seconds",
+    "Duration of floor-loop Prometheus queries",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+PROM_QUERY_ERRORS = Counter(
+    "ccs_prometheus_query_errors_total", "Failed floor-loop Prometheus queries", ["reason"]
+)
+FLOOR_LAG = Histogram(
+    "ccs_floor_evaluation_lag_seconds",
+    "Delay between a service's evaluation being due and its decision",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+)

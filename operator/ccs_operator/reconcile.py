@@ -1,0 +1,402 @@
+"""One level-based reconcile: make a service's children match its spec, then report status.
+
+Create, update, resume, periodic resync and child events all end here. The reconcile renders
+the full desired set (pure), refuses to touch objects it does not own, server-side applies the
+rest, and writes status once, only if it changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from . import metrics
+from .api import KIND, ClaudeCodeService, SpecError, parse_service
+from .kube import CHILD_TYPES, KubeClient, KubeError, Rejected, Transient
+from .render import ChildNames, RenderSettings, render_children
+from .status import (
+    DEGRADED,
+    MONITORING,
+    READY,
+    ApplyOutcome,
+    Condition,
+    build_status,
+    merge_conditions,
+    status_patch,
+)
+
+log = logging.getLogger(__name__)
+
+ServiceKey = tuple[str, str]  # (namespace, name)
+ChildKey = tuple[str, str, str]  # (kind, namespace, name)
+
+
+class EventSink(Protocol):
+    def __call__(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None: ...
+
+
+class RetryLater(Exception):
+    """The API server was unreachable or overloaded; the caller retries after `delay`."""
+
+    def __init__(self, message: str, delay: float = 10.0) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class InvalidSpec(Exception):
+    """The spec cannot be rendered; nothing was applied and status says why."""
+
+
+@dataclass(frozen=True)
+class ChildRecord:
+    uid: str
+    owner_uid: str | None
+    resource_version: str
+    generation: int | None
+
+
+def controller_uid(body: Mapping[str, Any]) -> str | None:
+    for ref in body.get("metadata", {}).get("ownerReferences") or ():
+        if ref.get("controller") and ref.get("kind") == KIND:
+            return str(ref.get("uid"))
+    return None
+
+
+def controller_name(body: Mapping[str, Any]) -> str | None:
+    for ref in body.get("metadata", {}).get("ownerReferences") or ():
+        if ref.get("controller") and ref.get("kind") == KIND:
+            return str(ref.get("name"))
+    return None
+
+
+def endpoints(ccs: ClaudeCodeService) -> dict[str, str]:
+    host = f"{ChildNames.of(ccs.name).service}.{ccs.namespace}.svc"
+    return {
+        "http": f"http://{host}:{ccs.spec.ports.http}",
+        "grpc": f"{host}:{ccs.spec.ports.grpc}",
+    }
+
+
+class Reconciler:
+    """Reconciles services; one at a time per service, requests coalesced while one runs."""
+
+    def __init__(
+        self,
+        kube: KubeClient,
+        settings: RenderSettings,
+        post_event: EventSink,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.post_event = post_event
+        self.clock = clock
+        self.services: dict[ServiceKey, dict[str, Any]] = {}
+        self.children: dict[ChildKey, ChildRecord] = {}
+        self._locks: dict[ServiceKey, asyncio.Lock] = {}
+        self._queued: dict[ServiceKey, asyncio.Task[None]] = {}
+
+    # -- caches fed by watch events -------------------------------------------------------
+    def remember_service(self, body: Mapping[str, Any]) -> None:
+        """Keep the newest copy of a service (watch events and our own writes race)."""
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        known = self.services.get(key)
+        if known is None or not _older(meta, known["metadata"]):
+            self.services[key] = dict(body)
+        metrics.SERVICES.set(len(self.services))
+
+    def forget_service(self, key: ServiceKey) -> None:
+        self.services.pop(key, None)
+        metrics.SERVICES.set(len(self.services))
+
+    def remember_child(self, kind: str, body: Mapping[str, Any], deleted: bool) -> None:
+        meta = body["metadata"]
+        key = (kind, meta["namespace"], meta["name"])
+        if deleted:
+            self.children.pop(key, None)
+        else:
+            self.children[key] = ChildRecord(
+                uid=meta["uid"],
+                owner_uid=controller_uid(body),
+                resource_version=meta["resourceVersion"],
+                generation=meta.get("generation"),
+            )
+
+    # -- scheduling -----------------------------------------------------------------------
+    def _lock(self, key: ServiceKey) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    def enqueue(self, key: ServiceKey) -> None:
+        """Reconcile a service soon, from a child event; repeated requests coalesce."""
+        if key in self._queued and not self._queued[key].done():
+            return
+
+        async def run() -> None:
+            # Let a burst of events for the same service settle into one reconcile.
+            await asyncio.sleep(0.2)
+            self._queued.pop(key, None)
+            body = self.services.get(key)
+            if body is None:
+                return
+            try:
+                await self.reconcile(body)
+            except (RetryLater, InvalidSpec) as exc:
+                log.info("deferred reconcile of %s/%s: %s", *key, exc)
+
+        self._queued[key] = asyncio.get_running_loop().create_task(run())
+
+    # -- the reconcile --------------------------------------------------------------------
+    async def reconcile(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        async with self._lock(key):
+            started = time.perf_counter()
+            try:
+                status = await self._reconcile_locked(self.services.get(key, body))
+            except InvalidSpec:
+                metrics.RECONCILES.labels("invalid").inc()
+                raise
+            except RetryLater:
+                metrics.RECONCILES.labels("retry").inc()
+                raise
+            finally:
+                metrics.RECONCILE_DURATION.observe(time.perf_counter() - started)
+            metrics.RECONCILES.labels("ok").inc()
+            return status
+
+    async def _reconcile_locked(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        meta = body["metadata"]
+        current = dict(body.get("status") or {})
+        try:
+            ccs = parse_service(body)
+        except SpecError as exc:
+            await self._report_invalid(body, current, exc)
+            raise InvalidSpec(str(exc)) from exc
+
+        sm_crd = await self._served_or_retry()
+        settings = RenderSettings(
+            loader_image=self.settings.loader_image, service_monitor_crd=sm_crd
+        )
+        desired = render_children(ccs, floor=current.get("floor"), settings=settings)
+
+        collisions = await self._foreign_objects(ccs, desired)
+        deployment: dict[str, Any] | None = None
+        if collisions:
+            outcome = ApplyOutcome(
+                problem=Condition(
+                    DEGRADED,
+                    True,
+                    "NameCollision",
+                    "; ".join(collisions) + ". Nothing was applied: delete or rename the existing "
+                    "object, or rename this ClaudeCodeService",
+                )
+            )
+            metrics.RECONCILE_ERRORS.labels("NameCollision").inc()
+        else:
+            outcome, deployment = await self._apply_all(body, ccs, desired)
+        if outcome.monitoring is None:
+            outcome = ApplyOutcome(
+                problem=outcome.problem,
+                monitoring=self._monitoring_condition(ccs, sm_crd),
+            )
+
+        new_status = build_status(
+            current,
+            generation=meta.get("generation"),
+            outcome=outcome,
+            deployment=deployment,
+            endpoint=endpoints(ccs),
+            now=self.clock(),
+        )
+        await self._write_status(body, current, new_status)
+        return new_status
+
+    async def _served_or_retry(self) -> bool:
+        try:
+            return await self.kube.served("monitoring.coreos.com/v1", "servicemonitors")
+        except Transient as exc:
+            raise RetryLater(f"API discovery failed: {exc}") from exc
+        except KubeError as exc:
+            log.warning("cannot discover ServiceMonitor support, assuming absent: %s", exc)
+            return False
+
+    def _monitoring_condition(self, ccs: ClaudeCodeService, sm_crd: bool) -> Condition:
+        if not ccs.spec.monitoring.service_monitor:
+            return Condition(
+                MONITORING, False, "Disabled", "spec.monitoring.serviceMonitor is false"
+            )
+        if not sm_crd:
+            return Condition(
+                MONITORING,
+                False,
+                "ServiceMonitorCRDMissing",
+                "the monitoring.coreos.com/v1 ServiceMonitor CRD is not installed, so Triton's "
+                "metrics are not scraped through the Prometheus Operator; install it (for "
+                "example with kube-prometheus-stack) or set spec.monitoring.serviceMonitor: "
+                "false to silence this",
+            )
+        return Condition(MONITORING, True, "ServiceMonitorApplied", "Triton metrics are scraped")
+
+    async def _foreign_objects(
+        self, ccs: ClaudeCodeService, desired: list[dict[str, Any]]
+    ) -> list[str]:
+        """Children whose names are taken by objects this service does not control."""
+        foreign = []
+        for manifest in desired:
+            kind, name = manifest["kind"], manifest["metadata"]["name"]
+            known = self.children.get((kind, ccs.namespace, name))
+            if known is not None and known.owner_uid == ccs.uid:
+                continue
+            try:
+                live = await self.kube.get(kind, ccs.namespace, name)
+            except Transient as exc:
+                raise RetryLater(str(exc)) from exc
+            if live is not None and controller_uid(live) != ccs.uid:
+                owner = controller_name(live)
+                whose = f"ClaudeCodeService {owner}" if owner else "nobody we know"
+                foreign.append(
+                    f"{kind} {ccs.namespace}/{name} already exists and belongs to {whose}"
+                )
+        return foreign
+
+    async def _apply_all(
+        self, body: Mapping[str, Any], ccs: ClaudeCodeService, desired: list[dict[str, Any]]
+    ) -> tuple[ApplyOutcome, dict[str, Any] | None]:
+        deployment = None
+        started = self.clock()
+        for manifest in desired:
+            kind = manifest["kind"]
+            name = manifest["metadata"]["name"]
+            previous = self.children.get((kind, ccs.namespace, name))
+            metrics.APPLY_REQUESTS.labels(kind).inc()
+            try:
+                live = await self.kube.apply(manifest)
+            except Transient as exc:
+                metrics.RECONCILE_ERRORS.labels("Transient").inc()
+                raise RetryLater(f"applying {kind} {name}: {exc}") from exc
+            except (Rejected, KubeError) as exc:
+                metrics.RECONCILE_ERRORS.labels("ApplyRejected").inc()
+                message = (
+                    f"the API server refused {kind} {ccs.namespace}/{name}: {exc}; "
+                    "the other children are left as they were"
+                )
+                self.post_event(body, "Warning", "ApplyRejected", message)
+                return ApplyOutcome(problem=Condition(DEGRADED, True, "ApplyRejected", message)), (
+                    deployment
+                )
+            self.remember_child(kind, live, deleted=False)
+            verb = _what_changed(previous, live, since=started)
+            if verb is not None:
+                metrics.CHILDREN_APPLIED.labels(kind).inc()
+                self.post_event(body, "Normal", verb, f"{verb} {kind} {name}")
+            if kind == "Deployment":
+                deployment = live
+        await self._prune_service_monitor(ccs, desired)
+        return ApplyOutcome(), deployment
+
+    async def _prune_service_monitor(
+        self, ccs: ClaudeCodeService, desired: list[dict[str, Any]]
+    ) -> None:
+        """A ServiceMonitor switched off in the spec is deleted (only if it is ours)."""
+        if any(m["kind"] == "ServiceMonitor" for m in desired):
+            return
+        name = ChildNames.of(ccs.name).service_monitor
+        known = self.children.get(("ServiceMonitor", ccs.namespace, name))
+        if known is not None and known.owner_uid == ccs.uid:
+            await self.kube.delete("ServiceMonitor", ccs.namespace, name, known.uid)
+
+    async def _report_invalid(
+        self, body: Mapping[str, Any], current: dict[str, Any], exc: SpecError
+    ) -> None:
+        message = f"{exc}. Fix the field; nothing was changed in the cluster"
+        conditions = merge_conditions(
+            current.get("conditions"),
+            [
+                Condition(READY, False, "InvalidSpec", message),
+                Condition(DEGRADED, True, "InvalidSpec", message),
+            ],
+            body["metadata"].get("generation"),
+            self.clock(),
+        )
+        new_status = {
+            **current,
+            "conditions": conditions,
+            "observedGeneration": body["metadata"].get("generation"),
+            "phase": "Degraded",
+        }
+        if await self._write_status(body, current, new_status):
+            self.post_event(body, "Warning", "InvalidSpec", message)
+        metrics.RECONCILE_ERRORS.labels("InvalidSpec").inc()
+
+    async def _write_status(
+        self, body: Mapping[str, Any], current: dict[str, Any], new_status: dict[str, Any]
+    ) -> bool:
+        patch = status_patch(current, new_status)
+        if not patch:
+            return False
+        meta = body["metadata"]
+        try:
+            written = await self.kube.patch_service_status(meta["namespace"], meta["name"], patch)
+        except Transient as exc:
+            raise RetryLater(f"writing status: {exc}") from exc
+        except KubeError as exc:
+            log.warning("status of %s/%s not written: %s", meta["namespace"], meta["name"], exc)
+            return False
+        metrics.STATUS_WRITES.inc()
+        self.remember_service(written)
+        self._announce_transitions(body, current, new_status)
+        return True
+
+    def _announce_transitions(
+        self, body: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str, Any]
+    ) -> None:
+        old = {c["type"]: c for c in before.get("conditions") or ()}
+        for condition in after.get("conditions") or ():
+            previous = old.get(condition["type"])
+            if previous and previous["status"] == condition["status"]:
+                continue
+            if condition["type"] == READY and condition["status"] == "True":
+                self.post_event(body, "Normal", "Ready", condition["message"])
+            elif condition["type"] == DEGRADED and condition["status"] == "True":
+                self.post_event(body, "Warning", condition["reason"], condition["message"])
+            elif condition["type"] == MONITORING and condition["status"] == "False":
+                self.post_event(
+                    body,
+                    "Warning" if condition["reason"] != "Disabled" else "Normal",
+                    condition["reason"],
+                    condition["message"],
+                )
+
+
+def _older(meta: Mapping[str, Any], than: Mapping[str, Any]) -> bool:
+    """Whether `meta` is an older version of the same object than `than`."""
+    if meta.get("uid") != than.get("uid"):
+        return False
+    mine, theirs = str(meta.get("resourceVersion", "")), str(than.get("resourceVersion", ""))
+    # Resource versions are opaque, but etcd-backed servers issue increasing integers.
+    return mine.isdigit() and theirs.isdigit() and int(mine) < int(theirs)
+
+
+def _what_changed(
+    previous: ChildRecord | None, live: Mapping[str, Any], since: datetime
+) -> str | None:
+    """'Created' or 'Updated' when our apply changed the child, None when it was a no-op."""
+    meta = live["metadata"]
+    if previous is None:
+        created = datetime.strptime(meta["creationTimestamp"], "%Y-%m-%dT%H:%M:%SZ")
+        # Timestamps have one-second resolution; anything older existed before this apply.
+        return (
+            "Created" if created.replace(tzinfo=UTC).timestamp() >= since.timestamp() - 1 else None
+        )
+    if meta.get("generation") is not None and previous.generation is not None:
+        return "Updated" if meta["generation"] != previous.generation else None
+    return "Updated" if meta["resourceVersion"] != previous.resource_version else None
+
+
+CHILD_KINDS = tuple(CHILD_TYPES)

@@ -1,0 +1,159 @@
+"""`ccs-operator run`: configuration, logging, metrics, health, leader election, kopf."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from typing import Any
+
+import kopf
+import kubernetes
+import prometheus_client
+from aiohttp import web
+
+from .config import ConfigError, OperatorConfig
+from .handlers import build_registry, post_event
+from .kube import KubeClient
+from .leader import LeaseElector
+from .reconcile import Reconciler
+from .render import RenderSettings
+
+log = logging.getLogger("ccs_operator")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(config: OperatorConfig) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if config.log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.log_level)
+    # The kubernetes client logs every request body at DEBUG; keep it quiet.
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def _api_client(config: OperatorConfig) -> kubernetes.client.ApiClient:
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    configuration = kubernetes.client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = config.api_workers
+    return kubernetes.client.ApiClient(configuration)
+
+
+class Health:
+    """/healthz: the event loop answers, and once leading, kopf's tasks are alive."""
+
+    def __init__(self) -> None:
+        self.operator_task: asyncio.Task[Any] | None = None
+        self.role = "standby"
+
+    async def handle(self, _: web.Request) -> web.Response:
+        if self.operator_task is not None and self.operator_task.done():
+            return web.json_response({"status": "operator stopped"}, status=500)
+        return web.json_response({"status": "ok", "role": self.role})
+
+    async def serve(self, port: int) -> web.AppRunner:
+        app = web.Application()
+        app.router.add_get("/healthz", self.handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "0.0.0.0", port).start()  # probes come from the kubelet
+        return runner
+
+
+async def serve(config: OperatorConfig) -> int:
+    api_client = _api_client(config)
+    kube = KubeClient(
+        api_client, workers=config.api_workers, timeout_seconds=config.request_timeout_seconds
+    )
+    prometheus_client.start_http_server(config.metrics_port)
+    health = Health()
+    health_runner = await health.serve(config.health_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    elector = None
+    if config.leader_election:
+        elector = LeaseElector(
+            api_client,
+            config.lease_name,
+            config.lease_namespace,
+            lease_seconds=config.lease_duration_seconds,
+        )
+        if not await elector.acquire(stop):
+            await health_runner.cleanup()
+            return 0
+    health.role = "leader"
+
+    reconciler = Reconciler(kube, RenderSettings(loader_image=config.loader_image), post_event)
+    registry = build_registry(reconciler, config)
+    kopf_stop = asyncio.Event()
+    lost = asyncio.Event()
+    operator = asyncio.create_task(
+        kopf.operator(
+            registry=registry,
+            clusterwide=not config.namespaces,
+            namespaces=list(config.namespaces),
+            standalone=True,  # the Lease, not kopf peering, decides who acts
+            stop_flag=kopf_stop,
+        )
+    )
+    health.operator_task = operator
+    # kopf installs its own SIGTERM/SIGINT handlers once it starts; ours cover the rest.
+    watchers = [asyncio.create_task(stop.wait()), asyncio.create_task(lost.wait())]
+    keeper = asyncio.create_task(elector.keep(lost, stop)) if elector else None
+    await asyncio.wait([operator, *watchers], return_when=asyncio.FIRST_COMPLETED)
+    kopf_stop.set()
+    await asyncio.gather(operator, return_exceptions=True)
+    stop.set()
+    for task in [*watchers, *([keeper] if keeper else [])]:
+        task.cancel()
+    if elector is not None and not lost.is_set():
+        await asyncio.to_thread(elector.release)
+    kube.close()
+    await health_runner.cleanup()
+    if lost.is_set():
+        log.error("lost leadership; exiting so a fresh process can rejoin the election")
+        return 1
+    return 0
+
+
+def run_operator(args: argparse.Namespace) -> int:
+    try:
+        config = OperatorConfig.from_env().with_overrides(
+            namespaces=tuple(args.namespace) if args.namespace else None,
+            log_format=args.log_format,
+            metrics_port=args.metrics_port,
+            health_port=args.health_port,
+            log_level="DEBUG" if args.verbose else None,
+        )
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config)
+    log.info("starting ccs-operator (namespaces: %s)", ", ".join(config.namespaces) or "all")
+    return asyncio.run(serve(config))

@@ -1,0 +1,51 @@
+"""Operator settings come from CCS_* variables and flags, with errors naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from ccs_operator.config import ConfigError, OperatorConfig
+
+
+def test_defaults() -> None:
+    config = OperatorConfig.from_env({})
+    assert config.namespaces == () and config.log_format == "text"
+    assert config.leader_election and config.metrics_port != config.health_port
+
+
+def test_environment_is_read_with_prefix() -> None:
+    config = OperatorConfig.from_env(
+        {
+            "CCS_NAMESPACES": "a, b",
+            "CCS_LOG_FORMAT": "json",
+            "CCS_METRICS_PORT": "9100",
+            "CCS_LEADER_ELECTION": "false",
+            "CCS_PROMETHEUS_URL": "http://prom:9090",
+            "METRICS_PORT": "1",  # unprefixed variables are not ours
+        }
+    )
+    assert config.namespaces == ("a", "b")
+    assert config.log_format == "json" and config.metrics_port == 9100
+    assert not config.leader_election and config.prometheus_url == "http://prom:9090"
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"CCS_METRICS_PORT": "x"}, "CCS_METRICS_PORT must be an integer"),
+        ({"CCS_LOG_FORMAT": "xml"}, "CCS_LOG_FORMAT"),
+        ({"CCS_LEADER_ELECTION": "maybe"}, "CCS_LEADER_ELECTION"),
+        ({"CCS_METRICS_PORT": "8081"}, "must differ"),
+        ({"CCS_RESYNC_SECONDS": "1"}, "CCS_RESYNC_SECONDS"),
+    ],
+)
+def test_bad_settings_name_the_variable(env: dict, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        OperatorConfig.from_env(env)
+
+
+def test_flags_override_environment() -> None:
+    config = OperatorConfig.from_env({"CCS_LOG_FORMAT": "json"}).with_overrides(
+        log_format="text", namespaces=None
+    )
+    assert config.log_format == "text" and config.namespaces == ()
