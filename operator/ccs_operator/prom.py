@@ -1,0 +1,432 @@
+"""Prometheus reads for the warm floor: queue latency per service, and pre-warm history.
+
+Signals (Triton's own metrics; the ServiceMonitor's relabelling adds `namespace` and
+`service` to every series scraped from a ccs's pods):
+
+- mean queue wait, ms: Triton's counters (on by default)
+      1e-3 * sum by (namespace, service) (rate(nv_inference_queue_duration_us[w]))
+           / clamp_min(sum by (namespace, service) (rate(nv_inference_request_success[w])), ε)
+  The clamp makes an idle service read 0 ms instead of NaN (0/0): an idle service has no
+  queue, and reading "no data" there would hold a floor up all night. Queue time with no
+  finished request reads as a huge latency, which is what a stuck queue is.
+- p99 queue wait, ms: Triton's summary `nv_inference_queue_summary_us{quantile="0.99"}`
+  (`--metrics-config summary_latencies=true`). Summary quantiles cannot be aggregated
+  across pods, so the worst pod's p99 is used; a quantile with no observations (NaN) is
+  dropped and the caller falls back to the mean.
+
+Scale: `queue_latency_all` sends ONE instant query per evaluation for every service
+(both statistics, tagged by a `stat` label) and returns a dict keyed by (namespace,
+service). Only services with a user query override cost one query each.
+
+Pre-warm history: the operator exports a gauge `ccs_floor_demand_replicas` with labels
+`ccs_namespace` and `ccs_name` (see `DEMAND_METRIC`), set from `FloorDecision.demand`,
+i.e. what the load needed, excluding pre-warmed replicas. History is its maximum over
+[now - period, now - period + lead]:
+      max by (ccs_namespace, ccs_name)
+          (max_over_time(ccs_floor_demand_replicas[<lead>s] offset <period - lead>s))
+Why not kube_deployment_status_replicas (needs kube-state-metrics) or count(up == 1) per
+service: replica counts include the replicas the pre-warm itself held, so each period the
+pre-warm would start one lead time earlier and never decay. The labels are `ccs_`-prefixed
+because a scrape target's own `namespace` label (the operator's namespace) would otherwise
+overwrite or rename them unless the operator's ServiceMonitor sets honorLabels.
+
+Query override templates: plain PromQL with placeholders `{namespace}`, `{service}`,
+`{model}` and `{window}`; no other braces are touched, so label matchers need no escaping.
+A label placeholder inside a "..." or '...' string is replaced by the escaped value; outside
+a string it becomes a complete double-quoted literal (`namespace={namespace}` works too).
+Inside a backtick raw string it is refused: raw strings cannot escape a backtick. `{window}`
+must be outside strings and is validated as a PromQL duration. So a hostile name cannot
+leave its string literal (no PromQL injection).
+
+Threads: the client is meant to be called through `asyncio.to_thread`. requests.Session
+is not documented as thread-safe, so each thread gets its own PrometheusConnect/Session.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import requests
+from prometheus_api_client import PrometheusApiClientException
+from prometheus_api_client.prometheus_connect import PrometheusConnect
+from urllib3.util.retry import Retry
+
+QUEUE_DURATION_METRIC = "nv_inference_queue_duration_us"
+REQUEST_SUCCESS_METRIC = "nv_inference_request_success"
+QUEUE_SUMMARY_METRIC = "nv_inference_queue_summary_us"
+DEMAND_METRIC = "ccs_floor_demand_replicas"
+DEMAND_LABELS = ("ccs_namespace", "ccs_name")
+DEFAULT_WINDOW = "1m"
+# Requests per second below which a service counts as idle; avoids 0/0 = NaN.
+_IDLE_RATE = 1e-9
+
+_DURATION_RE = re.compile(r"^(?:[0-9]+(?:ms|s|m|h|d|w|y))+$")
+_PLACEHOLDER_RE = re.compile(r"\{(namespace|service|model|window)\}")
+_STATUS_RE = re.compile(r"HTTP Status Code (\d{3})")
+
+
+class PrometheusError(Exception):
+    """Base of the errors this module raises."""
+
+
+class PrometheusUnavailable(PrometheusError):
+    """No answer: connection refused, timeout, or a 5xx from Prometheus or a proxy."""
+
+
+class QueryFailed(PrometheusError):
+    """Prometheus answered but refused the query (bad PromQL, 4xx, auth) or sent garbage."""
+
+
+class NoData(PrometheusError):
+    """The query succeeded and returned no series for the service asked about."""
+
+
+class TemplateError(ValueError):
+    """A query override template that cannot be rendered safely."""
+
+
+@dataclass(frozen=True, slots=True)
+class PrometheusSettings:
+    url: str
+    bearer_token: str | None = field(default=None, repr=False)
+    timeout_seconds: float = 5.0
+    # True, False, or a CA bundle path (as requests' `verify`).
+    verify_tls: bool | str = True
+    # Retries on connection errors and 502/503/504 only; the floor loop retries anyway.
+    retries: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"Prometheus URL must be http(s)://..., got {self.url!r}")
+        if not self.timeout_seconds > 0:
+            raise ValueError("timeout_seconds must be > 0")
+
+
+class ServiceKey(NamedTuple):
+    namespace: str
+    service: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    labels: Mapping[str, str]
+    value: float  # NaN and ±Inf are kept: callers decide what they mean
+    timestamp: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLatency:
+    """Queue wait of one service. mean_ms may be NaN only from a user template."""
+
+    mean_ms: float
+    p99_ms: float | None = None
+
+    def signal(self, prefer_p99: bool = False) -> float:
+        if prefer_p99 and self.p99_ms is not None:
+            return self.p99_ms
+        return self.mean_ms
+
+
+# --- pure query building -----------------------------------------------------------------
+
+
+def escape_label_value(value: str, quote: str = '"') -> str:
+    """Escape `value` for the inside of a PromQL string delimited by `quote` (" or ')."""
+    if quote not in ('"', "'"):
+        raise ValueError("PromQL escapes only exist in '...' and \"...\" strings")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # lone surrogates: Prometheus rejects invalid UTF-8
+        raise ValueError(f"label value is not valid UTF-8: {value!r}") from e
+    out = []
+    for ch in value:
+        if ch == "\\" or ch == quote:
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def quote_label_value(value: str) -> str:
+    return '"' + escape_label_value(value) + '"'
+
+
+def validate_window(window: str) -> str:
+    if not _DURATION_RE.match(window):
+        raise TemplateError(f"window {window!r} is not a PromQL duration such as 1m or 30s")
+    return window
+
+
+def _string_context(template: str, end: int) -> str | None:
+    """The quote character of the PromQL string open at `end`, or None outside strings."""
+    quote: str | None = None
+    i = 0
+    while i < end:
+        ch = template[i]
+        if quote is None:
+            if ch in "\"'`":
+                quote = ch
+            elif ch == "#":  # comment to end of line
+                nl = template.find("\n", i)
+                if nl == -1 or nl >= end:
+                    raise TemplateError("placeholder inside a PromQL comment")
+                i = nl
+        elif ch == "\\" and quote != "`":
+            i += 1  # skip the escaped character
+        elif ch == quote:
+            quote = None
+        i += 1
+    return quote
+
+
+def render_template(
+    template: str, *, namespace: str, service: str, model: str = "", window: str = DEFAULT_WINDOW
+) -> str:
+    """Fill a query override; see the module docstring for the rules."""
+    validate_window(window)
+    values = {"namespace": namespace, "service": service, "model": model}
+    out: list[str] = []
+    last = 0
+    for m in _PLACEHOLDER_RE.finditer(template):
+        name = m.group(1)
+        quote = _string_context(template, m.start())
+        out.append(template[last : m.start()])
+        if name == "window":
+            if quote is not None:
+                raise TemplateError("{window} must be outside quotes, e.g. [{window}]")
+            out.append(window)
+        elif quote is None:
+            out.append(quote_label_value(values[name]))
+        elif quote == "`":
+            raise TemplateError(f"{{{name}}} inside a `raw string` cannot be escaped")
+        else:
+            out.append(escape_label_value(values[name], quote))
+        last = m.end()
+    out.append(template[last:])
+    return "".join(out)
+
+
+def _selector(matchers: Mapping[str, str] | None) -> str:
+    parts = ['namespace!=""', 'service!=""']
+    for k, v in (matchers or {}).items():
+        if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", k):
+            raise ValueError(f"bad label name {k!r}")
+        parts.append(f"{k}={quote_label_value(v)}")
+    return "{" + ", ".join(parts) + "}"
+
+
+def mean_queue_latency_query(
+    window: str = DEFAULT_WINDOW, matchers: Mapping[str, str] | None = None
+) -> str:
+    """Mean queue wait in ms of every service (or those `matchers` select)."""
+    w = validate_window(window)
+    sel = _selector(matchers)
+    return (
+        f"1e-3 * sum by (namespace, service) (rate({QUEUE_DURATION_METRIC}{sel}[{w}]))"
+        f" / clamp_min(sum by (namespace, service) (rate({REQUEST_SUCCESS_METRIC}{sel}[{w}])),"
+        f" {_IDLE_RATE:g})"
+    )
+
+
+def p99_queue_latency_query(matchers: Mapping[str, str] | None = None) -> str:
+    """Worst pod's p99 queue wait in ms; NaN quantiles (no observations) are dropped."""
+    sel = _selector({**(matchers or {}), "quantile": "0.99"})
+    return f"1e-3 * max by (namespace, service) ({QUEUE_SUMMARY_METRIC}{sel} >= 0)"
+
+
+def batch_queue_latency_query(
+    window: str = DEFAULT_WINDOW, matchers: Mapping[str, str] | None = None
+) -> str:
+    """Both statistics for every service in ONE query, told apart by a `stat` label."""
+    mean = mean_queue_latency_query(window, matchers)
+    p99 = p99_queue_latency_query(matchers)
+    return (
+        f'label_replace({mean}, "stat", "mean", "", "")'
+        f' or label_replace({p99}, "stat", "p99", "", "")'
+    )
+
+
+def prewarm_history_query(period_seconds: int, lead_time_seconds: int) -> str:
+    """Max demand over [now - period, now - period + lead], per ccs."""
+    if not 0 < lead_time_seconds < period_seconds:
+        raise ValueError("need 0 < lead_time_seconds < period_seconds")
+    offset = period_seconds - lead_time_seconds
+    by = ", ".join(DEMAND_LABELS)
+    return f"max by ({by}) (max_over_time({DEMAND_METRIC}[{lead_time_seconds}s] offset {offset}s))"
+
+
+# --- parsing -----------------------------------------------------------------------------
+
+
+def parse_vector(result: Any) -> list[Sample]:
+    """An instant-query `result` (vector or scalar) as Samples; QueryFailed if malformed."""
+    try:
+        if isinstance(result, list) and len(result) == 2 and not isinstance(result[0], dict):
+            # A scalar result arrives as [timestamp, "value"].
+            return [Sample({}, float(result[1]), float(result[0]))]
+        samples = []
+        for item in result:
+            ts, raw = item["value"]
+            labels = {str(k): str(v) for k, v in item["metric"].items()}
+            samples.append(Sample(labels, float(raw), float(ts)))
+        return samples
+    except (TypeError, KeyError, ValueError) as e:
+        raise QueryFailed(f"malformed Prometheus result: {result!r:.200}") from e
+
+
+def group_queue_latency(samples: Iterable[Sample]) -> dict[ServiceKey, QueueLatency]:
+    means: dict[ServiceKey, float] = {}
+    p99s: dict[ServiceKey, float] = {}
+    for s in samples:
+        key = ServiceKey(s.labels.get("namespace", ""), s.labels.get("service", ""))
+        if not key.namespace or not key.service:
+            continue
+        (p99s if s.labels.get("stat") == "p99" else means)[key] = s.value
+    out = {}
+    for key, mean in means.items():
+        p99 = p99s.get(key)
+        out[key] = QueueLatency(mean, p99 if p99 is not None and math.isfinite(p99) else None)
+    return out
+
+
+# --- the client --------------------------------------------------------------------------
+
+
+class PrometheusClient:
+    """Blocking Prometheus reads; safe to call from several threads at once."""
+
+    def __init__(self, settings: PrometheusSettings) -> None:
+        self.settings = settings
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[PrometheusConnect] = []
+
+    def _connection(self) -> PrometheusConnect:
+        conn: PrometheusConnect | None = getattr(self._local, "conn", None)
+        if conn is None:
+            s = self.settings
+            session = requests.Session()
+            session.verify = s.verify_tls
+            headers = {"Authorization": f"Bearer {s.bearer_token}"} if s.bearer_token else {}
+            retry = Retry(
+                total=s.retries,
+                backoff_factor=0.2,
+                status_forcelist=(502, 503, 504),
+                allowed_methods=frozenset({"GET"}),
+                raise_on_status=False,
+            )
+            conn = PrometheusConnect(
+                url=s.url.rstrip("/"),
+                headers=headers,
+                retry=retry,
+                session=session,
+                timeout=s.timeout_seconds,  # type: ignore[arg-type]  # float works in requests
+            )
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._connections = self._connections, []
+        for c in conns:
+            c.close()
+
+    def __enter__(self) -> PrometheusClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def query(self, promql: str, *, at: float | None = None) -> list[Sample]:
+        """One instant query; `at` is the evaluation time (epoch seconds), default now."""
+        params: dict[str, str] = {"timeout": f"{self.settings.timeout_seconds:g}s"}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        try:
+            result = self._connection().custom_query(promql, params=params)
+        except PrometheusApiClientException as e:
+            m = _STATUS_RE.search(str(e))
+            status = int(m.group(1)) if m else 0
+            if status >= 500:
+                raise PrometheusUnavailable(f"{self.settings.url}: {e}") from e
+            raise QueryFailed(f"{e} for query {promql!r:.300}") from e
+        except (requests.ConnectionError, requests.Timeout) as e:
+            raise PrometheusUnavailable(f"{self.settings.url}: {e}") from e
+        except (ValueError, KeyError, TypeError) as e:
+            # A 200 whose body is not Prometheus JSON (a proxy's login page, say). Checked
+            # before RequestException: requests' JSONDecodeError is both.
+            raise QueryFailed(f"{self.settings.url}: response is not Prometheus JSON") from e
+        except requests.RequestException as e:
+            raise PrometheusUnavailable(f"{self.settings.url}: {e}") from e
+        return parse_vector(result)
+
+    def queue_latency_all(
+        self,
+        window: str = DEFAULT_WINDOW,
+        matchers: Mapping[str, str] | None = None,
+        *,
+        at: float | None = None,
+    ) -> dict[ServiceKey, QueueLatency]:
+        """Queue latency of every service that has Triton series, in ONE query."""
+        return group_queue_latency(self.query(batch_queue_latency_query(window, matchers), at=at))
+
+    def queue_latency(
+        self,
+        namespace: str,
+        service: str,
+        *,
+        model: str = "",
+        window: str = DEFAULT_WINDOW,
+        template: str | None = None,
+        at: float | None = None,
+    ) -> QueueLatency:
+        """One service: its override `template` if given, else the default queries.
+
+        A template's result must be a number in ms; if it returns several series the
+        largest is used (the worst pod or model is the one users wait on). Raises NoData.
+        """
+        if template is None:
+            got = self.queue_latency_all(
+                window, {"namespace": namespace, "service": service}, at=at
+            )
+            key = ServiceKey(namespace, service)
+            if key not in got:
+                raise NoData(f"no Triton queue series for service {namespace}/{service}")
+            return got[key]
+        promql = render_template(
+            template, namespace=namespace, service=service, model=model, window=window
+        )
+        samples = self.query(promql, at=at)
+        if not samples:
+            raise NoData(f"query override returned nothing for {namespace}/{service}")
+        values = [s.value for s in samples]
+        finite = [v for v in values if not math.isnan(v)]
+        return QueueLatency(max(finite) if finite else math.nan)
+
+    def prewarm_history_all(
+        self, period_seconds: int, lead_time_seconds: int, *, at: float | None = None
+    ) -> dict[ServiceKey, int]:
+        """Demand one period ago over the next lead time, per ccs (ServiceKey.service is
+        the ccs name, which is also its Service's name). Services without history are
+        absent. One query per distinct (period, lead) pair."""
+        out: dict[ServiceKey, int] = {}
+        for s in self.query(prewarm_history_query(period_seconds, lead_time_seconds), at=at):
+            ns, name = (s.labels.get(k, "") for k in DEMAND_LABELS)
+            if ns and name and math.isfinite(s.value):
+                out[ServiceKey(ns, name)] = max(0, math.ceil(s.value))
+        return out
