@@ -1,0 +1,403 @@
+"""prom.py against the real Prometheus, scraping real exporters.
+
+The exporters are small HTTP servers serving prometheus_client registries under Triton's
+metric names, in the text format tritonserver serves (counters without `_total`), with
+values the test controls. Prometheus attaches `namespace`/`service`/`pod` as target labels,
+as a ServiceMonitor's relabelling does in a cluster. Counters grow linearly at a set rate,
+so rate() and the mean queue wait are known exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from ccs_operator.floor import FloorObservation, FloorPolicy, FloorReason, FloorState, decide
+from ccs_operator.prom import (
+    DEMAND_METRIC,
+    NoData,
+    PrometheusClient,
+    PrometheusSettings,
+    PrometheusUnavailable,
+    QueryFailed,
+    ServiceKey,
+    quote_label_value,
+)
+from e2e.prometheus import PrometheusServer, ScrapeTarget
+
+pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(180)]
+
+WINDOW = "5s"  # five 1s scrapes: enough for rate()
+WAIT_S = 30.0
+
+
+class TritonLikeCollector(Collector):
+    """Triton's queue metrics for one pod; counters advance at rates the test sets."""
+
+    def __init__(self, model: str = "claude_code") -> None:
+        self.model = model
+        self._lock = threading.Lock()
+        self._t = time.time()
+        self._queue_us = 0.0
+        self._success = 0.0
+        self._queue_rate = 0.0
+        self._success_rate = 0.0
+        self.p99_us: float | None = None
+        self.gauges: dict[tuple[tuple[str, str], ...], float] = {}
+
+    def set_rates(self, queue_us_per_s: float, success_per_s: float) -> None:
+        with self._lock:
+            self._advance()
+            self._queue_rate, self._success_rate = queue_us_per_s, success_per_s
+
+    def _advance(self) -> None:
+        now = time.time()
+        self._queue_us += self._queue_rate * (now - self._t)
+        self._success += self._success_rate * (now - self._t)
+        self._t = now
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            self._advance()
+            labels = {"model": self.model, "version": "1"}
+            if self._queue_rate or self._success_rate or self._queue_us or self._success:
+                for name, value in (
+                    ("nv_inference_queue_duration_us", self._queue_us),
+                    ("nv_inference_request_success", self._success),
+                ):
+                    m = Metric(name, "Triton counter", "counter")
+                    m.add_sample(name, labels, value)  # Triton's counters have no _total
+                    yield m
+            if self.p99_us is not None:
+                m = Metric("nv_inference_queue_summary_us", "Triton summary", "summary")
+                name = "nv_inference_queue_summary_us"
+                m.add_sample(name, {**labels, "quantile": "0.99"}, self.p99_us)
+                m.add_sample(name + "_count", labels, self._success)
+                m.add_sample(name + "_sum", labels, self._queue_us)
+                yield m
+            for key, value in self.gauges.items():
+                g = Metric(DEMAND_METRIC, "demand", "gauge")
+                g.add_sample(DEMAND_METRIC, dict(key), value)
+                yield g
+
+
+class Exporter:
+    """An HTTP /metrics endpoint serving one registry in text format 0.0.4."""
+
+    def __init__(self, collector: TritonLikeCollector) -> None:
+        self.collector = collector
+        registry = CollectorRegistry()
+        registry.register(collector)
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = generate_latest(registry)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class BearerProxy:
+    """A reverse proxy that demands a bearer token, as kube-rbac-proxy does in front of a
+    cluster's Prometheus (Prometheus itself has no bearer-token check)."""
+
+    def __init__(self, upstream: str, token: str) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.headers.get("Authorization") != f"Bearer {token}":
+                    self.send_response(401)
+                    self.end_headers()
+                    self.wfile.write(b"Unauthorized")
+                    return
+                with urllib.request.urlopen(upstream + self.path, timeout=10) as r:
+                    body = r.read()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# Pods: (namespace, service, pod) -> rates. Service b/two has two pods with different load,
+# so a per-pod average of averages (55 ms) differs from the request-weighted mean (40 ms).
+PODS = {
+    ("a", "one", "one-0"): (250_000.0, 10.0),  # 25 ms
+    ("b", "two", "two-0"): (100_000.0, 10.0),  # 10 ms
+    ("b", "two", "two-1"): (500_000.0, 5.0),  # 100 ms
+    ("c", "idle", "idle-0"): (0.0, 0.0),  # counters flat: 0/0
+}
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[dict[str, Any]]:
+    exporters: dict[tuple[str, str, str], Exporter] = {}
+    for key, (queue_rate, success_rate) in PODS.items():
+        collector = TritonLikeCollector()
+        if key[1] == "idle":
+            # Counters exist but never move (served once at 1 so the series exist).
+            collector._queue_us, collector._success = 1.0, 1.0
+            collector.p99_us = math.nan  # Triton's summary with no observations
+        else:
+            collector.set_rates(queue_rate, success_rate)
+        if key[1] == "one":
+            collector.p99_us = 80_000.0
+        exporters[key] = Exporter(collector)
+    operator = TritonLikeCollector()
+    op_exporter = Exporter(operator)
+    targets = [
+        ScrapeTarget(e.address, {"namespace": ns, "service": svc, "pod": pod})
+        for (ns, svc, pod), e in exporters.items()
+    ]
+    # The operator's own pod: its target label `namespace` is the operator's namespace.
+    targets.append(ScrapeTarget(op_exporter.address, {"namespace": "ccs-system"}))
+    with PrometheusServer(targets, scrape_interval="1s") as server:
+        server.wait_for_targets_up(WAIT_S)
+        client = PrometheusClient(PrometheusSettings(server.url, timeout_seconds=5))
+        yield {"server": server, "client": client, "exporters": exporters, "op": operator}
+        client.close()
+    for e in [*exporters.values(), op_exporter]:
+        e.close()
+
+
+def wait_for(fn: Any, timeout: float = WAIT_S) -> Any:
+    """Poll fn until it returns without AssertionError/NoData, or fail with the last error."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn()
+        except (AssertionError, NoData):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def test_batch_returns_every_service_in_one_query(world: dict[str, Any]) -> None:
+    client: PrometheusClient = world["client"]
+
+    def check() -> dict[ServiceKey, Any]:
+        got = client.queue_latency_all(WINDOW)
+        assert set(got) == {("a", "one"), ("b", "two"), ("c", "idle")}, got
+        assert got[ServiceKey("a", "one")].mean_ms == pytest.approx(25.0, rel=0.02)
+        # Request-weighted: 600 000 us / 15 requests = 40 ms, not the 55 ms mean of pods.
+        assert got[ServiceKey("b", "two")].mean_ms == pytest.approx(40.0, rel=0.02)
+        return got
+
+    got = wait_for(check)
+    assert got[ServiceKey("a", "one")].p99_ms == pytest.approx(80.0)
+    assert got[ServiceKey("b", "two")].p99_ms is None  # summaries off on those pods
+
+
+def test_idle_service_reads_zero_not_nan(world: dict[str, Any]) -> None:
+    client: PrometheusClient = world["client"]
+
+    def check() -> None:
+        idle = client.queue_latency("c", "idle", window=WINDOW)
+        assert idle.mean_ms == 0.0
+        assert idle.p99_ms is None  # the NaN quantile is dropped
+
+    wait_for(check)
+
+
+def test_single_service_and_no_data(world: dict[str, Any]) -> None:
+    client: PrometheusClient = world["client"]
+    one = wait_for(lambda: client.queue_latency("a", "one", window=WINDOW))
+    assert one.mean_ms == pytest.approx(25.0, rel=0.02)
+    with pytest.raises(NoData):
+        client.queue_latency("a", "missing", window=WINDOW)
+    with pytest.raises(NoData):
+        client.queue_latency("missing", "one", window=WINDOW)
+
+
+def test_template_override(world: dict[str, Any]) -> None:
+    client: PrometheusClient = world["client"]
+    template = (
+        "1e-3 * sum(rate(nv_inference_queue_duration_us{namespace={namespace}, "
+        'service="{service}", model="{model}"}[{window}]))'
+        " / sum(rate(nv_inference_request_success{namespace={namespace}, "
+        "service={service}}[{window}]))"
+    )
+    got = wait_for(
+        lambda: client.queue_latency(
+            "b", "two", model="claude_code", window=WINDOW, template=template
+        )
+    )
+    assert got.mean_ms == pytest.approx(40.0, rel=0.02)
+    # The raw ratio is 0/0 = NaN for the idle service: reported as NaN, and the floor holds.
+    idle = client.queue_latency("c", "idle", model="claude_code", window=WINDOW, template=template)
+    assert math.isnan(idle.mean_ms)
+    policy = FloorPolicy(2, 10, 100.0)
+    state = FloorState(5, last_change_at=0.0, below_watermark_since=0.0)
+    d = decide(policy, state, FloorObservation(idle.mean_ms, 5, time.time()))
+    assert (d.floor, d.reason) == (5, FloorReason.NO_DATA)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ['a"} or vector(1) #', "b\\", "c'd", "e\nf\tg", "`raw`", "é☃", '\\"} or up{job=~".+'],
+)
+def test_hostile_values_parse_and_round_trip(world: dict[str, Any], value: str) -> None:
+    """Prometheus's own parser reads the escaped literal back as exactly the value."""
+    client: PrometheusClient = world["client"]
+    literal = quote_label_value(value)
+    [sample] = client.query(f'label_replace(vector(1), "v", {literal}, "", "")')
+    assert sample.labels["v"] == value and sample.value == 1.0
+    # ...and used as a service name it selects nothing rather than injecting a query.
+    with pytest.raises(NoData):
+        client.queue_latency("a", value, window=WINDOW)
+    with pytest.raises(NoData):
+        client.queue_latency(
+            value, value, window=WINDOW, template="vector(1) and on() up{service={service}}"
+        )
+
+
+def test_bad_query_is_query_failed(world: dict[str, Any]) -> None:
+    client: PrometheusClient = world["client"]
+    with pytest.raises(QueryFailed, match="400"):
+        client.query("sum(rate(")
+
+
+def test_prewarm_history_from_the_operators_demand_gauge(world: dict[str, Any]) -> None:
+    """Demand 4 for ~6 s, then 9: one 'period' (10 s) later the history shows each."""
+    client: PrometheusClient = world["client"]
+    op: TritonLikeCollector = world["op"]
+    key = (("ccs_name", "svc"), ("ccs_namespace", "team-a"))
+    op.gauges[key] = 4.0
+    t_a = time.time()
+    time.sleep(6)
+    t_b = time.time()
+    op.gauges[key] = 9.0
+    period, lead = 10, 4
+    # At T the query reads (T - 10, T - 6]. At t_b + 3 that is (t_b - 7, t_b - 3]: demand 4.
+    while time.time() < t_b + 9:
+        time.sleep(0.5)
+    early = client.prewarm_history_all(period, lead, at=t_b + 3)
+    assert early == {ServiceKey("team-a", "svc"): 4}, (early, t_b - t_a)
+    # Now the window (now - 10, now - 6] holds samples taken after the change: 9.
+    late = client.prewarm_history_all(period, lead)
+    assert late == {ServiceKey("team-a", "svc"): 9}
+    # The scrape target's own namespace label did not clobber ccs_namespace.
+    assert client.prewarm_history_all(period, lead, at=t_a - 60) == {}
+
+
+def test_bearer_token_is_sent(world: dict[str, Any]) -> None:
+    proxy = BearerProxy(world["server"].url, "s3cret")
+    try:
+        with PrometheusClient(PrometheusSettings(proxy.url, bearer_token="s3cret")) as ok:
+            assert ok.query("vector(7)")[0].value == 7.0
+        for token in (None, "wrong"):
+            settings = PrometheusSettings(proxy.url, bearer_token=token)
+            with PrometheusClient(settings) as refused, pytest.raises(QueryFailed, match="401"):
+                refused.query("vector(7)")
+    finally:
+        proxy.close()
+
+
+def test_concurrent_threads(world: dict[str, Any]) -> None:
+    client: PrometheusClient = world["client"]
+    results: list[float] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(5):
+                results.append(client.query("vector(3)")[0].value)
+        except BaseException as e:  # collected and re-raised below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and results == [3.0] * 40
+
+
+def test_unresponsive_server_times_out() -> None:
+    """A port that accepts connections but never answers: PrometheusUnavailable, bounded."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+        settings = PrometheusSettings(url, timeout_seconds=0.5, retries=0)
+        start = time.monotonic()
+        with PrometheusClient(settings) as client, pytest.raises(PrometheusUnavailable):
+            client.query("vector(1)")
+        assert time.monotonic() - start < 5
+
+
+def test_prometheus_down_then_back(world: dict[str, Any]) -> None:
+    """Stopping Prometheus gives PrometheusUnavailable (the floor holds); it recovers."""
+    server: PrometheusServer = world["server"]
+    client: PrometheusClient = world["client"]
+    wait_for(lambda: client.queue_latency("a", "one", window=WINDOW))
+    server.stop()
+    try:
+        start = time.monotonic()
+        with pytest.raises(PrometheusUnavailable):
+            client.queue_latency_all(WINDOW)
+        assert time.monotonic() - start < 10
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(server.url + "/-/ready", timeout=2)
+    finally:
+        server.start()
+    one = wait_for(lambda: client.queue_latency("a", "one", window=WINDOW))
+    assert one.mean_ms == pytest.approx(25.0, rel=0.05)
+
+
+def test_targets_rewritten_and_reloaded(world: dict[str, Any]) -> None:
+    """set_targets + reload: the same pod relabelled as another service shows up under it."""
+    server: PrometheusServer = world["server"]
+    client: PrometheusClient = world["client"]
+    exporter: Exporter = world["exporters"][("a", "one", "one-0")]
+    original = list(server.targets)
+    moved = ScrapeTarget(exporter.address, {"namespace": "a", "service": "renamed", "pod": "p"})
+    server.set_targets([t for t in original if t.address != exporter.address] + [moved])
+    try:
+
+        def check() -> None:
+            got = client.queue_latency("a", "renamed", window=WINDOW)
+            assert got.mean_ms == pytest.approx(25.0, rel=0.05)
+
+        wait_for(check)
+    finally:
+        server.set_targets(original)
