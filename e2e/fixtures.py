@@ -1,0 +1,116 @@
+"""pytest fixtures: a session-wide cluster and a fresh namespace per test.
+
+Registered from the root conftest (`pytest_plugins = ["e2e.fixtures"]`). The cluster comes
+from the provider named by $CCS_E2E_PROVIDER (default: local). A cluster this session
+started is stopped at its end unless CCS_E2E_KEEP=1; one it found running is left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from e2e import crds
+from e2e.localcluster import LocalCluster
+from e2e.providers import LocalProvider, Provider, get_provider
+
+
+@dataclass
+class Cluster:
+    """What a test gets: the kubeconfig, kubectl, API clients, and fault injection."""
+
+    provider: Provider
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.provider.kubeconfig
+
+    def kubectl(
+        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return self.provider.kubectl(*args, check=check, input=input, timeout=timeout)
+
+    def api_client(self) -> client.ApiClient:
+        return self.provider.api_client()
+
+    @property
+    def local(self) -> LocalCluster | None:
+        """The local control plane, for tests that restart its parts; None for others."""
+        return self.provider.cluster if isinstance(self.provider, LocalProvider) else None
+
+    @property
+    def bin_dir(self) -> Path | None:
+        return self.local.bin_path() if self.local else None
+
+    def _require_local(self) -> LocalCluster:
+        if self.local is None:
+            pytest.skip(f"needs the local provider, not {self.provider.name!r}")
+        return self.local
+
+    def restart_apiserver(self) -> None:
+        self._require_local().restart_component("kube-apiserver")
+
+    def restart_etcd(self) -> None:
+        self._require_local().restart_component("etcd")
+
+    def install_servicemonitor_crd(self) -> None:
+        with self.api_client() as api_client:
+            crds.install(api_client, crds.SERVICEMONITOR)
+
+    def uninstall_servicemonitor_crd(self) -> None:
+        with self.api_client() as api_client:
+            crds.uninstall(api_client, crds.SERVICEMONITOR)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    provider = get_provider()
+    found_running = provider.is_up()
+    provider.up()
+    try:
+        yield Cluster(provider)
+    finally:
+        if not found_running and os.environ.get("CCS_E2E_KEEP") != "1":
+            provider.down()
+
+
+def _wait_default_service_account(core: client.CoreV1Api, namespace: str, timeout: float) -> None:
+    """Pods are refused until the controller-manager has made the namespace's `default` SA."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            core.read_namespaced_service_account("default", namespace)
+            return
+        except ApiException as exc:
+            if exc.status != 404 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    # Namespace names are DNS labels: short, lowercase, unique per test run.
+    stem = request.node.name.lower().replace("_", "-")
+    stem = "".join(ch for ch in stem if ch.isalnum() or ch == "-")[:40].strip("-")
+    name = f"{stem}-{uuid.uuid4().hex[:6]}"
+    with cluster.api_client() as api_client:
+        core = client.CoreV1Api(api_client)
+        core.create_namespace({"metadata": {"name": name, "labels": {"ccs-e2e": "test"}}})
+        _wait_default_service_account(core, name, timeout=60)
+        try:
+            yield name
+        finally:
+            try:
+                core.delete_namespace(name)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise

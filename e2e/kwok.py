@@ -1,0 +1,133 @@
+"""kwok configuration: the published stages, and the fake GPU nodes it keeps alive.
+
+Stages are read from the kwok module's own `kustomize/stage/` files (the same ones its
+release manifests ship), so nodes and pods behave as upstream intends. Only the pod-ready
+stage may get a delay, which stands in for a replica's cold start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from e2e.toolchain import module_dir
+
+# Nodes carrying this annotation are the ones kwok manages; anything else is left alone.
+MANAGED_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
+GPUS_PER_NODE = 8
+
+# (directory under kustomize/stage, file) for each stage the cluster needs.
+_STAGES = (
+    ("node/fast", "node-initialize.yaml"),
+    ("node/heartbeat-with-lease", "node-heartbeat-with-lease.yaml"),
+    ("pod/fast", "pod-ready.yaml"),
+    ("pod/fast", "pod-complete.yaml"),
+    ("pod/fast", "pod-delete.yaml"),
+)
+
+
+@dataclass(frozen=True)
+class PodReadyDelay:
+    """How long kwok waits before a scheduled pod turns Running and Ready.
+
+    kwok picks uniformly between `milliseconds` and `jitter_milliseconds` (when larger).
+    """
+
+    milliseconds: int
+    jitter_milliseconds: int | None = None
+
+
+def published_stages(source: Path | None = None) -> list[dict[str, Any]]:
+    root = (source or module_dir("kwok", "sigs.k8s.io/kwok")) / "kustomize" / "stage"
+    return [yaml.safe_load((root / folder / name).read_text()) for folder, name in _STAGES]
+
+
+def stages(delay: PodReadyDelay | None = None, source: Path | None = None) -> list[dict]:
+    docs = published_stages(source)
+    if delay is not None:
+        for doc in docs:
+            if doc["metadata"]["name"] == "pod-ready":
+                spec_delay: dict[str, int] = {"durationMilliseconds": delay.milliseconds}
+                if delay.jitter_milliseconds is not None:
+                    spec_delay["jitterDurationMilliseconds"] = delay.jitter_milliseconds
+                doc["spec"]["delay"] = spec_delay
+    return docs
+
+
+def config_yaml(delay: PodReadyDelay | None = None, source: Path | None = None) -> str:
+    """The multi-document file given to `kwok --config`: only Stage objects.
+
+    kwok's options go on its command line (`flags()`): a KwokConfiguration in this file
+    replaces kwok's defaults wholesale rather than merging with them.
+    """
+    return yaml.safe_dump_all(stages(delay, source), sort_keys=False)
+
+
+def flags() -> list[str]:
+    key, value = MANAGED_ANNOTATION
+    return [
+        "--manage-all-nodes=false",
+        f"--manage-nodes-with-annotation-selector={key}={value}",
+        # kwok renews each node's Lease, so the node-lifecycle controller sees it alive
+        # without a status write every few seconds.
+        "--node-lease-duration-seconds=40",
+    ]
+
+
+def _node(name: str, labels: dict[str, str], capacity: dict[str, str], taints: list) -> dict:
+    key, value = MANAGED_ANNOTATION
+    base_labels = {
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        "type": "kwok",
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {**base_labels, **labels},
+            "annotations": {key: value, "node.alpha.kubernetes.io/ttl": "0"},
+        },
+        "spec": {"taints": taints},
+        # kwok's node-initialize stage keeps a capacity that is already set.
+        "status": {"capacity": capacity, "allocatable": capacity},
+    }
+
+
+def gpu_node(name: str) -> dict:
+    """A node as the NVIDIA GPU operator labels an 8x H100 machine."""
+    labels = {
+        "nvidia.com/gpu.present": "true",
+        "nvidia.com/gpu.product": GPU_PRODUCT,
+        "nvidia.com/gpu.count": str(GPUS_PER_NODE),
+        "nvidia.com/gpu.memory": "81559",
+        "node.kubernetes.io/instance-type": "gpu-h100x8",
+    }
+    capacity = {
+        "cpu": "96",
+        "memory": "1024Gi",
+        "pods": "110",
+        "ephemeral-storage": "1Ti",
+        GPU_RESOURCE: str(GPUS_PER_NODE),
+    }
+    taints = [{"key": GPU_RESOURCE, "effect": "NoSchedule"}]
+    return _node(name, labels, capacity, taints)
+
+
+def cpu_node(name: str) -> dict:
+    """An untainted node for pods that need no GPU (controllers, Prometheus, ...)."""
+    capacity = {"cpu": "16", "memory": "64Gi", "pods": "110", "ephemeral-storage": "200Gi"}
+    return _node(name, {"node.kubernetes.io/instance-type": "cpu-16"}, capacity, [])
+
+
+def nodes(gpu_nodes: int, cpu_nodes: int) -> list[dict]:
+    return [gpu_node(f"gpu-node-{i}") for i in range(gpu_nodes)] + [
+        cpu_node(f"cpu-node-{i}") for i in range(cpu_nodes)
+    ]

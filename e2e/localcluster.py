@@ -1,0 +1,408 @@
+"""The `local` provider: a real control plane as plain processes on loopback.
+
+etcd -> kube-apiserver -> kube-controller-manager -> kube-scheduler -> kwok, each started
+detached with its log in <state>/logs/ and its pid in <state>/run/. Everything lives in one
+state directory, so etcd data, certificates and ports survive `down`/`up`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import ssl
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from e2e import crds, kubeconfig, kwok, procs
+from e2e.paths import default_state_dir
+from e2e.pki import SERVICE_CIDR, ClusterPKI, ensure_pki
+from e2e.toolchain import CLUSTER_BINARIES, ensure_built
+
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+# port name -> the component listening on it
+_PORTS = {
+    "etcd": "etcd",
+    "etcd-peer": "etcd",
+    "apiserver": "kube-apiserver",
+    "controller-manager": "kube-controller-manager",
+    "scheduler": "kube-scheduler",
+    "kwok": "kwok",
+}
+# Start order; `down` goes in reverse.
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+
+
+class ClusterError(RuntimeError):
+    """A component failed to start or become ready; the message points at its log."""
+
+
+def _log(message: str) -> None:
+    print(f"[e2e] {message}", file=sys.stderr, flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Options:
+    gpu_nodes: int = 4
+    cpu_nodes: int = 1
+    pod_ready_delay: kwok.PodReadyDelay | None = None
+    servicemonitor_crd: bool = True
+    # The HPA controller's period; upstream's 15s default makes tests slow for no gain.
+    hpa_sync_period: str = "5s"
+
+
+@dataclass
+class ComponentStatus:
+    name: str
+    pid: int | None
+    log: Path
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+
+class LocalCluster:
+    def __init__(self, state_dir: Path | None = None, options: Options | None = None) -> None:
+        self.state_dir = (state_dir or default_state_dir()).resolve()
+        self.options = options or Options()
+        self.bin_dir: Path | None = None
+
+    # --- layout -------------------------------------------------------------------------
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    def log_file(self, component: str) -> Path:
+        return self.state_dir / "logs" / f"{component}.log"
+
+    def _pidfile(self, component: str) -> Path:
+        return self.state_dir / "run" / f"{component}.pid"
+
+    def _kubeconfig_for(self, client_name: str) -> Path:
+        return self.state_dir / "kubeconfigs" / f"{client_name}.kubeconfig"
+
+    def bin_path(self) -> Path:
+        """The directory of built binaries, building them on first use."""
+        if self.bin_dir is None:
+            self.bin_dir = ensure_built(CLUSTER_BINARIES)
+        return self.bin_dir
+
+    def _bin(self, program: str) -> str:
+        return str(self.bin_path() / program)
+
+    def _ports(self) -> dict[str, int]:
+        """Ports are chosen once and kept, so kubeconfigs and etcd's peer URL stay valid."""
+        path = self.state_dir / "ports.json"
+        ports: dict[str, int] = json.loads(path.read_text()) if path.exists() else {}
+        changed = False
+        for name, component in _PORTS.items():
+            running = procs.read_pid(self._pidfile(component), component) is not None
+            if name not in ports or (not running and not _port_free(ports[name])):
+                ports[name] = _free_port()
+                changed = True
+        if changed:
+            path.write_text(json.dumps(ports, indent=1) + "\n")
+        return ports
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self._ports()['apiserver']}"
+
+    # --- status ---------------------------------------------------------------------------
+    def status(self) -> list[ComponentStatus]:
+        return [
+            ComponentStatus(name, procs.read_pid(self._pidfile(name), name), self.log_file(name))
+            for name in COMPONENTS
+        ]
+
+    def running(self) -> bool:
+        return all(s.running for s in self.status())
+
+    # --- lifecycle ------------------------------------------------------------------------
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One `up`/`down` at a time per state dir (parallel test runs share a cluster)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def up(self, fresh: bool = False) -> Path:
+        """Start whatever is not running, wait until all is ready; returns the kubeconfig."""
+        self._bin("kube")  # build first: a cold build must not eat a component's deadline
+        with self._locked():
+            if fresh:
+                self._down()
+                _log(f"--fresh: removing {self.state_dir}")
+                for child in self.state_dir.iterdir():
+                    if child.name != ".lock":
+                        shutil.rmtree(child) if child.is_dir() else child.unlink()
+            started = time.monotonic()
+            pki = ensure_pki(self.state_dir / "pki")
+            ports = self._ports()
+            self._write_kubeconfigs(pki, ports)
+            kwok_config_changed = self._write_kwok_config()
+            argv = self._argv(pki, ports)
+            for name in COMPONENTS:
+                if name == "kwok" and kwok_config_changed:
+                    procs.stop(self._pidfile(name), name)
+                self._ensure_component(name, argv[name], ports)
+                if name == "kube-apiserver":
+                    self._install_objects()
+            self._wait_nodes_ready()
+            _log(f"cluster ready in {time.monotonic() - started:.1f}s; state: {self.state_dir}")
+        return self.kubeconfig
+
+    def down(self) -> list[str]:
+        with self._locked():
+            return self._down()
+
+    def _down(self) -> list[str]:
+        stopped = []
+        for name in reversed(COMPONENTS):
+            if procs.stop(self._pidfile(name), name):
+                _log(f"stopped {name}")
+                stopped.append(name)
+        return stopped
+
+    def stop_component(self, name: str) -> bool:
+        return procs.stop(self._pidfile(name), name)
+
+    def restart_component(self, name: str) -> None:
+        """Stop and start one component (for fault tests), waiting until it is ready again."""
+        with self._locked():
+            self.stop_component(name)
+            pki = ensure_pki(self.state_dir / "pki")
+            ports = self._ports()
+            self._ensure_component(name, self._argv(pki, ports)[name], ports)
+
+    # --- components -----------------------------------------------------------------------
+    def _ensure_component(self, name: str, argv: list[str], ports: dict[str, int]) -> None:
+        pidfile = self._pidfile(name)
+        pid = procs.read_pid(pidfile, name)
+        if pid is None:
+            _log(f"starting {name} (log: {self.log_file(name)})")
+            pid = procs.start(argv, pidfile, self.log_file(name), self.state_dir)
+        self._wait_ready(name, pid, self._health_check(name, ports))
+
+    def _wait_ready(self, name: str, pid: int, check: Callable[[], bool]) -> None:
+        timeout = float(os.environ.get("CCS_E2E_READY_TIMEOUT", "120"))
+        started = time.monotonic()
+        while not check():
+            if not procs.alive(pid):
+                raise ClusterError(self._failure(name, "exited during startup"))
+            if time.monotonic() - started > timeout:
+                raise ClusterError(self._failure(name, f"not ready after {timeout:.0f}s"))
+            time.sleep(0.25)
+        _log(f"{name} ready ({time.monotonic() - started:.1f}s)")
+
+    def _failure(self, name: str, what: str) -> str:
+        log = self.log_file(name)
+        lines = log.read_text(errors="replace").splitlines()[-30:] if log.exists() else []
+        tail = "\n".join(f"    {line}" for line in lines)
+        return f"{name} {what}; see its log {log}; last lines:\n{tail}"
+
+    def _health_check(self, name: str, ports: dict[str, int]) -> Callable[[], bool]:
+        pki_dir = self.state_dir / "pki"
+        if name == "etcd":
+            return lambda: _http_ok(f"http://127.0.0.1:{ports['etcd']}/health", None)
+        if name == "kube-apiserver":
+            ctx = ssl.create_default_context(cafile=str(pki_dir / "ca.crt"))
+            ctx.load_cert_chain(pki_dir / "client-admin.crt", pki_dir / "client-admin.key")
+            return lambda: _http_ok(f"https://127.0.0.1:{ports['apiserver']}/readyz", ctx)
+        if name == "kwok":
+            return lambda: _http_ok(f"http://127.0.0.1:{ports['kwok']}/healthz", None)
+        # Controller-manager and scheduler serve /healthz with a self-signed certificate
+        # they make at startup; there is nothing to verify it against.
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        port = ports[name.removeprefix("kube-")]
+        return lambda: _http_ok(f"https://127.0.0.1:{port}/healthz", insecure)
+
+    def _write_kubeconfigs(self, pki: ClusterPKI, ports: dict[str, int]) -> None:
+        server = f"https://127.0.0.1:{ports['apiserver']}"
+        kubeconfig.write(self.kubeconfig, server, pki.ca.cert, pki.clients["admin"], "admin")
+        for name in ("controller-manager", "scheduler", "kwok"):
+            path = self._kubeconfig_for(name)
+            kubeconfig.write(path, server, pki.ca.cert, pki.clients[name], name)
+
+    def _write_kwok_config(self) -> bool:
+        path = self.state_dir / "kwok.yaml"
+        text = kwok.config_yaml(self.options.pod_ready_delay)
+        if path.exists() and path.read_text() == text:
+            return False
+        path.write_text(text)
+        return True
+
+    def _argv(self, pki: ClusterPKI, ports: dict[str, int]) -> dict[str, list[str]]:
+        run = self.state_dir / "run"
+        etcd_url = f"http://127.0.0.1:{ports['etcd']}"
+        peer_url = f"http://127.0.0.1:{ports['etcd-peer']}"
+        kcm_config = str(self._kubeconfig_for("controller-manager"))
+        scheduler_config = str(self._kubeconfig_for("scheduler"))
+        return {
+            "etcd": [
+                self._bin("etcd"),
+                "--name=ccs-e2e",
+                f"--data-dir={self.state_dir / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=ccs-e2e={peer_url}",
+                # A throwaway test store: fsync on every write only slows small CI disks.
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ],
+            "kube-apiserver": [
+                self._bin("kube-apiserver"),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={ports['apiserver']}",
+                f"--cert-dir={run / 'kube-apiserver'}",
+                f"--tls-cert-file={pki.apiserver.cert}",
+                f"--tls-private-key-file={pki.apiserver.key}",
+                f"--client-ca-file={pki.ca.cert}",
+                "--authorization-mode=Node,RBAC",
+                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+                f"--service-account-key-file={pki.service_account.cert}",
+                f"--service-account-signing-key-file={pki.service_account.key}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--allow-privileged=true",
+                # The `kubernetes` Service would point at 127.0.0.1, which Endpoints refuse;
+                # nothing in a kwok cluster dials it.
+                "--endpoint-reconciler-type=none",
+                # Aggregated APIs (a metrics adapter) are reached through their endpoints:
+                # there is no kube-proxy to route Service IPs.
+                "--enable-aggregator-routing=true",
+                f"--requestheader-client-ca-file={pki.front_proxy_ca.cert}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-username-headers=X-Remote-User",
+                f"--proxy-client-cert-file={pki.front_proxy_client.cert}",
+                f"--proxy-client-key-file={pki.front_proxy_client.key}",
+                "--profiling=false",
+            ],
+            "kube-controller-manager": [
+                self._bin("kube-controller-manager"),
+                f"--kubeconfig={kcm_config}",
+                f"--authentication-kubeconfig={kcm_config}",
+                f"--authorization-kubeconfig={kcm_config}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports['controller-manager']}",
+                f"--cert-dir={run / 'kube-controller-manager'}",
+                "--leader-elect=false",
+                "--controllers=*",
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={pki.service_account.key}",
+                f"--root-ca-file={pki.ca.cert}",
+                f"--cluster-signing-cert-file={pki.ca.cert}",
+                f"--cluster-signing-key-file={pki.ca.key}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--horizontal-pod-autoscaler-sync-period={self.options.hpa_sync_period}",
+                "--profiling=false",
+            ],
+            "kube-scheduler": [
+                self._bin("kube-scheduler"),
+                f"--kubeconfig={scheduler_config}",
+                f"--authentication-kubeconfig={scheduler_config}",
+                f"--authorization-kubeconfig={scheduler_config}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports['scheduler']}",
+                f"--cert-dir={run / 'kube-scheduler'}",
+                "--leader-elect=false",
+                "--profiling=false",
+            ],
+            "kwok": [
+                self._bin("kwok"),
+                f"--kubeconfig={self._kubeconfig_for('kwok')}",
+                f"--config={self.state_dir / 'kwok.yaml'}",
+                f"--server-address=127.0.0.1:{ports['kwok']}",
+                "--cidr=10.244.0.0/16",
+                *kwok.flags(),
+            ],
+        }
+
+    # --- objects --------------------------------------------------------------------------
+    def api_client(self) -> client.ApiClient:
+        return config.new_client_from_config(config_file=str(self.kubeconfig))
+
+    def _install_objects(self) -> None:
+        with self.api_client() as api_client:
+            core = client.CoreV1Api(api_client)
+            for node in kwok.nodes(self.options.gpu_nodes, self.options.cpu_nodes):
+                try:
+                    core.create_node(node)
+                except ApiException as exc:
+                    if exc.status != 409:
+                        raise
+            if self.options.servicemonitor_crd:
+                for crd in (crds.SERVICEMONITOR, crds.PROMETHEUSRULE):
+                    crds.install(api_client, crd)
+
+    def _wait_nodes_ready(self, timeout: float = 60) -> None:
+        fake_nodes = kwok.nodes(self.options.gpu_nodes, self.options.cpu_nodes)
+        wanted = {node["metadata"]["name"] for node in fake_nodes}
+        deadline = time.monotonic() + timeout
+        with self.api_client() as api_client:
+            core = client.CoreV1Api(api_client)
+            while True:
+                ready = {
+                    node.metadata.name
+                    for node in core.list_node().items
+                    if any(
+                        c.type == "Ready" and c.status == "True"
+                        for c in (node.status.conditions or [])
+                    )
+                }
+                if wanted <= ready:
+                    _log(f"{len(wanted)} fake nodes Ready")
+                    return
+                if time.monotonic() > deadline:
+                    missing = ", ".join(sorted(wanted - ready))
+                    raise ClusterError(
+                        f"nodes not Ready after {timeout:.0f}s: {missing}; "
+                        f"see kwok's log {self.log_file('kwok')}"
+                    )
+                time.sleep(0.5)
+
+
+def _http_ok(url: str, context: ssl.SSLContext | None) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ssl.SSLError):
+        return False

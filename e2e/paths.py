@@ -1,0 +1,26 @@
+"""Where the harness keeps binaries and cluster state."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+E2E_DIR = Path(__file__).resolve().parent
+REPO_ROOT = E2E_DIR.parent
+TOOLCHAIN_DIR = E2E_DIR / "toolchain"
+
+
+def cache_root() -> Path:
+    """~/.cache/ccs-operator, or $XDG_CACHE_HOME/ccs-operator where that is set."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ccs-operator"
+
+
+def bin_root() -> Path:
+    return cache_root() / "bin"
+
+
+def default_state_dir() -> Path:
+    """The local cluster's state: certificates, etcd data, pid files and logs."""
+    override = os.environ.get("CCS_E2E_STATE_DIR")
+    return Path(override).expanduser() if override else cache_root() / "cluster"

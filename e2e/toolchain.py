@@ -1,0 +1,236 @@
+"""Build the cluster's binaries from the Go modules pinned under e2e/toolchain/.
+
+Every program is compiled from source with the machine's Go toolchain; nothing is downloaded
+but Go modules. Results land in ~/.cache/ccs-operator/bin/<version>-<hash>/, where the hash
+covers the pinned modules, the Go version and the build flags, so a change to any of them
+builds afresh and an unchanged toolchain is reused at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from e2e.paths import TOOLCHAIN_DIR, bin_root
+
+# The control-plane programs are symlinks to one multi-call binary (see toolchain/kube).
+KUBE_PROGRAMS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+# How often a long build says it is still alive, so CI logs never look hung.
+_HEARTBEAT_S = 60.0
+
+
+class BuildError(RuntimeError):
+    """A binary failed to build; the message names it and quotes the compiler."""
+
+
+@dataclass(frozen=True)
+class Binary:
+    """One `go build` invocation."""
+
+    name: str  # the file written to the bin dir
+    module: str  # directory under e2e/toolchain/ holding its go.mod
+    package: str  # what to build, relative to that module
+    ldflags: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = field(default=())  # symlinks to the binary, for argv[0] dispatch
+
+
+def required_version(module: str, path: str) -> str:
+    """The version of `path` that toolchain/<module>/go.mod requires."""
+    text = (TOOLCHAIN_DIR / module / "go.mod").read_text()
+    match = re.search(rf"^\s*(?:require\s+)?{re.escape(path)}\s+(v\S+)", text, re.MULTILINE)
+    if not match:
+        raise BuildError(f"toolchain/{module}/go.mod does not require {path}")
+    return match.group(1)
+
+
+def kubernetes_version() -> str:
+    return required_version("kube", "k8s.io/kubernetes")
+
+
+def _version_ldflags(package: str, version: str) -> list[str]:
+    major, minor = version.lstrip("v").split(".")[:2]
+    values = {"gitVersion": version, "gitMajor": major, "gitMinor": minor}
+    values["gitTreeState"] = "clean"
+    return [f"-X {package}.{key}={value}" for key, value in values.items()]
+
+
+def binaries() -> list[Binary]:
+    kube = kubernetes_version()
+    # component-base serves the servers' /version; client-go's is what kubectl reports as
+    # its own client version. Both default to v0.0.0-master without these.
+    kube_flags = _version_ldflags("k8s.io/component-base/version", kube)
+    kube_flags += _version_ldflags("k8s.io/client-go/pkg/version", kube)
+    kwok = required_version("kwok", "sigs.k8s.io/kwok")
+    helm = required_version("helm", "helm.sh/helm/v3")
+    return [
+        Binary("kube", "kube", ".", tuple(kube_flags), KUBE_PROGRAMS),
+        Binary("etcd", "etcd", "."),
+        Binary(
+            "kwok",
+            "kwok",
+            "sigs.k8s.io/kwok/cmd/kwok",
+            (f"-X sigs.k8s.io/kwok/pkg/consts.Version={kwok.lstrip('v')}",),
+        ),
+        Binary(
+            "helm",
+            "helm",
+            "helm.sh/helm/v3/cmd/helm",
+            (f"-X helm.sh/helm/v3/internal/version.version={helm}",),
+        ),
+    ]
+
+
+def _build_flags(binary: Binary) -> list[str]:
+    ldflags = " ".join(["-s", "-w", *binary.ldflags])
+    return ["-trimpath", "-ldflags", ldflags]
+
+
+def _go() -> str:
+    go = shutil.which("go")
+    if not go:
+        raise BuildError("the Go toolchain (go >= 1.26) is needed to build the e2e binaries")
+    return go
+
+
+def _go_version(go: str) -> str:
+    return subprocess.run(
+        [go, "env", "GOVERSION", "GOOS", "GOARCH"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def toolchain_hash(go: str | None = None) -> str:
+    """A digest of everything that decides the binaries' bytes."""
+    digest = hashlib.sha256()
+    for path in sorted(TOOLCHAIN_DIR.rglob("*")):
+        if path.is_file() and path.suffix in {".mod", ".sum", ".go"}:
+            digest.update(str(path.relative_to(TOOLCHAIN_DIR)).encode())
+            digest.update(path.read_bytes())
+    digest.update(_go_version(go or _go()).encode())
+    for binary in binaries():
+        digest.update(json.dumps([binary.name, binary.package, _build_flags(binary)]).encode())
+    return digest.hexdigest()[:12]
+
+
+def bin_dir(go: str | None = None) -> Path:
+    return bin_root() / f"{kubernetes_version()}-{toolchain_hash(go)}"
+
+
+def _log(message: str) -> None:
+    print(f"[e2e build] {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Serialise builders: two test runs must not race on the same output files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _build_one(go: str, binary: Binary, out_dir: Path) -> None:
+    target = out_dir / binary.name
+    partial = out_dir / f".{binary.name}.partial"
+    log_path = out_dir / f"build-{binary.name}.log"
+    jobs = str(os.cpu_count() or 2)
+    cmd = [go, "build", "-p", jobs, *_build_flags(binary), "-o", str(partial), binary.package]
+    what = binary.name + (f" ({', '.join(binary.aliases)})" if binary.aliases else "")
+    _log(f"building {what} ...")
+    started = time.monotonic()
+    with open(log_path, "w") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.Popen(
+            cmd, cwd=TOOLCHAIN_DIR / binary.module, stdout=log, stderr=subprocess.STDOUT
+        )
+        while True:
+            try:
+                rc = proc.wait(timeout=_HEARTBEAT_S)
+                break
+            except subprocess.TimeoutExpired:
+                _log(f"  still building {binary.name} ({time.monotonic() - started:.0f}s)")
+    elapsed = time.monotonic() - started
+    if rc != 0:
+        partial.unlink(missing_ok=True)
+        raise BuildError(
+            f"building {binary.name} from toolchain/{binary.module} failed (exit {rc}) after "
+            f"{elapsed:.0f}s; full log: {log_path}\n{_tail(log_path)}"
+        )
+    partial.replace(target)  # atomic: a half-written binary is never mistaken for a build
+    for alias in binary.aliases:
+        link = out_dir / alias
+        link.unlink(missing_ok=True)
+        link.symlink_to(binary.name)
+    _log(f"built {binary.name} in {elapsed:.0f}s")
+
+
+def _complete(out_dir: Path, binary: Binary) -> bool:
+    names = (binary.name, *binary.aliases)
+    return all((out_dir / name).exists() for name in names)
+
+
+# What a cluster needs; helm is built only when asked for (chart tests, `build`).
+CLUSTER_BINARIES = ("kube", "etcd", "kwok")
+
+
+def ensure_built(names: tuple[str, ...] | None = None) -> Path:
+    """Build whichever of `names` (default: all) is missing; returns the binaries' directory."""
+    go = _go()
+    out_dir = bin_dir(go)
+    wanted = [b for b in binaries() if names is None or b.name in names]
+    if all(_complete(out_dir, b) for b in wanted):
+        return out_dir
+    with _locked(out_dir):
+        missing = [b for b in wanted if not _complete(out_dir, b)]
+        if missing:
+            _log(
+                f"building {', '.join(b.name for b in missing)} into {out_dir} (first run only; "
+                "the Go build cache makes later toolchain changes faster)"
+            )
+            started = time.monotonic()
+            for binary in missing:
+                _build_one(go, binary, out_dir)
+            _log(f"all binaries built in {time.monotonic() - started:.0f}s")
+    return out_dir
+
+
+def module_dir(module: str, path: str) -> Path:
+    """The extracted source of a pinned dependency, from the Go module cache.
+
+    Published files (kwok's stage definitions, prometheus-operator's CRDs) are read from
+    there, so what the cluster installs is exactly what upstream ships.
+    """
+    version = required_version(module, path)
+    return download_module(path, version, cwd=TOOLCHAIN_DIR / module)
+
+
+def download_module(path: str, version: str, cwd: Path | None = None) -> Path:
+    result = subprocess.run(
+        [_go(), "mod", "download", "-json", f"{path}@{version}"],
+        capture_output=True,
+        text=True,
+        cwd=cwd or TOOLCHAIN_DIR,
+    )
+    info = json.loads(result.stdout or "{}")
+    if result.returncode != 0 or "Dir" not in info:
+        detail = info.get("Error") or result.stderr.strip()
+        raise BuildError(f"go mod download {path}@{version} failed: {detail}")
+    return Path(info["Dir"])
