@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -69,6 +70,8 @@ class OperatorConfig:
     prometheus_timeout_seconds: float = 5.0
     # Floor decisions are evaluated by one shared scheduler at this granularity.
     floor_tick_seconds: float = 1.0
+    # Rate window of the default queue-latency query; at least two scrape intervals.
+    floor_window: str = "1m"
     default_lead_time_seconds: int = 300
 
     @classmethod
@@ -100,6 +103,7 @@ class OperatorConfig:
             prometheus_bearer_token=env.get(ENV_PREFIX + "PROMETHEUS_BEARER_TOKEN") or None,
             prometheus_timeout_seconds=_float(env, "PROMETHEUS_TIMEOUT_SECONDS", 5.0),
             floor_tick_seconds=_float(env, "FLOOR_TICK_SECONDS", 1.0),
+            floor_window=env.get(ENV_PREFIX + "FLOOR_WINDOW") or cls.floor_window,
             default_lead_time_seconds=_int(env, "DEFAULT_LEAD_TIME_SECONDS", 300),
         )
         config.validate()
@@ -121,5 +125,9 @@ class OperatorConfig:
             raise ConfigError("metrics and health ports must differ")
         if self.resync_seconds < 10:
             raise ConfigError(f"{ENV_PREFIX}RESYNC_SECONDS must be >= 10")
+        if not re.fullmatch(r"[0-9]+(ms|s|m|h)", self.floor_window):
+            raise ConfigError(
+                f"{ENV_PREFIX}FLOOR_WINDOW must be a duration like 1m, got {self.floor_window!r}"
+            )
         if self.lease_duration_seconds < 5:
             raise ConfigError(f"{ENV_PREFIX}LEASE_DURATION_SECONDS must be >= 5")

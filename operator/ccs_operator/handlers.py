@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -10,6 +11,7 @@ import kopf
 
 from .api import API_GROUP, API_VERSION, PLURAL
 from .config import OperatorConfig
+from .floorloop import FloorLoop
 from .kube import CHILD_TYPES
 from .reconcile import InvalidSpec, Reconciler, RetryLater, controller_name
 
@@ -42,13 +44,25 @@ def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
 
 
-def build_registry(reconciler: Reconciler, config: OperatorConfig) -> kopf.OperatorRegistry:
+def build_registry(
+    reconciler: Reconciler, config: OperatorConfig, floor_loop: FloorLoop | None = None
+) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     resource = (API_GROUP, API_VERSION, PLURAL)
+    floor_stop = asyncio.Event()
+    floor_tasks: list[asyncio.Task[None]] = []
 
     @kopf.on.startup(registry=registry)
     def _settings(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings, config)
+        if floor_loop is not None:
+            # Started inside kopf's context so the loop can post events through kopf.
+            floor_tasks.append(asyncio.get_running_loop().create_task(floor_loop.run(floor_stop)))
+
+    @kopf.on.cleanup(registry=registry)
+    async def _stop_floor_loop(**_: Any) -> None:
+        floor_stop.set()
+        await asyncio.gather(*floor_tasks, return_exceptions=True)
 
     @kopf.on.event(*resource, registry=registry)
     def _remember(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:

@@ -21,14 +21,23 @@ APPLY_REQUESTS = Counter(
 )
 STATUS_WRITES = Counter("ccs_status_writes_total", "Status patches written")
 SERVICES = Gauge("ccs_services", "ClaudeCodeServices known to the operator")
-FLOOR = Gauge("ccs_floor_replicas", "Current replica floor", ["namespace", "name"])
-FLOOR_DESIRED = Gauge(
-    "ccs_floor_desired_replicas",
-    "Replicas the service needed at this time (pre-warm history source)",
-    ["namespace", "name"],
+# Per-service series carry ccs_namespace/ccs_name, not namespace/name: Prometheus sets
+# `namespace` to the operator pod's own namespace when it scrapes the operator.
+SERVICE_LABELS = ["ccs_namespace", "ccs_name"]
+FLOOR = Gauge("ccs_floor_replicas", "Current replica floor (HPA minReplicas)", SERVICE_LABELS)
+FLOOR_MAX = Gauge("ccs_max_replicas", "Upper bound of replicas (spec.replicas.max)", SERVICE_LABELS)
+FLOOR_DEMAND = Gauge(
+    "ccs_floor_demand_replicas",
+    "Replicas the service needed now without pre-warm; one period later, pre-warm history",
+    SERVICE_LABELS,
 )
 QUEUE_LATENCY = Gauge(
-    "ccs_queue_latency_milliseconds", "Last observed queue latency", ["namespace", "name"]
+    "ccs_queue_latency_milliseconds", "Last observed queue latency", SERVICE_LABELS
+)
+SERVICE_CONDITION = Gauge(
+    "ccs_service_condition",
+    "Conditions of each service (1 for the current status)",
+    [*SERVICE_LABELS, "type", "status"],
 )
 FLOOR_DECISIONS = Counter("ccs_floor_decisions_total", "Floor decisions by reason", ["reason"])
 PROM_QUERY_DURATION = Histogram(

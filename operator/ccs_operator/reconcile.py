@@ -8,6 +8,7 @@ rest, and writes status once, only if it changed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 
 from . import metrics
 from .api import KIND, ClaudeCodeService, SpecError, parse_service
-from .kube import CHILD_TYPES, KubeClient, KubeError, Rejected, Transient
+from .kube import CHILD_TYPES, KubeClient, KubeError, NotFound, Rejected, Transient
 from .render import ChildNames, RenderSettings, render_children
 from .status import (
     DEGRADED,
@@ -109,11 +110,21 @@ class Reconciler:
         known = self.services.get(key)
         if known is None or not _older(meta, known["metadata"]):
             self.services[key] = dict(body)
+            _export_conditions(key, (body.get("status") or {}).get("conditions") or ())
         metrics.SERVICES.set(len(self.services))
 
     def forget_service(self, key: ServiceKey) -> None:
         self.services.pop(key, None)
         metrics.SERVICES.set(len(self.services))
+        for gauge in (
+            metrics.FLOOR,
+            metrics.FLOOR_MAX,
+            metrics.FLOOR_DEMAND,
+            metrics.QUEUE_LATENCY,
+        ):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*key)
+        _export_conditions(key, ())
 
     def remember_child(self, kind: str, body: Mapping[str, Any], deleted: bool) -> None:
         meta = body["metadata"]
@@ -129,17 +140,18 @@ class Reconciler:
             )
 
     # -- scheduling -----------------------------------------------------------------------
-    def _lock(self, key: ServiceKey) -> asyncio.Lock:
+    def lock(self, key: ServiceKey) -> asyncio.Lock:
+        """Serialises everything that writes a service's status (reconcile, floor loop)."""
         return self._locks.setdefault(key, asyncio.Lock())
 
-    def enqueue(self, key: ServiceKey) -> None:
-        """Reconcile a service soon, from a child event; repeated requests coalesce."""
+    def enqueue(self, key: ServiceKey, delay: float = 0.2) -> None:
+        """Reconcile a service soon; repeated requests coalesce into one reconcile."""
         if key in self._queued and not self._queued[key].done():
             return
 
         async def run() -> None:
             # Let a burst of events for the same service settle into one reconcile.
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(delay)
             self._queued.pop(key, None)
             body = self.services.get(key)
             if body is None:
@@ -155,7 +167,7 @@ class Reconciler:
     async def reconcile(self, body: Mapping[str, Any]) -> dict[str, Any]:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
-        async with self._lock(key):
+        async with self.lock(key):
             started = time.perf_counter()
             try:
                 status = await self._reconcile_locked(self.services.get(key, body))
@@ -277,6 +289,13 @@ class Reconciler:
             metrics.APPLY_REQUESTS.labels(kind).inc()
             try:
                 live = await self.kube.apply(manifest)
+            except NotFound as exc:
+                if kind != "ServiceMonitor":
+                    raise RetryLater(f"applying {kind} {name}: {exc}") from exc
+                # The CRD went away since discovery was cached: monitoring is off, not broken.
+                self.kube.forget_discovery()
+                monitoring = self._monitoring_condition(ccs, sm_crd=False)
+                return ApplyOutcome(monitoring=monitoring), deployment
             except Transient as exc:
                 metrics.RECONCILE_ERRORS.labels("Transient").inc()
                 raise RetryLater(f"applying {kind} {name}: {exc}") from exc
@@ -372,6 +391,20 @@ class Reconciler:
                     condition["reason"],
                     condition["message"],
                 )
+
+
+def _export_conditions(key: ServiceKey, conditions: Any) -> None:
+    """ccs_service_condition{type,status}: 1 on the current status, for alerts."""
+    current = {c["type"]: c["status"] for c in conditions}
+    for type_ in (READY, DEGRADED, "Progressing", MONITORING, "FloorControllerActive"):
+        for value in ("True", "False", "Unknown"):
+            if type_ in current:
+                metrics.SERVICE_CONDITION.labels(*key, type_, value).set(
+                    1 if current[type_] == value else 0
+                )
+            else:
+                with contextlib.suppress(KeyError):
+                    metrics.SERVICE_CONDITION.remove(*key, type_, value)
 
 
 def _older(meta: Mapping[str, Any], than: Mapping[str, Any]) -> bool:

@@ -16,9 +16,11 @@ import prometheus_client
 from aiohttp import web
 
 from .config import ConfigError, OperatorConfig
+from .floorloop import FloorLoop
 from .handlers import build_registry, post_event
 from .kube import KubeClient
 from .leader import LeaseElector
+from .prom import PrometheusClient, PrometheusSettings
 from .reconcile import Reconciler
 from .render import RenderSettings
 
@@ -110,7 +112,21 @@ async def serve(config: OperatorConfig) -> int:
     health.role = "leader"
 
     reconciler = Reconciler(kube, RenderSettings(loader_image=config.loader_image), post_event)
-    registry = build_registry(reconciler, config)
+    prometheus = PrometheusClient(
+        PrometheusSettings(
+            url=config.prometheus_url,
+            bearer_token=config.prometheus_bearer_token,
+            timeout_seconds=config.prometheus_timeout_seconds,
+        )
+    )
+    floor_loop = FloorLoop(
+        reconciler,
+        prometheus,
+        window=config.floor_window,
+        default_lead_time_seconds=config.default_lead_time_seconds,
+        tick_seconds=config.floor_tick_seconds,
+    )
+    registry = build_registry(reconciler, config, floor_loop)
     kopf_stop = asyncio.Event()
     lost = asyncio.Event()
     operator = asyncio.create_task(
@@ -135,6 +151,7 @@ async def serve(config: OperatorConfig) -> int:
     if elector is not None and not lost.is_set():
         await asyncio.to_thread(elector.release)
     kube.close()
+    prometheus.close()
     await health_runner.cleanup()
     if lost.is_set():
         log.error("lost leadership; exiting so a fresh process can rejoin the election")

@@ -1,0 +1,308 @@
+"""The operator against the real API server, controller-manager, scheduler and kwok nodes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+
+from e2e.fixtures import Cluster
+from e2e.operator_fixtures import OperatorProcess, Services, condition, sample
+
+pytestmark = pytest.mark.cluster
+
+CHILD_KINDS = ("configmap", "deployment", "service", "horizontalpodautoscaler", "servicemonitor")
+
+
+def _children(cluster: Cluster, namespace: str, name: str) -> dict[str, dict[str, Any]]:
+    found = {}
+    for kind in CHILD_KINDS:
+        child = f"{name}-model-config" if kind == "configmap" else name
+        result = cluster.kubectl("get", kind, child, "-n", namespace, "-o", "yaml", check=False)
+        if result.returncode == 0:
+            found[kind] = yaml.safe_load(result.stdout)
+    return found
+
+
+def _until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{what} not reached in {timeout}s")
+
+
+def test_create_makes_every_child_owned_and_reports_ready(
+    cluster: Cluster, op_namespace: str, services: Services
+) -> None:
+    services.apply(op_namespace, sample("claude-code"))
+    body = services.wait_ready(op_namespace, "claude-code")
+    children = _children(cluster, op_namespace, "claude-code")
+    assert sorted(children) == sorted(CHILD_KINDS)
+    for kind, child in children.items():
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert owner["uid"] == body["metadata"]["uid"], kind
+        assert owner["controller"] is True
+    status = body["status"]
+    assert status["readyReplicas"] >= 2 and status["replicas"] >= 2
+    assert status["endpoint"]["http"] == f"http://claude-code.{op_namespace}.svc:8000"
+    assert condition(body, "Ready")["status"] == "True"  # type: ignore[index]
+    assert condition(body, "MonitoringConfigured")["status"] == "True"  # type: ignore[index]
+    hpa = children["horizontalpodautoscaler"]["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 10)
+    # The kwok GPU nodes took the pods: the GPU request and toleration are real.
+    pods = cluster.kubectl("get", "pods", "-n", op_namespace, "-o", "yaml").stdout
+    nodes = {p["spec"]["nodeName"] for p in yaml.safe_load(pods)["items"]}
+    assert nodes and all(n for n in nodes)
+
+    table = cluster.kubectl("get", "ccs", "-n", op_namespace).stdout
+    header, row = table.splitlines()[:2]
+    assert header.split() == ["NAME", "READY", "FLOOR", "MAX", "QUEUE-P99", "PHASE", "AGE"]
+    assert row.split()[0] == "claude-code" and "Ready" in row.split()
+    wide = cluster.kubectl("get", "ccs", "-n", op_namespace, "-o", "wide").stdout
+    assert f"http://claude-code.{op_namespace}.svc:8000" in wide
+
+    events = cluster.kubectl(
+        "get",
+        "events",
+        "-n",
+        op_namespace,
+        "--field-selector",
+        "involvedObject.kind=ClaudeCodeService",
+    ).stdout
+    assert "Created" in events and "Ready" in events
+
+
+def test_update_changes_children_and_rolls_pods(
+    cluster: Cluster, op_namespace: str, services: Services
+) -> None:
+    services.apply(op_namespace, sample("svc"))
+    services.wait_ready(op_namespace, "svc")
+    before = _children(cluster, op_namespace, "svc")
+    old_hash = before["deployment"]["spec"]["template"]["metadata"]["annotations"][
+        "serving.claudecode.io/config-hash"
+    ]
+    services.patch(
+        op_namespace,
+        "svc",
+        {
+            "spec": {
+                "batching": {"maxBatchSize": 16, "preferredBatchSizes": [8, 16]},
+                "image": "nvcr.io/nvidia/tritonserver:25.02-py3",
+                "replicas": {"max": 6},
+            }
+        },
+    )
+    services.wait_ready(op_namespace, "svc")
+    after = _children(cluster, op_namespace, "svc")
+    assert "max_batch_size: 16" in after["configmap"]["data"]["config.pbtxt"]
+    template = after["deployment"]["spec"]["template"]
+    assert template["metadata"]["annotations"]["serving.claudecode.io/config-hash"] != old_hash
+    assert template["spec"]["containers"][0]["image"].endswith("25.02-py3")
+    assert after["horizontalpodautoscaler"]["spec"]["maxReplicas"] == 6
+    # The Deployment really rolled: a new ReplicaSet carries the new template.
+    replica_sets = yaml.safe_load(
+        cluster.kubectl("get", "replicasets", "-n", op_namespace, "-o", "yaml").stdout
+    )["items"]
+    assert len(replica_sets) >= 2
+
+
+def test_deleted_or_edited_children_are_restored(
+    cluster: Cluster, op_namespace: str, services: Services
+) -> None:
+    services.apply(op_namespace, sample("drift"))
+    services.wait_ready(op_namespace, "drift")
+    desired = _children(cluster, op_namespace, "drift")
+
+    cluster.kubectl("delete", "configmap", "drift-model-config", "-n", op_namespace)
+    _until(
+        lambda: "configmap" in _children(cluster, op_namespace, "drift"), 20, "ConfigMap re-created"
+    )
+
+    cluster.kubectl("set", "image", "deployment/drift", "triton=evil:latest", "-n", op_namespace)
+    cluster.kubectl(
+        "patch",
+        "hpa",
+        "drift",
+        "-n",
+        op_namespace,
+        "--type=merge",
+        "-p",
+        '{"spec": {"maxReplicas": 99}}',
+    )
+    cluster.kubectl(
+        "patch",
+        "configmap",
+        "drift-model-config",
+        "-n",
+        op_namespace,
+        "--type=merge",
+        "-p",
+        '{"data": {"config.pbtxt": "garbage"}}',
+    )
+
+    def restored() -> bool:
+        now = _children(cluster, op_namespace, "drift")
+        image = now["deployment"]["spec"]["template"]["spec"]["containers"][0]["image"]
+        return (
+            image == desired["deployment"]["spec"]["template"]["spec"]["containers"][0]["image"]
+            and now["horizontalpodautoscaler"]["spec"]["maxReplicas"] == 10
+            and now["configmap"]["data"] == desired["configmap"]["data"]
+        )
+
+    _until(restored, 20, "image, HPA max and config restored")
+
+
+def test_fields_owned_by_others_are_left_alone(
+    cluster: Cluster, op_namespace: str, services: Services
+) -> None:
+    """The HPA owns Deployment.spec.replicas; our applies never reset it."""
+    services.apply(op_namespace, sample("owned", replicas={"min": 2, "max": 5}))
+    services.wait_ready(op_namespace, "owned")
+    deployment = _children(cluster, op_namespace, "owned")["deployment"]
+    managers = {
+        f["manager"]
+        for f in deployment["metadata"]["managedFields"]
+        if "f:replicas" in str(f.get("fieldsV1", {}).get("f:spec", {}))
+    }
+    assert "ccs-operator" not in managers
+
+
+def test_deleting_the_service_removes_its_children(
+    cluster: Cluster, op_namespace: str, services: Services
+) -> None:
+    services.apply(op_namespace, sample("gone"))
+    services.wait_ready(op_namespace, "gone")
+    cluster.kubectl("delete", "ccs", "gone", "-n", op_namespace, "--wait=true")
+    _until(lambda: not _children(cluster, op_namespace, "gone"), 60, "children garbage-collected")
+
+
+def test_missing_servicemonitor_crd_leaves_the_service_ready(
+    cluster: Cluster, op_namespace: str, services: Services
+) -> None:
+    cluster.uninstall_servicemonitor_crd()
+    try:
+        services.apply(op_namespace, sample("nomon"))
+        body = services.wait(
+            op_namespace,
+            "nomon",
+            lambda b: (
+                (condition(b, "MonitoringConfigured") or {}).get("reason")
+                == "ServiceMonitorCRDMissing"
+                and (b.get("status") or {}).get("phase") == "Ready"
+            ),
+            timeout=90,
+            what="Ready with monitoring off",
+        )
+        assert "install" in condition(body, "MonitoringConfigured")["message"]  # type: ignore[index]
+        assert "servicemonitor" not in _children(cluster, op_namespace, "nomon")
+        events = cluster.kubectl("get", "events", "-n", op_namespace).stdout
+        assert "ServiceMonitorCRDMissing" in events
+    finally:
+        cluster.install_servicemonitor_crd()
+
+
+def test_name_collision_is_degraded_and_applies_nothing(
+    cluster: Cluster, op_namespace: str, services: Services
+) -> None:
+    foreign = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "taken-model-config", "namespace": op_namespace},
+        "data": {"owner": "somebody else"},
+    }
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(foreign))
+    services.apply(op_namespace, sample("taken"))
+    body = services.wait(
+        op_namespace,
+        "taken",
+        lambda b: (b.get("status") or {}).get("phase") == "Degraded",
+        what="Degraded",
+    )
+    degraded = condition(body, "Degraded")
+    assert degraded is not None and degraded["reason"] == "NameCollision"
+    assert "ConfigMap" in degraded["message"] and "taken-model-config" in degraded["message"]
+    configmap = _children(cluster, op_namespace, "taken")["configmap"]
+    assert configmap["data"] == {"owner": "somebody else"}
+    assert "ownerReferences" not in configmap["metadata"]
+    # Never half-applied: nothing else was created either.
+    assert set(_children(cluster, op_namespace, "taken")) == {"configmap"}
+
+    cluster.kubectl("delete", "configmap", "taken-model-config", "-n", op_namespace)
+    services.wait_ready(op_namespace, "taken", timeout=120)
+
+
+def test_noop_resync_writes_nothing(
+    cluster: Cluster,
+    solo_namespace: str,
+    services: Services,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    start_operator(solo_namespace, CCS_RESYNC_SECONDS="10")
+    services.apply(solo_namespace, sample("quiet"))
+    services.wait_ready(solo_namespace, "quiet")
+    time.sleep(3)  # let the rollout's last status updates land
+
+    def snapshot() -> dict[str, Any]:
+        children = _children(cluster, solo_namespace, "quiet")
+        ours = {
+            kind: [
+                f["time"]
+                for f in child["metadata"]["managedFields"]
+                if f["manager"] == "ccs-operator"
+            ]
+            for kind, child in children.items()
+        }
+        rvs = {
+            kind: child["metadata"]["resourceVersion"]
+            for kind, child in children.items()
+            if kind in ("configmap", "service", "servicemonitor")
+        }
+        return {
+            "ours": ours,
+            "rvs": rvs,
+            "ccs": services.get(solo_namespace, "quiet")["metadata"]["resourceVersion"],
+        }
+
+    before = snapshot()
+    time.sleep(25)  # two resync periods
+    assert snapshot() == before
+
+
+def test_operator_killed_mid_reconcile_converges_without_duplicates(
+    cluster: Cluster,
+    solo_namespace: str,
+    services: Services,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    first = start_operator(solo_namespace, lease="ccs-e2e-kill")
+    names = [f"svc-{i}" for i in range(10)]
+    for name in names:
+        services.apply(solo_namespace, sample(name, replicas={"min": 1, "max": 2}))
+    time.sleep(1.0)
+    first.kill()
+    start_operator(solo_namespace, lease="ccs-e2e-kill", CCS_LEASE_DURATION_SECONDS="5")
+    for name in names:
+        services.wait_ready(solo_namespace, name, timeout=120)
+    for kind in ("deployments", "services", "configmaps", "hpa"):
+        listed = yaml.safe_load(
+            cluster.kubectl("get", kind, "-n", solo_namespace, "-o", "yaml").stdout
+        )["items"]
+        ours = [i for i in listed if i["metadata"].get("ownerReferences")]
+        assert len(ours) == len(names), kind
+
+
+def test_operator_exposes_metrics_and_health(operator: OperatorProcess) -> None:
+    assert operator.health()["role"] == "leader"
+    text = operator.metrics()
+    for metric in (
+        "ccs_reconcile_total",
+        "ccs_reconcile_duration_seconds",
+        "ccs_children_applied_total",
+        "ccs_services",
+    ):
+        assert metric in text
