@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test unit lint demo clean-cluster
+.PHONY: test unit lint demo down
 
 $(STAMP): pyproject.toml
 	@echo "==> installing ccs-operator and its test tools into $(VENV)" >&2
@@ -20,6 +20,14 @@ test: $(STAMP)
 	@$(PY) -m ruff check operator tests e2e bench serving_image conftest.py
 	@$(PY) -m mypy
 	@$(PY) -m pytest -p no:cacheprovider
+
+# The main job on this machine: local control plane with fake GPU nodes, the CRD, the
+# operator and samples/claude-code.yaml, ending with `kubectl get ccs`.
+demo: $(STAMP)
+	@$(PY) -m e2e demo
+
+down: $(STAMP)
+	@$(PY) -m e2e down
 
 unit: $(STAMP)
 	@$(PY) -m pytest -p no:cacheprovider tests -m "not cluster and not triton and not prometheus"

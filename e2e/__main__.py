@@ -12,6 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from e2e.demo import DemoError, DemoOperator, run_demo
 from e2e.kwok import PodReadyDelay
 from e2e.localcluster import ClusterError, LocalCluster, Options
 from e2e.toolchain import BuildError, ensure_built
@@ -48,7 +49,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="upper bound of a random pod-ready delay (with --pod-ready-delay as lower bound)",
     )
-    sub.add_parser("down", help="stop the processes `up` started; data is kept")
+    sub.add_parser(
+        "demo",
+        help="cluster + CRD + operator + samples/claude-code.yaml, ending with `kubectl get ccs`",
+    )
+    sub.add_parser("down", help="stop the demo operator and the processes `up` started")
     sub.add_parser("status", help="say which components run")
     sub.add_parser("build", help="only build (or find) the binaries; prints their directory")
     kubectl = sub.add_parser("kubectl", help="run the built kubectl against the cluster")
@@ -79,10 +84,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         options = _options(args) if args.command == "up" else Options()
         cluster = LocalCluster(args.state_dir, options)
+        if args.command == "demo":
+            return run_demo(cluster)
         if args.command == "up":
             kubeconfig = cluster.up(fresh=args.fresh)
             print(f"export KUBECONFIG={shlex.quote(str(kubeconfig))}")
         elif args.command == "down":
+            if DemoOperator(cluster).stop():
+                print("[e2e] stopped the demo operator", file=sys.stderr)
             if not cluster.down():
                 print("[e2e] nothing was running", file=sys.stderr)
         elif args.command == "status":
@@ -91,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             kubectl_args = args.args[1:] if args.args[:1] == ["--"] else args.args
             kubectl = str(cluster.bin_path() / "kubectl")
             os.execv(kubectl, [kubectl, f"--kubeconfig={cluster.kubeconfig}", *kubectl_args])
-    except (BuildError, ClusterError) as exc:
+    except (BuildError, ClusterError, DemoError) as exc:
         print(f"[e2e] error: {exc}", file=sys.stderr)
         return 1
     return 0

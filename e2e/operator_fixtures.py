@@ -82,10 +82,9 @@ class OperatorProcess:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"operator exited {self.process.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        return
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
             time.sleep(0.3)
         raise TimeoutError(f"operator not healthy in {timeout}s:\n{self.log_tail()}")
 
