@@ -109,9 +109,13 @@ class FloorPolicy:
             raise ValueError("cooldown_seconds must be >= 0")
 
     @classmethod
-    def from_spec(cls, spec: ServiceSpec) -> FloorPolicy:
+    def from_spec(cls, spec: ServiceSpec, lead_time_seconds: int | None = None) -> FloorPolicy:
+        """The policy of a service; `lead_time_seconds` (e.g. the measured cold start) is
+        used when the spec sets no pre-warm lead time of its own."""
         f = spec.autoscaling.floor
         lead = f.prewarm.lead_time_seconds
+        if lead is None:
+            lead = lead_time_seconds
         return cls(
             min_replicas=spec.replicas.min,
             max_replicas=spec.replicas.max,

@@ -22,8 +22,9 @@ from typing import Any
 
 from . import metrics
 from .api import ClaudeCodeService, SpecError, parse_service
+from .coldstart import lead_time_seconds
 from .floor import FloorDecision, FloorObservation, FloorPolicy, FloorReason, FloorState, decide
-from .kube import KubeError
+from .kube import KubeError, Transient
 from .prom import (
     NoData,
     PrometheusClient,
@@ -34,11 +35,13 @@ from .prom import (
     p99_queue_latency_query,
 )
 from .reconcile import Reconciler
-from .status import FLOOR_ACTIVE, Condition, merge_conditions, timestamp
+from .status import FLOOR_ACTIVE, METRICS_AVAILABLE, Condition, merge_conditions, timestamp
 
 log = logging.getLogger(__name__)
 
 HISTORY_LENGTH = 20
+# The External metric the HPA scales on is checked this often per service (an API call each).
+EXTERNAL_METRIC_CHECK_SECONDS = 300.0
 
 
 @dataclass
@@ -49,6 +52,9 @@ class _Memory:
     next_due: float = 0.0
     last_scale_up_at: float | None = None
     below_watermark_since: float | None = None
+    external_checked_at: float | None = None
+    # Why the HPA's External requests-per-second metric is unusable; None when it is fine.
+    external_problem: Condition | None = None
 
 
 @dataclass(frozen=True)
@@ -127,7 +133,10 @@ class FloorLoop:
         if not due:
             return 0
         readings = await self._read_latencies([ccs for ccs, _, _ in due if _active(ccs)])
-        history = await self._read_prewarm_history([ccs for ccs, _, _ in due if _active(ccs)])
+        history = await self._read_prewarm_history(
+            [(ccs, self._lead_time(ccs, body)) for ccs, body, _ in due if _active(ccs)]
+        )
+        await self._check_external_metrics([ccs for ccs, _, _ in due], now)
         await asyncio.gather(
             *(
                 self._evaluate(ccs, body, readings.get(_key(ccs)), history.get(_key(ccs)), lag)
@@ -193,23 +202,61 @@ class FloorLoop:
                 readings[_key(ccs)] = Reading(None, _prometheus_problem(exc))
         return readings
 
-    async def _read_prewarm_history(
-        self, services: list[ClaudeCodeService]
-    ) -> dict[ServiceKey, int]:
-        groups: set[tuple[int, int]] = set()
+    def _lead_time(self, ccs: ClaudeCodeService, body: Mapping[str, Any]) -> int:
+        """Pre-warm looks ahead by the spec's lead time, else by the measured p95 cold start
+        (status.coldStart) plus one evaluation, else by the operator's default."""
+        floor = ccs.spec.autoscaling.floor
+        if floor.prewarm.lead_time_seconds is not None:
+            return floor.prewarm.lead_time_seconds
+        return lead_time_seconds(
+            (body.get("status") or {}).get("coldStart"),
+            fallback=self.default_lead_time_seconds,
+            evaluation_interval=floor.evaluation_interval_seconds,
+        )
+
+    async def _check_external_metrics(self, services: list[ClaudeCodeService], now: float) -> None:
+        """Whether the HPA can read its requests-per-second External metric, per service."""
         for ccs in services:
+            memory = self.memory[_key(ccs)]
+            if ccs.spec.autoscaling.requests_per_second <= 0:
+                memory.external_problem = None
+                continue
+            if (
+                memory.external_checked_at is not None
+                and now - memory.external_checked_at < EXTERNAL_METRIC_CHECK_SECONDS
+            ):
+                continue
+            memory.external_checked_at = now
+            selector = {"service": ccs.name}
+            try:
+                items = await self.reconciler.kube.external_metric(
+                    ccs.namespace, EXTERNAL_RPS_METRIC, selector
+                )
+            except Transient as exc:
+                memory.external_checked_at = None  # ask again next interval
+                log.info("external metrics API of %s/%s unreachable: %s", *_key(ccs), exc)
+                continue
+            except KubeError as exc:
+                items = None
+                log.info("external metric of %s/%s unreadable: %s", *_key(ccs), exc)
+            memory.external_problem = _external_metric_problem(ccs, items)
+
+    async def _read_prewarm_history(
+        self, services: list[tuple[ClaudeCodeService, int]]
+    ) -> dict[ServiceKey, int]:
+        """Demand one period ago, per service; one query per (period, lead time) in use."""
+        groups: dict[tuple[int, int], set[ServiceKey]] = defaultdict(set)
+        for ccs, lead in services:
             prewarm = ccs.spec.autoscaling.floor.prewarm
             if prewarm.enabled:
-                lead = prewarm.lead_time_seconds or self.default_lead_time_seconds
-                groups.add((prewarm.period_seconds, lead))
+                groups[(prewarm.period_seconds, lead)].add(_key(ccs))
         history: dict[ServiceKey, int] = {}
-        for period, lead in groups:
+        for (period, lead), members in groups.items():
             try:
-                history.update(
-                    await self._query(
-                        functools.partial(self.prometheus.prewarm_history_all, period, lead)
-                    )
+                found: dict[ServiceKey, int] = await self._query(
+                    functools.partial(self.prometheus.prewarm_history_all, period, lead)
                 )
+                history.update({k: v for k, v in found.items() if k in members})
             except PrometheusError as exc:
                 log.warning("pre-warm history unavailable: %s", exc)
         return history
@@ -225,7 +272,7 @@ class FloorLoop:
         key = (ccs.namespace, ccs.name)
         memory = self.memory[key]
         status = dict(body.get("status") or {})
-        policy = FloorPolicy.from_spec(ccs.spec)
+        policy = FloorPolicy.from_spec(ccs.spec, lead_time_seconds=self._lead_time(ccs, body))
         state = FloorState(
             current_floor=status.get("floor", policy.min_replicas),
             last_change_at=_parse_time(status.get("floorLastChangeTime")),
@@ -281,11 +328,20 @@ class FloorLoop:
                 if decision.reason == FloorReason.FLOOR_DISABLED
                 else Condition(FLOOR_ACTIVE, True, "Evaluating", decision.message)
             )
+            available = _metrics_available(
+                ccs, reading, self.memory[key].external_problem, current.get("conditions")
+            )
             patch: dict[str, Any] = {}
             conditions = merge_conditions(
-                current.get("conditions"), [active], body["metadata"].get("generation"), moment
+                current.get("conditions"),
+                [active, available],
+                body["metadata"].get("generation"),
+                moment,
             )
-            if _condition_differs(current.get("conditions"), conditions, FLOOR_ACTIVE):
+            if any(
+                _condition_differs(current.get("conditions"), conditions, type_)
+                for type_ in (FLOOR_ACTIVE, METRICS_AVAILABLE)
+            ):
                 patch["conditions"] = conditions
             if current.get("floor") != decision.floor:
                 patch["floor"] = decision.floor
@@ -334,6 +390,14 @@ class FloorLoop:
             self.reconciler.post_event(
                 body, "Warning", reading.problem.reason, reading.problem.message
             )
+        if (
+            available.status is False
+            and "conditions" in patch
+            and _condition_differs(
+                current.get("conditions"), patch["conditions"], METRICS_AVAILABLE
+            )
+        ):
+            self.reconciler.post_event(body, "Warning", available.reason, available.message)
 
 
 def _active(ccs: ClaudeCodeService) -> bool:
@@ -376,4 +440,90 @@ def _no_series(ccs: ClaudeCodeService, window: str) -> Condition:
         f"Prometheus has no Triton queue series for service {ccs.namespace}/{ccs.name} "
         f"(nv_inference_queue_duration_us over {window}, e.g. {query}); the floor is held. "
         "Check that the ServiceMonitor is picked up by Prometheus",
+    )
+
+
+EXTERNAL_RPS_METRIC = "requests_per_second"
+
+
+def _external_metric_problem(
+    ccs: ClaudeCodeService, items: list[dict[str, Any]] | None
+) -> Condition | None:
+    """Why the HPA cannot read its External metric (None: it can)."""
+    where = f"{EXTERNAL_RPS_METRIC}{{service={ccs.name}}} in namespace {ccs.namespace}"
+    if items is None:
+        return Condition(
+            METRICS_AVAILABLE,
+            False,
+            "ExternalMetricsAPIMissing",
+            f"the HPA scales on the External metric {where}, but no adapter serves "
+            "external.metrics.k8s.io (the HPA reports FailedGetExternalMetric and scales on "
+            "CPU only); install prometheus-adapter or KEDA with a rule for "
+            f"{EXTERNAL_RPS_METRIC}, or set spec.autoscaling.requestsPerSecond: 0",
+        )
+    if not items:
+        return Condition(
+            METRICS_AVAILABLE,
+            False,
+            "ExternalMetricMissing",
+            f"external.metrics.k8s.io is served but returns no value for {where}; add an "
+            f"adapter rule that exposes {EXTERNAL_RPS_METRIC} with the label service, or set "
+            "spec.autoscaling.requestsPerSecond: 0",
+        )
+    return None
+
+
+def _metrics_available(
+    ccs: ClaudeCodeService,
+    reading: Reading,
+    external_problem: Condition | None,
+    conditions: Any,
+) -> Condition:
+    """MetricsAvailable: do the series the floor and the HPA depend on exist for this ccs?"""
+    problems: list[Condition] = []
+    if _active(ccs) and reading.problem is not None:
+        if reading.problem.reason != "NoData":
+            return Condition(
+                METRICS_AVAILABLE,
+                None,
+                reading.problem.reason,
+                f"cannot tell: {reading.problem.message}",
+            )
+        was_available = any(
+            c.get("type") == METRICS_AVAILABLE and c.get("status") == "True"
+            for c in conditions or ()
+        )
+        if was_available:
+            problems.append(
+                Condition(
+                    METRICS_AVAILABLE,
+                    False,
+                    "MetricsStale",
+                    "Triton's queue series stopped arriving (pods not scraped any more?): "
+                    + reading.problem.message,
+                )
+            )
+        else:
+            problems.append(
+                Condition(METRICS_AVAILABLE, False, "SeriesMissing", reading.problem.message)
+            )
+    if external_problem is not None:
+        problems.append(external_problem)
+    if problems:
+        return Condition(
+            METRICS_AVAILABLE,
+            False,
+            problems[0].reason,
+            "; and ".join(p.message for p in problems),
+        )
+    sources = []
+    if _active(ccs):
+        sources.append("Triton queue latency in Prometheus")
+    if ccs.spec.autoscaling.requests_per_second > 0:
+        sources.append(f"the HPA's External metric {EXTERNAL_RPS_METRIC}")
+    return Condition(
+        METRICS_AVAILABLE,
+        True,
+        "MetricsPresent" if sources else "NotRequired",
+        ("present: " + ", ".join(sources)) if sources else "no metric is needed by this spec",
     )

@@ -89,6 +89,11 @@ def build_registry(
         group, _, version = child.api_version.rpartition("/")
         _watch_child(registry, reconciler, child.kind, group, version, child.plural)
 
+    @kopf.on.event("", "v1", "pods", labels=MANAGED_BY, registry=registry, id="cold-start")
+    def _pod_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+        if event.get("type") != "DELETED":
+            reconciler.observe_pod(body, initial=event.get("type") is None)
+
     return registry
 
 

@@ -197,5 +197,37 @@ class KubeClient:
         self._served_cache[key] = (time.monotonic(), found)
         return found
 
+    async def external_metric(
+        self, namespace: str, metric: str, selector: Mapping[str, str]
+    ) -> list[dict[str, Any]] | None:
+        """Values of an External metric as the HPA reads them; None when no adapter serves
+        external.metrics.k8s.io at all."""
+        label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        try:
+            result = await self._call(
+                "GET",
+                f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/{metric}",
+                query=[("labelSelector", label_selector)],
+            )
+        except NotFound:
+            if not await self.served_group("external.metrics.k8s.io/v1beta1"):
+                return None
+            return []
+        return list((result or {}).get("items") or [])
+
+    async def served_group(self, api_version: str, ttl_seconds: float = 30.0) -> bool:
+        """Whether any API is served under a group/version (an aggregated adapter), cached."""
+        key = api_version
+        cached = self._served_cache.get(key)
+        if cached and time.monotonic() - cached[0] < ttl_seconds:
+            return cached[1]
+        try:
+            await self._call("GET", f"/apis/{api_version}")
+            found = True
+        except NotFound:
+            found = False
+        self._served_cache[key] = (time.monotonic(), found)
+        return found
+
     def forget_discovery(self) -> None:
         self._served_cache.clear()

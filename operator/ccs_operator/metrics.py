@@ -53,3 +53,14 @@ FLOOR_LAG = Histogram(
     "Delay between a service's evaluation being due and its decision",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
 )
+COLD_START = Histogram(
+    "ccs_cold_start_seconds",
+    "Pod creation to Triton ready, for every new serving replica",
+    buckets=(5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200),
+)
+COLD_START_P50 = Gauge(
+    "ccs_cold_start_p50_seconds", "Median cold start over recent replicas", SERVICE_LABELS
+)
+COLD_START_P95 = Gauge(
+    "ccs_cold_start_p95_seconds", "95th percentile cold start over recent replicas", SERVICE_LABELS
+)

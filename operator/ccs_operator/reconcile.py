@@ -18,8 +18,9 @@ from typing import Any, Protocol
 
 from . import metrics
 from .api import KIND, ClaudeCodeService, SpecError, parse_service
+from .coldstart import ColdStartWindow, pod_cold_start
 from .kube import CHILD_TYPES, KubeClient, KubeError, NotFound, Rejected, Transient
-from .render import ChildNames, RenderSettings, render_children
+from .render import SERVICE_LABEL, ChildNames, RenderSettings, render_children
 from .status import (
     DEGRADED,
     MONITORING,
@@ -99,8 +100,10 @@ class Reconciler:
         self.clock = clock
         self.services: dict[ServiceKey, dict[str, Any]] = {}
         self.children: dict[ChildKey, ChildRecord] = {}
+        self.cold_starts: dict[ServiceKey, ColdStartWindow] = {}
         self._locks: dict[ServiceKey, asyncio.Lock] = {}
         self._queued: dict[ServiceKey, asyncio.Task[None]] = {}
+        self._cold_start_writes: dict[ServiceKey, asyncio.Task[None]] = {}
 
     # -- caches fed by watch events -------------------------------------------------------
     def remember_service(self, body: Mapping[str, Any]) -> None:
@@ -116,11 +119,14 @@ class Reconciler:
     def forget_service(self, key: ServiceKey) -> None:
         self.services.pop(key, None)
         metrics.SERVICES.set(len(self.services))
+        self.cold_starts.pop(key, None)
         for gauge in (
             metrics.FLOOR,
             metrics.FLOOR_MAX,
             metrics.FLOOR_DEMAND,
             metrics.QUEUE_LATENCY,
+            metrics.COLD_START_P50,
+            metrics.COLD_START_P95,
         ):
             with contextlib.suppress(KeyError):
                 gauge.remove(*key)
@@ -138,6 +144,48 @@ class Reconciler:
                 resource_version=meta["resourceVersion"],
                 generation=meta.get("generation"),
             )
+
+    def observe_pod(self, pod: Mapping[str, Any], initial: bool) -> None:
+        """Count a serving pod's cold start once it is Ready; store the summary in status.
+
+        `initial` marks the watch's first listing (an operator start): those pods are
+        counted, but a summary already in status (with more history than the live pods
+        hold) is only replaced once a new replica adds a sample.
+        """
+        meta = pod.get("metadata") or {}
+        service = (meta.get("labels") or {}).get(SERVICE_LABEL)
+        sample = pod_cold_start(pod)
+        if not service or sample is None:
+            return
+        key = (meta["namespace"], service)
+        window = self.cold_starts.setdefault(key, ColdStartWindow())
+        if not window.add(sample):
+            return
+        metrics.COLD_START.observe(sample.total)
+        summary = window.summary() or {}
+        metrics.COLD_START_P50.labels(*key).set(summary.get("p50Seconds", 0))
+        metrics.COLD_START_P95.labels(*key).set(summary.get("p95Seconds", 0))
+        stored = ((self.services.get(key) or {}).get("status") or {}).get("coldStart")
+        if initial and stored and stored.get("samples", 0) > len(window):
+            return
+        if key not in self._cold_start_writes or self._cold_start_writes[key].done():
+            self._cold_start_writes[key] = asyncio.get_running_loop().create_task(
+                self._write_cold_start(key)
+            )
+
+    async def _write_cold_start(self, key: ServiceKey, settle: float = 1.0) -> None:
+        # Pods of one scale-up turn Ready together: one status write for the lot.
+        await asyncio.sleep(settle)
+        window = self.cold_starts.get(key)
+        async with self.lock(key):
+            body = self.services.get(key)
+            if body is None or window is None:
+                return
+            current = dict(body.get("status") or {})
+            try:
+                await self._write_status(body, current, {**current, "coldStart": window.summary()})
+            except RetryLater as exc:
+                log.info("cold start of %s/%s not stored yet: %s", *key, exc)
 
     # -- scheduling -----------------------------------------------------------------------
     def lock(self, key: ServiceKey) -> asyncio.Lock:
