@@ -190,7 +190,7 @@ def assemble(
     return model_dir
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ccs-model-loader",
         description="Assemble the Triton model repository of a ClaudeCodeService pod.",
@@ -200,7 +200,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True, type=Path, help="config.pbtxt to serve")
     parser.add_argument("--model-store", required=True, type=Path, help="Triton's repository")
     parser.add_argument("--pvc-root", type=Path, default=PVC_MOUNT_ROOT, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         model_dir = assemble(
             args.repository, args.model_name, args.config, args.model_store, args.pvc_root

@@ -26,8 +26,10 @@ API (small on purpose):
 
 Ports default to free ones picked at start. `start()` waits for /v2/health/ready up to
 `startup_timeout_s` and raises `TritonStartError` with the server log tail if the server
-exits or is not ready by then (a missing library otherwise makes Triton hang). `stop()`
-sends SIGTERM to the server's process group (the server and its backend stubs), then SIGKILL.
+exits or is not ready by then (a missing library otherwise makes Triton hang). The server
+is tied to the thread that started it (Linux parent-death signal), so a killed test run
+leaves no orphan: start it from a thread that outlives it. `stop()` sends SIGTERM to the
+server's process group (the server and its backend stubs), then SIGKILL.
 Extra environment for the model (e.g. CCS_SAMPLE_BATCH_COST_MS) goes in `env`.
 """
 
@@ -299,6 +301,7 @@ class LocalTriton:
                 env=server_environment(dist, self.env),
                 cwd=self._workdir,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         try:
             self._wait_ready()
@@ -386,6 +389,14 @@ class LocalTriton:
         return values
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the starting thread dies (Linux prctl)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _http_status(url: str) -> int | None:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
@@ -394,3 +405,77 @@ def _http_status(url: str) -> int | None:
         return int(exc.code)
     except (urllib.error.URLError, OSError):
         return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`serving_image/run-local -f ccs.yaml`: serve one ClaudeCodeService until Ctrl-C."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="run-local",
+        description="Run the real tritonserver (from nvidia-pytriton) on CPU with the "
+        "config.pbtxt the operator renders for a ClaudeCodeService.",
+    )
+    parser.add_argument("-f", "--file", required=True, type=Path, help="ClaudeCodeService YAML")
+    parser.add_argument("--http-port", type=int, help="default: spec.ports.http (8000)")
+    parser.add_argument("--grpc-port", type=int, help="default: spec.ports.grpc (8001)")
+    parser.add_argument("--metrics-port", type=int, help="default: spec.ports.metrics (8002)")
+    parser.add_argument(
+        "--repository", help="model files to serve instead of spec.model.repository"
+    )
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to become ready")
+    args = parser.parse_args(argv)
+    import yaml
+
+    from ccs_operator.api import SpecError
+
+    try:
+        ccs = parse_service(yaml.safe_load(args.file.read_text()))
+    except (OSError, yaml.YAMLError, SpecError) as exc:
+        print(f"run-local: {args.file}: {exc}", file=sys.stderr)
+        return 2
+    ports = ccs.spec.ports
+    try:
+        server = LocalTriton.for_service(
+            ccs,
+            repository=args.repository,
+            http_port=args.http_port or ports.http,
+            grpc_port=args.grpc_port or ports.grpc,
+            metrics_port=args.metrics_port or ports.metrics,
+            startup_timeout_s=args.timeout,
+        )
+    except Exception as exc:  # the loader's message names the path or field
+        print(f"run-local: cannot assemble the model repository: {exc}", file=sys.stderr)
+        return 2
+    print(f"run-local: {ccs.name}: model {ccs.spec.model.name}, config rendered by ccs-operator")
+    for note in server.notes:
+        print(f"run-local: LOCAL ONLY: {note}")
+
+    def _terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        server.start()
+    except TritonStartError as exc:
+        print(f"run-local: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"run-local: ready: http://{server.http_url}  grpc {server.grpc_url}  "
+        f"{server.metrics_url}"
+    )
+    print(f"run-local: server log {server.log_path}; Ctrl-C stops")
+    try:
+        while server.running:
+            time.sleep(0.5)
+        print(f"run-local: tritonserver exited\n{server.log_tail()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("run-local: stopping")
+        return 0
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
