@@ -1,0 +1,47 @@
+{{/*
+Least privilege: exactly the calls the operator makes, nothing else (no Secrets, no Pods,
+no delete of its children: the garbage collector removes them through owner references).
+*/}}
+{{- define "ccs-operator.rules" -}}
+# The ClaudeCodeServices: kopf lists and watches them and patches its finalizer and
+# annotations; the operator reads them and writes their status.
+- apiGroups: [serving.claudecode.io]
+  resources: [claudecodeservices]
+  verbs: [get, list, watch, patch]
+- apiGroups: [serving.claudecode.io]
+  resources: [claudecodeservices/status]
+  verbs: [patch]
+# Children carry ownerReferences with blockOwnerDeletion, which clusters running the
+# OwnerReferencesPermissionEnforcement admission plugin allow only with this.
+- apiGroups: [serving.claudecode.io]
+  resources: [claudecodeservices/finalizers]
+  verbs: [update]
+# The children: server-side apply (patch, and create when the child is new), reads to
+# detect name collisions, and label-filtered watches for drift repair.
+- apiGroups: [""]
+  resources: [configmaps, services]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [get, list, watch, create, patch]
+# A ServiceMonitor switched off in a service's spec is deleted (only the operator's own).
+- apiGroups: [monitoring.coreos.com]
+  resources: [servicemonitors]
+  verbs: [get, list, watch, create, patch, delete]
+# The serving pods (a label-filtered watch): their cold-start times, from creation to ready.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch]
+# The External metric each HPA scales on, read to tell whether an adapter serves it
+# (a GET of namespaces/<ns>/requests_per_second, which RBAC sees as `list`).
+- apiGroups: [external.metrics.k8s.io]
+  resources: [requests_per_second]
+  verbs: [list]
+# Events on the services (kopf posts them through the core API).
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end }}
