@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -55,7 +56,6 @@ from types import TracebackType
 from typing import Any
 
 from google.protobuf import text_format
-from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import model_config_pb2 as pb
 
 from ccs_operator.api import ClaudeCodeService, parse_service
@@ -381,12 +381,27 @@ class LocalTriton:
 
     def metric_values(self, name: str) -> dict[tuple[tuple[str, str], ...], float]:
         """Every sample of metric `name` (exact sample name), keyed by sorted labels."""
-        values: dict[tuple[tuple[str, str], ...], float] = {}
-        for family in text_string_to_metric_families(self.metrics_text()):
-            for sample in family.samples:
-                if sample.name == name:
-                    values[tuple(sorted(sample.labels.items()))] = float(sample.value)
-        return values
+        return parse_metrics(self.metrics_text()).get(name, {})
+
+
+_SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
+_LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Prometheus text exposition -> {sample name: {sorted labels: value}}, names as written.
+
+    (prometheus_client's parser renames counters to *_total; Triton's are not.)
+    """
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for line in text.splitlines():
+        match = _SAMPLE_RE.match(line)
+        if match is None:
+            continue
+        name, labels, value = match.groups()
+        key = tuple(sorted(_LABEL_RE.findall(labels or "")))
+        samples.setdefault(name, {})[key] = float(value)
+    return samples
 
 
 def _die_with_parent() -> None:
