@@ -345,6 +345,7 @@ class LocalTriton:
             # Stubs left behind by a crashed server would keep shared memory.
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
+            _wait_group_gone(proc.pid, timeout=10)
         if not keep_files:
             for path in self._owned:
                 shutil.rmtree(path, ignore_errors=True)
@@ -402,6 +403,17 @@ def parse_metrics(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], floa
         key = tuple(sorted(_LABEL_RE.findall(labels or "")))
         samples.setdefault(name, {})[key] = float(value)
     return samples
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> None:
+    """Until no process of the group is left (SIGKILL is delivered asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
 
 
 def _die_with_parent() -> None:
