@@ -52,8 +52,15 @@ def build_registry(
     floor_stop = asyncio.Event()
     floor_tasks: list[asyncio.Task[None]] = []
 
+    # A registry of our own carries none of kopf's default login handlers: authenticate
+    # through the kubernetes client (in-cluster ServiceAccount, else $KUBECONFIG), as the
+    # Reconciler's own client does.
+    @kopf.on.login(registry=registry)
+    def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.startup(registry=registry)
-    def _settings(settings: kopf.OperatorSettings, **_: Any) -> None:
+    async def _settings(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings, config)
         if floor_loop is not None:
             # Started inside kopf's context so the loop can post events through kopf.
@@ -64,8 +71,10 @@ def build_registry(
         floor_stop.set()
         await asyncio.gather(*floor_tasks, return_exceptions=True)
 
+    # Event handlers are async: kopf runs sync handlers in worker threads, where the
+    # reconciler's asyncio scheduling (enqueue, debounced status writes) has no loop.
     @kopf.on.event(*resource, registry=registry)
-    def _remember(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def _remember(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
         if event.get("type") == "DELETED":
             meta = body["metadata"]
             reconciler.forget_service((meta["namespace"], meta["name"]))
@@ -90,7 +99,7 @@ def build_registry(
         _watch_child(registry, reconciler, child.kind, group, version, child.plural)
 
     @kopf.on.event("", "v1", "pods", labels=MANAGED_BY, registry=registry, id="cold-start")
-    def _pod_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def _pod_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
         if event.get("type") != "DELETED":
             reconciler.observe_pod(body, initial=event.get("type") is None)
 
@@ -110,7 +119,7 @@ def _watch_child(
     @kopf.on.event(
         group, version, plural, labels=MANAGED_BY, registry=registry, id=f"watch-{plural}"
     )
-    def _child_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def _child_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
         owner = controller_name(body)
         if owner is None:
             return
