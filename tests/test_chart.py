@@ -211,7 +211,7 @@ def test_rbac_grants_exactly_what_the_operator_calls() -> None:
             assert (group, child.plural, verb) in cluster, (child.kind, verb)
     group = "serving.claudecode.io"
     expected = {
-        *((group, "claudecodeservices", v) for v in ("get", "list", "watch", "patch")),
+        *((group, "claudecodeservices", v) for v in ("list", "watch", "patch")),
         (group, "claudecodeservices/status", "patch"),
         (group, "claudecodeservices/finalizers", "update"),
         *(

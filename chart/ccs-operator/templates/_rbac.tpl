@@ -3,11 +3,11 @@ Least privilege: exactly the calls the operator makes, nothing else (no Secrets,
 no delete of its children: the garbage collector removes them through owner references).
 */}}
 {{- define "ccs-operator.rules" -}}
-# The ClaudeCodeServices: kopf lists and watches them and patches its finalizer and
-# annotations; the operator reads them and writes their status.
+# The ClaudeCodeServices: kopf lists and watches them (the operator works from that cache)
+# and patches its finalizer and annotations; the operator writes their status.
 - apiGroups: [serving.claudecode.io]
   resources: [claudecodeservices]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
 - apiGroups: [serving.claudecode.io]
   resources: [claudecodeservices/status]
   verbs: [patch]

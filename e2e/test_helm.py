@@ -1,0 +1,396 @@
+"""`helm install` of chart/ccs-operator into the local cluster, then the operator running as
+the chart's ServiceAccount: the RBAC is enough to reconcile a sample to Ready, and no more.
+
+The chart's Deployment runs on a kwok node (its pod is admitted by the restricted Pod Security
+level but runs no process); the operator itself runs here as a process, configured with the
+Deployment's own environment and authenticated with a TokenRequest token of the chart's
+ServiceAccount, so every API call it makes is authorised by the chart's roles alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from e2e.fixtures import Cluster
+from e2e.helmchart import CHART_DIR, HelmError, helm, set_args
+from e2e.operator_fixtures import OperatorProcess, Services, _make_namespace, sample
+
+pytestmark = pytest.mark.cluster
+
+CRD_NAME = "claudecodeservices.serving.claudecode.io"
+CHART = str(CHART_DIR)
+
+
+class Release:
+    """One helm release of the chart in a test namespace, removed after the test."""
+
+    def __init__(self, cluster: Cluster, namespace: str) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        # Cluster-scoped roles are named after the release: unique per test run.
+        self.name = f"ccs-{uuid.uuid4().hex[:6]}"
+        self.fullname = f"{self.name}-ccs-operator"
+
+    def helm(self, *args: str, check: bool = True, timeout: float = 180) -> Any:
+        return helm(
+            *args,
+            "--namespace",
+            self.namespace,
+            kubeconfig=self.cluster.kubeconfig,
+            check=check,
+            timeout=timeout,
+        )
+
+    def install(self, values: dict[str, Any]) -> str:
+        result = self.helm(
+            "install", self.name, CHART, "--wait", "--timeout", "120s", *set_args(values)
+        )
+        return str(result.stdout)
+
+    def status(self) -> dict[str, Any]:
+        return dict(json.loads(self.helm("status", self.name, "-o", "json").stdout))
+
+    def uninstall(self) -> None:
+        self.helm("uninstall", self.name, "--wait", "--timeout", "60s", check=False)
+
+
+@pytest.fixture
+def release(cluster: Cluster, namespace: str) -> Iterator[Release]:
+    made = Release(cluster, namespace)
+    yield made
+    made.uninstall()
+
+
+def _get(cluster: Cluster, *args: str) -> dict[str, Any] | None:
+    result = cluster.kubectl("get", *args, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def _crd_established(cluster: Cluster) -> bool:
+    crd = _get(cluster, "crd", CRD_NAME)
+    conditions = ((crd or {}).get("status") or {}).get("conditions") or ()
+    return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+
+def _deployment_env(cluster: Cluster, namespace: str, name: str) -> dict[str, str]:
+    """The operator container's environment as the pod sees it (downward API resolved)."""
+    deployment = _get(cluster, "deployment", name, "-n", namespace)
+    assert deployment is not None
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {}
+    for item in container["env"]:
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        elif item["valueFrom"].get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
+            env[item["name"]] = namespace
+    return env
+
+
+def _service_account_kubeconfig(
+    cluster: Cluster, namespace: str, service_account: str, path: Path
+) -> Path:
+    """A kubeconfig that authenticates as the ServiceAccount (a TokenRequest token)."""
+    with cluster.api_client() as api_client:
+        token = client.CoreV1Api(api_client).create_namespaced_service_account_token(
+            service_account, namespace, {"spec": {"expirationSeconds": 3600}}
+        )
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])
+    cluster_entry = next(c for c in admin["clusters"] if c["name"] == context["context"]["cluster"])
+    user = f"system:serviceaccount:{namespace}:{service_account}"
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster_entry],
+        "users": [{"name": user, "user": {"token": token.status.token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": cluster_entry["name"], "user": user}}],
+        "current-context": "sa",
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+def _allowed(
+    api_client: client.ApiClient,
+    verb: str,
+    resource: str,
+    namespace: str,
+    group: str = "",
+    name: str = "",
+) -> bool:
+    review = client.AuthorizationV1Api(api_client).create_self_subject_access_review(
+        {
+            "spec": {
+                "resourceAttributes": {
+                    "verb": verb,
+                    "group": group,
+                    "resource": resource,
+                    "namespace": namespace,
+                    "name": name,
+                }
+            }
+        }
+    )
+    return bool(review.status.allowed)
+
+
+def _operator_as_service_account(
+    cluster: Cluster,
+    release: Release,
+    kubeconfig: Path,
+    log_dir: Path,
+) -> OperatorProcess:
+    """`ccs-operator run` with the chart Deployment's environment, as its ServiceAccount."""
+    env = _deployment_env(cluster, release.namespace, release.fullname)
+    # Ports are the process's own (free ones), so tests may run side by side.
+    env = {k: v for k, v in env.items() if k not in ("CCS_METRICS_PORT", "CCS_HEALTH_PORT")}
+    return OperatorProcess(
+        cluster,
+        log_dir,
+        namespaces=env.pop("CCS_NAMESPACES"),
+        lease=env.pop("CCS_LEASE_NAME"),
+        **{**env, "KUBECONFIG": str(kubeconfig), "CCS_LOG_FORMAT": "text"},
+    )
+
+
+def _delete_services(cluster: Cluster, namespace: str) -> None:
+    """Delete the test's services with no operator left to remove kopf's finalizer."""
+    found = _get(cluster, "ccs", "-n", namespace) or {}
+    for item in found.get("items", ()):
+        name = item["metadata"]["name"]
+        cluster.kubectl(
+            "patch",
+            "ccs",
+            name,
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            '{"metadata": {"finalizers": null}}',
+            check=False,
+        )
+        cluster.kubectl("delete", "ccs", name, "-n", namespace, "--wait=false", check=False)
+
+
+def _assert_no_permission_errors(process: OperatorProcess) -> None:
+    log = process.log_path.read_text(errors="replace")
+    denied = [
+        line
+        for line in log.splitlines()
+        if re.search(r"forbidden|not enough permissions", line, re.IGNORECASE)
+    ]
+    assert denied == [], "the operator was refused calls it needs:\n" + "\n".join(denied[:20])
+
+
+def test_helm_install_then_operator_as_its_service_account_reconciles_a_sample(
+    cluster: Cluster,
+    namespace: str,
+    release: Release,
+    services: Services,
+    operator_logs: Path,
+    tmp_path: Path,
+) -> None:
+    # The restricted Pod Security level is enforced: the operator's pod must still be admitted.
+    cluster.kubectl(
+        "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"
+    )
+    crd_was_there = _get(cluster, "crd", CRD_NAME) is not None
+    notes = release.install({"watchNamespaces": [namespace]})
+    # The serving pods are another matter (GPU images); admit them as usual from here on.
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce-")
+
+    # CRD, RBAC and Deployment; --wait returned, so the Deployment is available.
+    assert _crd_established(cluster)
+    if not crd_was_there:
+        crd = _get(cluster, "crd", CRD_NAME)
+        assert crd is not None
+        assert crd["spec"]["names"]["shortNames"] == ["ccs"]
+    for kind, name in [
+        ("clusterrole", release.fullname),
+        ("clusterrolebinding", release.fullname),
+        ("clusterrole", f"{release.fullname}-discovery"),
+        ("role", f"{release.fullname}-leader-election"),
+        ("serviceaccount", release.fullname),
+        ("service", f"{release.fullname}-metrics"),
+        ("configmap", f"{release.fullname}-dashboard"),
+    ]:
+        assert _get(cluster, kind, name, "-n", namespace) is not None, (kind, name)
+    deployment = _get(cluster, "deployment", release.fullname, "-n", namespace)
+    assert deployment is not None
+    assert deployment["status"].get("availableReplicas") == 1
+    assert release.status()["info"]["status"] == "deployed"
+    # NOTES.txt tells the next commands.
+    assert f"kubectl apply -n {namespace} -f samples/claude-code.yaml" in notes
+    assert f"kubectl get ccs -n {namespace} -o wide" in notes
+
+    kubeconfig = _service_account_kubeconfig(
+        cluster, namespace, release.fullname, tmp_path / "sa.kubeconfig"
+    )
+    operator = _operator_as_service_account(cluster, release, kubeconfig, operator_logs)
+    try:
+        operator.start()
+        services.apply(namespace, sample("claude-code"))
+        body = services.wait_ready(namespace, "claude-code", timeout=90)
+        assert body["status"]["endpoint"]["http"].startswith("http://claude-code.")
+        for kind in ("deployment", "service", "horizontalpodautoscaler"):
+            child = _get(cluster, kind, "claude-code", "-n", namespace)
+            assert child is not None, kind
+            assert child["metadata"]["ownerReferences"][0]["uid"] == body["metadata"]["uid"]
+        # The Lease the chart's Role names is the one the operator holds.
+        lease = _get(cluster, "lease", "ccs-operator-leader", "-n", namespace)
+        assert lease is not None and lease["spec"]["holderIdentity"]
+        # `kubectl get ccs -o wide` shows the endpoint.
+        wide = cluster.kubectl("get", "ccs", "claude-code", "-n", namespace, "-o", "wide").stdout
+        assert "ENDPOINT" in wide and body["status"]["endpoint"]["http"] in wide
+        # Deleting the service: kopf releases its finalizer, the garbage collector the children.
+        cluster.kubectl("delete", "ccs", "claude-code", "-n", namespace, "--timeout=60s")
+        _assert_no_permission_errors(operator)
+    finally:
+        operator.stop()
+        _delete_services(cluster, namespace)
+
+    # What the ServiceAccount must not do.
+    with client.ApiClient(_client_configuration(kubeconfig)) as sa_client:
+        core = client.CoreV1Api(sa_client)
+        with pytest.raises(ApiException) as refused:
+            core.list_namespaced_secret(namespace)
+        assert refused.value.status == 403
+        for verb, resource, group in [
+            ("get", "secrets", ""),
+            ("list", "secrets", ""),
+            ("watch", "secrets", ""),
+            ("create", "pods", ""),
+            ("delete", "deployments", "apps"),
+            ("delete", "claudecodeservices", "serving.claudecode.io"),
+            ("update", "configmaps", ""),
+            ("create", "rolebindings", "rbac.authorization.k8s.io"),
+            ("update", "leases", "coordination.k8s.io"),  # other Leases than its own
+            ("get", "pods", ""),
+        ]:
+            assert not _allowed(sa_client, verb, resource, namespace, group), (verb, resource)
+        # ... and a sample of what it must do, asked the same way.
+        for verb, resource, group, name in [
+            ("update", "leases", "coordination.k8s.io", "ccs-operator-leader"),
+            ("patch", "claudecodeservices/status", "serving.claudecode.io", ""),
+            ("list", "requests_per_second", "external.metrics.k8s.io", ""),
+        ]:
+            resource, _, sub = resource.partition("/")
+            review = client.AuthorizationV1Api(sa_client).create_self_subject_access_review(
+                {
+                    "spec": {
+                        "resourceAttributes": {
+                            "verb": verb,
+                            "group": group,
+                            "resource": resource,
+                            "subresource": sub,
+                            "namespace": namespace,
+                            "name": name,
+                        }
+                    }
+                }
+            )
+            assert review.status.allowed, (verb, resource, sub)
+
+
+def _client_configuration(kubeconfig: Path) -> client.Configuration:
+    from kubernetes import config
+
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    return configuration
+
+
+def test_helm_namespaced_install_upgrade_and_uninstall(
+    cluster: Cluster,
+    namespace: str,
+    release: Release,
+    services: Services,
+    operator_logs: Path,
+    tmp_path: Path,
+) -> None:
+    """Namespace-scoped RBAC (a Role in the watched namespace only) is enough for the
+    operator; upgrade changes the Deployment and a bad value is refused; uninstall removes the
+    release but keeps the CRD and the services, as helm does."""
+    watched_iter = _make_namespace(cluster, "helm-watched")
+    watched = next(watched_iter)
+    try:
+        release.install({"rbac": {"scope": "Namespaced"}, "watchNamespaces": [watched]})
+        assert _get(cluster, "role", release.fullname, "-n", watched) is not None
+        assert _get(cluster, "clusterrole", release.fullname) is None
+        assert _deployment_env(cluster, namespace, release.fullname)["CCS_NAMESPACES"] == watched
+
+        kubeconfig = _service_account_kubeconfig(
+            cluster, namespace, release.fullname, tmp_path / "sa.kubeconfig"
+        )
+        operator = _operator_as_service_account(cluster, release, kubeconfig, operator_logs)
+        try:
+            operator.start()
+            services.apply(watched, sample("scoped", replicas={"min": 1, "max": 2}))
+            services.wait_ready(watched, "scoped", timeout=90)
+            _assert_no_permission_errors(operator)
+        finally:
+            operator.stop()
+        with client.ApiClient(_client_configuration(kubeconfig)) as sa_client:
+            # Outside the watched namespace it may not even read the services.
+            assert _allowed(sa_client, "list", "deployments", watched, "apps")
+            assert not _allowed(sa_client, "list", "deployments", "default", "apps")
+            assert not _allowed(
+                sa_client, "list", "claudecodeservices", "default", "serving.claudecode.io"
+            )
+
+        # Upgrade: a changed value rolls into the Deployment as a new revision.
+        release.helm(
+            "upgrade",
+            release.name,
+            CHART,
+            "--reuse-values",
+            "--wait",
+            "--timeout",
+            "120s",
+            *set_args({"operator": {"logLevel": "DEBUG"}}),
+        )
+        assert release.status()["version"] == 2
+        env = _deployment_env(cluster, namespace, release.fullname)
+        assert env["CCS_LOG_LEVEL"] == "DEBUG"
+        # A bad value is refused by the schema before anything changes.
+        with pytest.raises(HelmError) as refused:
+            release.helm(
+                "upgrade",
+                release.name,
+                CHART,
+                "--reuse-values",
+                *set_args({"operator": {"logLevel": "LOUD"}}),
+            )
+        assert "logLevel" in refused.value.stderr
+        assert release.status()["version"] == 2
+
+        # Uninstall: the release's objects go, the CRD and the user's services stay.
+        release.helm("uninstall", release.name, "--wait", "--timeout", "60s")
+        for kind, name, ns in [
+            ("deployment", release.fullname, namespace),
+            ("serviceaccount", release.fullname, namespace),
+            ("role", release.fullname, watched),
+            ("rolebinding", release.fullname, watched),
+            ("clusterrole", f"{release.fullname}-discovery", ""),
+            ("configmap", f"{release.fullname}-dashboard", namespace),
+        ]:
+            args = (kind, name, "-n", ns) if ns else (kind, name)
+            assert _get(cluster, *args) is None, (kind, name)
+        assert _crd_established(cluster)
+        assert services.get(watched, "scoped")["metadata"]["name"] == "scoped"
+    finally:
+        _delete_services(cluster, watched)
+        with contextlib.suppress(StopIteration):
+            next(watched_iter)
