@@ -88,6 +88,30 @@ def test_chart_versions_follow_the_package() -> None:
     ).read_bytes()
 
 
+def test_every_crd_field_explains_itself() -> None:
+    """`kubectl explain ccs.<any field>` prints a description: spec and status alike (list
+    items and map values are described by their parent; metadata is the API's ObjectMeta)."""
+    crd = yaml.safe_load((CHART_DIR / "crds" / "claudecodeservices.yaml").read_text())
+    (version,) = crd["spec"]["versions"]
+
+    def walk(schema: dict[str, Any], path: str) -> Any:
+        yield path, schema
+        for key, sub in schema.get("properties", {}).items():
+            yield from walk(sub, f"{path}.{key}")
+        if "items" in schema:
+            yield from walk(schema["items"], f"{path}[]")
+
+    missing = [
+        path
+        for path, schema in walk(version["schema"]["openAPIV3Schema"], "ccs")
+        if "description" not in schema and not path.endswith("[]") and path != "ccs.metadata"
+    ]
+    assert missing == []
+    # `kubectl get ccs -o wide` adds the model and the endpoint.
+    wide = {c["name"]: c for c in version["additionalPrinterColumns"] if c.get("priority") == 1}
+    assert wide["Endpoint"]["jsonPath"] == ".status.endpoint.http"
+
+
 @pytest.mark.parametrize(
     "values",
     [{}, NAMESPACED, MONITORING, ALL_ON],
