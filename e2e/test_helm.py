@@ -22,6 +22,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from e2e import crds
 from e2e.fixtures import Cluster
 from e2e.helmchart import CHART_DIR, HelmError, helm, set_args
 from e2e.operator_fixtures import OperatorProcess, Services, _make_namespace, sample
@@ -326,7 +327,23 @@ def test_helm_namespaced_install_upgrade_and_uninstall(
     watched_iter = _make_namespace(cluster, "helm-watched")
     watched = next(watched_iter)
     try:
-        release.install({"rbac": {"scope": "Namespaced"}, "watchNamespaces": [watched]})
+        # The prometheus-operator CRDs are there unless a test took them away: then the
+        # ServiceMonitor and PrometheusRule are checked against their real schemas too.
+        with cluster.api_client() as api_client:
+            monitoring = crds.installed(api_client, crds.SERVICEMONITOR) and crds.installed(
+                api_client, crds.PROMETHEUSRULE
+            )
+        release.install(
+            {
+                "rbac": {"scope": "Namespaced"},
+                "watchNamespaces": [watched],
+                "serviceMonitor": {"enabled": monitoring},
+                "prometheusRule": {"enabled": monitoring},
+            }
+        )
+        if monitoring:
+            assert _get(cluster, "servicemonitor", release.fullname, "-n", namespace)
+            assert _get(cluster, "prometheusrule", release.fullname, "-n", namespace)
         assert _get(cluster, "role", release.fullname, "-n", watched) is not None
         assert _get(cluster, "clusterrole", release.fullname) is None
         assert _deployment_env(cluster, namespace, release.fullname)["CCS_NAMESPACES"] == watched
@@ -385,6 +402,7 @@ def test_helm_namespaced_install_upgrade_and_uninstall(
             ("rolebinding", release.fullname, watched),
             ("clusterrole", f"{release.fullname}-discovery", ""),
             ("configmap", f"{release.fullname}-dashboard", namespace),
+            ("prometheusrule", release.fullname, namespace),
         ]:
             args = (kind, name, "-n", ns) if ns else (kind, name)
             assert _get(cluster, *args) is None, (kind, name)
