@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
@@ -183,6 +184,15 @@ def test_the_operator_reads_the_rendered_environment(values: dict[str, Any]) -> 
     named = [r for r in lease_role["rules"] if r.get("resourceNames")]
     assert named[0]["resourceNames"] == [config.lease_name]
     assert lease_role["metadata"]["namespace"] == config.lease_namespace
+
+
+@pytest.mark.parametrize("values", [{}, NAMESPACED, ALL_ON], ids=["default", "namespaced", "all"])
+def test_rendered_objects_are_valid_kubernetes(values: dict[str, Any]) -> None:
+    """Every core object against Kubernetes' OpenAPI schema, strictly (no unknown fields)."""
+    for doc in template(values):
+        if doc["apiVersion"].startswith("monitoring.coreos.com"):
+            continue  # checked against prometheus-operator's CRDs in e2e/test_helm.py
+        kubernetes_validate.validate(doc, "1.34.0", strict=True)
 
 
 @pytest.mark.parametrize("values", [{}, ALL_ON], ids=["default", "all"])
