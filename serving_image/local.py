@@ -106,9 +106,18 @@ class TritonDist:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports (all held open while choosing)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((LOOPBACK, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 def server_environment(dist: TritonDist, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -287,8 +296,9 @@ class LocalTriton:
         for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
             shutil.copy2(dist.python_backend / name, python_backend / name)
         shutil.copy2(dist.stub, python_backend / "triton_python_backend_stub")
+        spare = iter(free_ports(3))
         self.http_port, self.grpc_port, self.metrics_port = (
-            port or free_port() for port in self._ports
+            port or next(spare) for port in self._ports
         )
         argv = self.command(dist, backends)
         self.log_path = self._workdir / "tritonserver.log"

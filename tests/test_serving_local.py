@@ -124,13 +124,69 @@ def test_a_server_that_is_not_ready_in_time_is_stopped_with_the_log_tail(tmp_pat
     assert _processes_mentioning(store) == [], "no tritonserver or stub left running"
 
 
-def _processes_mentioning(path: Path) -> list[str]:
+def _processes_mentioning(text: Path | str) -> list[str]:
+    """Live processes with `text` in an argument (the server's or a stub's command line)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(str(path).encode() in arg for arg in argv[:3]):
+        if argv[0].endswith(b"pytest") or b"pytest" in b" ".join(argv[:3]):
+            continue  # this test run itself
+        if any(str(text).encode() in arg for arg in argv):
             found.append(f"{pid}: {b' '.join(argv).decode(errors='replace')}")
     return found
+
+
+@pytest.mark.triton
+def test_run_local_serves_a_sample_says_what_is_local_and_stops_on_sigterm() -> None:
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from serving_image.local import free_ports
+
+    http, grpc, metrics = free_ports(3)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "serving_image" / "run-local"),
+            "-f",
+            str(ROOT / "samples" / "claude-code.yaml"),
+            f"--http-port={http}",
+            f"--grpc-port={grpc}",
+            f"--metrics-port={metrics}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "run-local: ready" in line or len(lines) > 50:
+                break
+        output = "".join(lines)
+        assert "run-local: ready" in output, output
+        assert "LOCAL ONLY: instance group KIND_GPU x2 runs as KIND_CPU x2" in output
+        assert "LOCAL ONLY: platform pytorch_libtorch is served by the Python-backend" in output
+        url = f"http://127.0.0.1:{http}/v2/models/claude_code/ready"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert response.status == 200
+        scrape = f"http://127.0.0.1:{metrics}/metrics"
+        with urllib.request.urlopen(scrape, timeout=5) as response:
+            assert b"nv_inference_queue_duration_us" in response.read()
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, rest
+        assert "run-local: stopping" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    # The server and its stubs went with it (run-local waits for them before it exits).
+    assert _processes_mentioning(f"--http-port={http}") == [], output
