@@ -17,8 +17,9 @@ Replaces the write-up's naive retry loop (retry anything, fixed sleep, no deadli
     async with AsyncTritonClient(url, "claude_code") as client:    # for load generation
         logits = await client.infer(ids)
 
-`on_retry(attempt, code, delay_s)` is called before each wait; `InferenceFailed` carries the
-final gRPC code and the number of attempts.
+Channel options: `channel_args()` (tritonclient's defaults and a reconnect backoff capped
+at 2 s) plus `extra_channel_args`. `on_retry(attempt, code, delay_s)` is called before
+each wait; `InferenceFailed` carries the final gRPC code and the number of attempts.
 """
 
 from __future__ import annotations
@@ -34,9 +35,35 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
+from tritonclient.grpc import KeepAliveOptions
+from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 RETRYABLE_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})
+MAX_RECONNECT_BACKOFF_MS = 2000
+
+
+def channel_args(overrides: list[tuple[str, Any]] | None = None) -> list[tuple[str, Any]]:
+    """tritonclient's default channel options, a short reconnect backoff, then `overrides`.
+
+    tritonclient drops *all* its defaults (2 GB message limits, keepalive) as soon as any
+    channel_args are given; these keep them. gRPC's own reconnect backoff grows to 120 s
+    after a server restart, far beyond this client's retry budget; it is capped at 2 s.
+    """
+    keepalive = KeepAliveOptions()
+    args: dict[str, Any] = {
+        "grpc.max_send_message_length": MAX_GRPC_MESSAGE_SIZE,
+        "grpc.max_receive_message_length": MAX_GRPC_MESSAGE_SIZE,
+        "grpc.keepalive_time_ms": keepalive.keepalive_time_ms,
+        "grpc.keepalive_timeout_ms": keepalive.keepalive_timeout_ms,
+        "grpc.keepalive_permit_without_calls": keepalive.keepalive_permit_without_calls,
+        "grpc.http2.max_pings_without_data": keepalive.http2_max_pings_without_data,
+        "grpc.initial_reconnect_backoff_ms": 100,
+        "grpc.min_reconnect_backoff_ms": 100,
+        "grpc.max_reconnect_backoff_ms": MAX_RECONNECT_BACKOFF_MS,
+    }
+    args.update(dict(overrides or []))
+    return list(args.items())
 
 OnRetry = Callable[[int, str, float], None]
 
@@ -131,7 +158,7 @@ class TritonClient(_Retrying):
         policy: RetryPolicy | None = None,
         rng: random.Random | None = None,
         on_retry: OnRetry | None = None,
-        channel_args: list[tuple[str, Any]] | None = None,
+        extra_channel_args: list[tuple[str, Any]] | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -141,7 +168,8 @@ class TritonClient(_Retrying):
             rng=rng,
             on_retry=on_retry,
         )
-        self.client = grpcclient.InferenceServerClient(url, channel_args=channel_args)
+        options = channel_args(extra_channel_args)
+        self.client = grpcclient.InferenceServerClient(url, channel_args=options)
 
     def infer(self, data: np.ndarray) -> np.ndarray:
         started = time.monotonic()
@@ -187,7 +215,7 @@ class AsyncTritonClient(_Retrying):
         policy: RetryPolicy | None = None,
         rng: random.Random | None = None,
         on_retry: OnRetry | None = None,
-        channel_args: list[tuple[str, Any]] | None = None,
+        extra_channel_args: list[tuple[str, Any]] | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -197,7 +225,8 @@ class AsyncTritonClient(_Retrying):
             rng=rng,
             on_retry=on_retry,
         )
-        self.client = grpcaio.InferenceServerClient(url, channel_args=channel_args)
+        options = channel_args(extra_channel_args)
+        self.client = grpcaio.InferenceServerClient(url, channel_args=options)
 
     async def infer(self, data: np.ndarray) -> np.ndarray:
         started = time.monotonic()

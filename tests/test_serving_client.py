@@ -22,11 +22,13 @@ import yaml
 
 from ccs_operator.api import parse_service
 from serving_image.client import (
+    MAX_RECONNECT_BACKOFF_MS,
     RETRYABLE_CODES,
     AsyncTritonClient,
     InferenceFailed,
     RetryPolicy,
     TritonClient,
+    channel_args,
 )
 from serving_image.local import LocalTriton, free_port
 
@@ -48,6 +50,14 @@ def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
         assert all(0.0 <= d <= cap for d in delays)
         # Full jitter: spread over the whole window, not clustered at the cap.
         assert min(delays) < cap * 0.1 and max(delays) > cap * 0.9
+
+
+def test_channel_args_keep_tritonclient_defaults_and_cap_reconnect_backoff() -> None:
+    args = dict(channel_args([("grpc.max_receive_message_length", 1000)]))
+    assert args["grpc.max_receive_message_length"] == 1000  # the override wins
+    assert args["grpc.max_send_message_length"] == 2**31 - 1  # tritonclient's default kept
+    assert args["grpc.max_reconnect_backoff_ms"] == MAX_RECONNECT_BACKOFF_MS
+    assert "grpc.keepalive_time_ms" in args
 
 
 class Recorder:
@@ -82,7 +92,12 @@ def test_unavailable_is_retried_until_the_server_comes_up() -> None:
     assert caller.is_alive() and recorder.calls
     ccs = parse_service(yaml.safe_load((ROOT / "samples" / "cpu-dev.yaml").read_text()))
     with LocalTriton.for_service(ccs, grpc_port=port, env={"CCS_SAMPLE_BATCH_COST_MS": "1"}):
+        ready = time.monotonic()
         caller.join(timeout=60)
+        recovered_after = time.monotonic() - ready
+    # Served within the capped channel reconnect backoff plus one retry wait, not the
+    # up-to-120 s gRPC default backoff.
+    assert recovered_after < MAX_RECONNECT_BACKOFF_MS / 1000 + 0.3 + 2.0, recovered_after
     assert "error" not in result, result
     assert getattr(result["output"], "shape", None) == (1, 3, 50257)
     assert {code for _, code, _ in recorder.calls} == {"UNAVAILABLE"}
@@ -140,10 +155,15 @@ def test_resource_exhausted_is_retried(slow_server: LocalTriton) -> None:
     policy = RetryPolicy(max_attempts=2, initial_backoff_s=0.01)
     # The real gRPC limit: a [1, 3, 50257] fp32 response (~600 kB) exceeds 1000 bytes.
     small = [("grpc.max_receive_message_length", 1000)]
-    with TritonClient(
-        slow_server.grpc_url, "claude_code", policy=policy, on_retry=recorder, channel_args=small
-    ) as c, pytest.raises(InferenceFailed) as err:
-        c.infer(IDS)
+    client = TritonClient(
+        slow_server.grpc_url,
+        "claude_code",
+        policy=policy,
+        on_retry=recorder,
+        extra_channel_args=small,
+    )
+    with client, pytest.raises(InferenceFailed) as err:
+        client.infer(IDS)
     assert (err.value.code, err.value.attempts) == ("RESOURCE_EXHAUSTED", 2)
     assert [code for _, code, _ in recorder.calls] == ["RESOURCE_EXHAUSTED"]
 

@@ -236,8 +236,10 @@ def test_over_the_queue_limit_grpc_requests_are_rejected_at_once_with_unavailabl
     accepted = len(results) - len(full)
     assert accepted <= 2 * 32 + 64, outcomes
     assert len(full) >= FLOOD - (2 * 32 + 64), outcomes
-    # Rejection is immediate: it does not wait for the 300 ms batches ahead of it.
-    assert min(elapsed for *_, elapsed in full) < 0.3
+    # Rejection is immediate: it does not wait for the 300 ms batches ahead of it, so the
+    # first refusal comes back before the first answer.
+    served = [elapsed for status, _, elapsed in results if status == "ok"]
+    assert min(elapsed for *_, elapsed in full) < min(served)
 
 
 def test_over_the_queue_limit_http_requests_are_rejected(
