@@ -437,6 +437,24 @@ def _rule_groups(values: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"groups": rule["spec"]["groups"]}
 
 
+def test_leak_alert_is_the_serving_images_rule() -> None:
+    """One definition of the GPU-memory leak alert for the project: the chart ships a
+    byte-identical copy of the serving image's rule file (tests/test_serving_leak_rule.py
+    tests its behaviour in depth) and puts its groups into the PrometheusRule."""
+    source = ROOT / "serving_image" / "prometheus" / "gpu-memory-leak.rules.yaml"
+    copy = CHART_DIR / "rules" / "gpu-memory-leak.rules.yaml"
+    assert copy.read_bytes() == source.read_bytes(), f"{copy} differs from {source}; copy it"
+    rendered = _rule_groups({"additionalLabels": {"team": "inference"}})["groups"]
+    leak = yaml.safe_load(source.read_text())["groups"]
+    by_name = {g["name"]: g for g in rendered}
+    for group in leak:
+        for mine, theirs in zip(by_name[group["name"]]["rules"], group["rules"], strict=True):
+            assert mine["expr"] == theirs["expr"] and mine["annotations"] == theirs["annotations"]
+            assert mine["labels"] == {**theirs["labels"], "team": "inference"}
+    off = _rule_groups({"gpuMemoryLeak": {"enabled": False}})["groups"]
+    assert not {g["name"] for g in leak} & {g["name"] for g in off}
+
+
 @pytest.mark.prometheus
 def test_prometheus_rule_passes_promtool_check(tmp_path: Path) -> None:
     rules = _rule_groups()
@@ -446,7 +464,7 @@ def test_prometheus_rule_passes_promtool_check(tmp_path: Path) -> None:
         "CCSQueueLatencySLOBurnSlow",
         "CCSFloorPinnedAtMax",
         "CCSDegraded",
-        "CCSGPUMemoryGrowing",
+        "TritonGPUMemoryLeak",
     } <= names
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump(rules))
@@ -547,11 +565,11 @@ tests:
       - series: 'nv_gpu_memory_total_bytes{namespace="ns",pod="flat-0",gpu_uuid="GPU-2"}'
         values: '85899345920x150'
     alert_rule_test:
-      - eval_time: 20m
-        alertname: CCSGPUMemoryGrowing
+      - eval_time: 10m
+        alertname: TritonGPUMemoryLeak
         exp_alerts: []
       - eval_time: 120m
-        alertname: CCSGPUMemoryGrowing
+        alertname: TritonGPUMemoryLeak
         exp_alerts:
           - exp_labels: {severity: warning, namespace: ns, pod: leaky-0, gpu_uuid: GPU-1}
 """
