@@ -175,14 +175,19 @@ def assemble(
     staging = model_store / f".{model_name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    for version in sources:
-        target = staging / version.name
-        if source.link:
-            target.symlink_to(version.resolve(), target_is_directory=True)
-        else:
-            shutil.copytree(version, target, symlinks=False)
-    (staging / "config.pbtxt").write_text(config_text)
-    validate(config, staging, model_name, f"--config {config_path}")
+    try:
+        for version in sources:
+            target = staging / version.name
+            if source.link:
+                target.symlink_to(version.resolve(), target_is_directory=True)
+            else:
+                shutil.copytree(version, target, symlinks=False)
+        (staging / "config.pbtxt").write_text(config_text)
+        validate(config, staging, model_name, f"--config {config_path}")
+    except BaseException:
+        # Triton would take a leftover directory in its repository for a model.
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     # Replace any previous assembly only once the new one is complete and valid.
     if model_dir.exists():
         shutil.rmtree(model_dir)
