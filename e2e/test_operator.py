@@ -21,7 +21,9 @@ def _children(cluster: Cluster, namespace: str, name: str) -> dict[str, dict[str
     found = {}
     for kind in CHILD_KINDS:
         child = f"{name}-model-config" if kind == "configmap" else name
-        result = cluster.kubectl("get", kind, child, "-n", namespace, "-o", "yaml", check=False)
+        result = cluster.kubectl(
+            "get", kind, child, "-n", namespace, "-o", "yaml", "--show-managed-fields", check=False
+        )
         if result.returncode == 0:
             found[kind] = yaml.safe_load(result.stdout)
     return found

@@ -377,6 +377,8 @@ class FloorLoop:
             metrics.STATUS_WRITES.inc()
             self.reconciler.remember_service(written)
         if changed:
+            # The reconcile renders the HPA's minReplicas from the stored floor.
+            self.reconciler.enqueue(key, delay=0.0)
             verb = "FloorRaised" if decision.floor > previous_floor else "FloorLowered"
             self.reconciler.post_event(
                 body,
@@ -384,8 +386,6 @@ class FloorLoop:
                 verb,
                 f"replica floor {previous_floor} -> {decision.floor}: {decision.message}",
             )
-            # The reconcile renders the HPA's minReplicas from the stored floor.
-            self.reconciler.enqueue(key, delay=0.0)
         if reading.problem is not None and "conditions" in patch:
             self.reconciler.post_event(
                 body, "Warning", reading.problem.reason, reading.problem.message

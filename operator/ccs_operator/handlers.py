@@ -20,11 +20,6 @@ FINALIZER = f"{API_GROUP}/finalizer"
 ANNOTATION_PREFIX = f"operator.{API_GROUP}"
 
 
-def post_event(body: Any, type_: str, reason: str, message: str) -> None:
-    """Post a Kubernetes Event on the service (kopf batches and sends them)."""
-    kopf.event(body, type=type_, reason=reason, message=message[:1024])
-
-
 def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     """Explicit kopf settings: project-prefixed storage, timeouts, quiet handler chatter."""
     settings.persistence.finalizer = FINALIZER

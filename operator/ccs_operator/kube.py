@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import socket
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -18,9 +20,10 @@ from typing import Any
 import urllib3
 from kubernetes import client as k8s
 
-from .api import API_GROUP, API_VERSION, PLURAL
+from .api import API_GROUP, API_VERSION, KIND, PLURAL
 
 FIELD_MANAGER = "ccs-operator"
+log = logging.getLogger(__name__)
 
 
 class KubeError(Exception):
@@ -231,3 +234,65 @@ class KubeClient:
 
     def forget_discovery(self) -> None:
         self._served_cache.clear()
+
+
+class EventRecorder:
+    """Posts Kubernetes Events about services, fire-and-forget, from any task of the loop.
+
+    kopf.event only works inside kopf's per-object handler context; the floor loop and the
+    reconciles it queues run outside it. One path for every event keeps them all visible in
+    `kubectl describe ccs`. A failed post is logged, never raised: an event is not worth
+    failing a reconcile for.
+    """
+
+    def __init__(self, kube: KubeClient) -> None:
+        self.kube = kube
+        self.instance = socket.gethostname()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._post(self._event(body, type_, reason, message))
+        )
+        self._tasks.add(task)  # keep a reference until done (asyncio holds tasks weakly)
+        task.add_done_callback(self._tasks.discard)
+
+    def _event(
+        self, body: Mapping[str, Any], type_: str, reason: str, message: str
+    ) -> dict[str, Any]:
+        meta = body["metadata"]
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "reportingInstance": self.instance,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+
+    async def _post(self, event: dict[str, Any]) -> None:
+        namespace = event["metadata"]["namespace"]
+        try:
+            await self.kube._call("POST", f"/api/v1/namespaces/{namespace}/events", body=event)
+        except KubeError as exc:
+            log.info("event %s on %s not posted: %s", event["reason"], namespace, exc)
+
+    async def drain(self) -> None:
+        """Wait for events still being posted (at shutdown)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

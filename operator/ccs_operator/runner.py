@@ -17,8 +17,8 @@ from aiohttp import web
 
 from .config import ConfigError, OperatorConfig
 from .floorloop import FloorLoop
-from .handlers import build_registry, post_event
-from .kube import KubeClient
+from .handlers import build_registry
+from .kube import EventRecorder, KubeClient
 from .leader import LeaseElector
 from .prom import PrometheusClient, PrometheusSettings
 from .reconcile import Reconciler
@@ -111,7 +111,8 @@ async def serve(config: OperatorConfig) -> int:
             return 0
     health.role = "leader"
 
-    reconciler = Reconciler(kube, RenderSettings(loader_image=config.loader_image), post_event)
+    events = EventRecorder(kube)
+    reconciler = Reconciler(kube, RenderSettings(loader_image=config.loader_image), events)
     prometheus = PrometheusClient(
         PrometheusSettings(
             url=config.prometheus_url,
@@ -143,6 +144,9 @@ async def serve(config: OperatorConfig) -> int:
     watchers = [asyncio.create_task(stop.wait()), asyncio.create_task(lost.wait())]
     keeper = asyncio.create_task(elector.keep(lost, stop)) if elector else None
     await asyncio.wait([operator, *watchers], return_when=asyncio.FIRST_COMPLETED)
+    # kopf ending by itself (not asked to by a signal or a lost lease) is a crash: exit
+    # non-zero so the kubelet restarts the pod instead of it idling as "healthy".
+    crashed = operator.done() and not stop.is_set() and not lost.is_set()
     kopf_stop.set()
     await asyncio.gather(operator, return_exceptions=True)
     stop.set()
@@ -150,11 +154,15 @@ async def serve(config: OperatorConfig) -> int:
         task.cancel()
     if elector is not None and not lost.is_set():
         await asyncio.to_thread(elector.release)
+    await events.drain()
     kube.close()
     prometheus.close()
     await health_runner.cleanup()
     if lost.is_set():
         log.error("lost leadership; exiting so a fresh process can rejoin the election")
+        return 1
+    if crashed:
+        log.error("the kopf operator stopped unexpectedly; exiting")
         return 1
     return 0
 
