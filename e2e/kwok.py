@@ -47,15 +47,25 @@ def published_stages(source: Path | None = None) -> list[dict[str, Any]]:
     return [yaml.safe_load((root / folder / name).read_text()) for folder, name in _STAGES]
 
 
+# A pod template annotation that sets one workload's cold start (a Go duration, e.g. "6s"),
+# as kwok's own general stages do; it wins over the cluster-wide --pod-ready-delay.
+POD_READY_DELAY_ANNOTATION = "pod-ready.stage.kwok.x-k8s.io/delay"
+
+
 def stages(delay: PodReadyDelay | None = None, source: Path | None = None) -> list[dict]:
     docs = published_stages(source)
-    if delay is not None:
-        for doc in docs:
-            if doc["metadata"]["name"] == "pod-ready":
-                spec_delay: dict[str, int] = {"durationMilliseconds": delay.milliseconds}
-                if delay.jitter_milliseconds is not None:
-                    spec_delay["jitterDurationMilliseconds"] = delay.jitter_milliseconds
-                doc["spec"]["delay"] = spec_delay
+    for doc in docs:
+        if doc["metadata"]["name"] != "pod-ready":
+            continue
+        spec_delay: dict[str, Any] = {
+            "durationMilliseconds": delay.milliseconds if delay else 0,
+            "durationFrom": {
+                "expressionFrom": f'.metadata.annotations["{POD_READY_DELAY_ANNOTATION}"]'
+            },
+        }
+        if delay is not None and delay.jitter_milliseconds is not None:
+            spec_delay["jitterDurationMilliseconds"] = delay.jitter_milliseconds
+        doc["spec"]["delay"] = spec_delay
     return docs
 
 

@@ -1,0 +1,249 @@
+"""The warm floor end to end, with real components only.
+
+A real Triton (the CPU `tritonserver` from PyPI's nvidia-pytriton, serving the Python sample
+model with a fixed per-batch compute time) stands in for the service's pods; a real
+Prometheus scrapes it with the `namespace`/`service`/`pod` labels a ServiceMonitor's
+relabelling attaches; a gRPC load generator pushes the queue wait over the target. The
+operator must raise the floor, the real HPA controller must scale the Deployment, kwok must
+make the new pods Ready; when the load stops the floor must step back to spec min after the
+cool-down; with Prometheus stopped the floor must be held and the condition must say why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ccs_operator.api import parse_service
+from e2e.fixtures import Cluster
+from e2e.operator_fixtures import OperatorProcess, Services, condition, sample
+from e2e.prometheus import PrometheusServer, ScrapeTarget
+from serving_image.client import AsyncTritonClient, RetryPolicy
+from serving_image.local import LocalTriton
+
+pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.prometheus]
+
+NAME = "floor"
+TARGET_MS = 40
+INTERVAL_S = 5
+COOLDOWN_S = 10
+# One instance, batches of at most 4, 100 ms per batch: 16 clients queue ~300 ms each.
+BATCH_COST_MS = "100"
+CONCURRENCY = 16
+
+
+def _spec() -> dict[str, Any]:
+    return {
+        "model": {
+            "name": "claude_code",
+            "repository": "/models/claude_code",
+            "platform": "python",
+            "inputs": [{"name": "input_ids", "dataType": "TYPE_INT32", "dims": [-1]}],
+            # A small vocabulary keeps responses light; the shape rule is the same.
+            "outputs": [{"name": "output", "dataType": "TYPE_FP32", "dims": [-1, 16]}],
+        },
+        "resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"},
+        "batching": {"maxBatchSize": 4, "maxQueueDelayMicroseconds": 1000},
+        "instanceGroups": [{"count": 1, "kind": "KIND_GPU"}],
+        "replicas": {"min": 1, "max": 4},
+        "autoscaling": {
+            "cpuUtilization": 60,
+            "requestsPerSecond": 0,
+            "scaleDownStabilizationSeconds": 0,
+            "floor": {
+                "queueLatencyTargetMs": TARGET_MS,
+                "evaluationIntervalSeconds": INTERVAL_S,
+                "cooldownSeconds": COOLDOWN_S,
+            },
+        },
+    }
+
+
+class Load:
+    """CONCURRENCY gRPC clients in a loop on their own event loop, until stopped."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.done = 0
+        self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    async def _client(self, client: AsyncTritonClient) -> None:
+        ids = np.arange(8, dtype=np.int32).reshape(1, 8)
+        while not self._stop.is_set():
+            try:
+                await client.infer(ids)
+                self.done += 1
+            except Exception:
+                self.failed += 1
+                await asyncio.sleep(0.1)
+
+    async def _run(self) -> None:
+        policy = RetryPolicy(attempt_timeout_s=10.0, total_timeout_s=20.0)
+        async with AsyncTritonClient(self.url, "claude_code", policy=policy) as client:
+            await asyncio.gather(*(self._client(client) for _ in range(CONCURRENCY)))
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+@pytest.fixture
+def triton(solo_namespace: str) -> Iterator[LocalTriton]:
+    body = {"metadata": {"name": NAME, "namespace": solo_namespace}, "spec": _spec()}
+    server = LocalTriton.for_service(
+        parse_service(body), env={"CCS_SAMPLE_BATCH_COST_MS": BATCH_COST_MS}
+    )
+    with server:
+        yield server
+
+
+def _hpa_min(cluster: Cluster, namespace: str) -> int:
+    out = cluster.kubectl(
+        "get", "hpa", NAME, "-n", namespace, "-o", "jsonpath={.spec.minReplicas}"
+    ).stdout
+    return int(out or 0)
+
+
+def _until(check: Callable[[], bool], timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{what} not reached in {timeout}s")
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def test_floor_rises_under_load_holds_without_prometheus_and_steps_down(
+    cluster: Cluster,
+    solo_namespace: str,
+    services: Services,
+    start_operator: Callable[..., OperatorProcess],
+    triton: LocalTriton,
+) -> None:
+    namespace = solo_namespace
+    target = ScrapeTarget(
+        triton.metrics_url.removeprefix("http://").removesuffix("/metrics"),
+        {"namespace": namespace, "service": NAME, "pod": f"{NAME}-0"},
+    )
+    prometheus = PrometheusServer([target], scrape_interval="1s")
+    with prometheus:
+        prometheus.wait_for_targets_up()
+        start_operator(
+            namespace,
+            CCS_PROMETHEUS_URL=prometheus.url,
+            CCS_FLOOR_WINDOW="5s",
+            CCS_RESYNC_SECONDS="30",
+        )
+        services.apply(namespace, {**sample(NAME), "spec": _spec()})
+        body = services.wait_ready(namespace, NAME)
+        assert _hpa_min(cluster, namespace) == 1
+
+        # Idle: the series exist and read 0 ms, so the floor is active and stays at min.
+        body = services.wait(
+            namespace,
+            NAME,
+            lambda b: (condition(b, "MetricsAvailable") or {}).get("status") == "True",
+            timeout=60,
+            what="MetricsAvailable True",
+        )
+        assert body["status"]["floor"] == 1
+
+        with Load(triton.grpc_url) as load:
+            started = time.monotonic()
+            raised = services.wait(
+                namespace,
+                NAME,
+                lambda b: (b.get("status") or {}).get("floor", 1) > 1,
+                timeout=90,
+                what="floor raised under load",
+            )
+            assert raised["status"]["floorReason"] == "QueueLatencyAboveTarget", raised["status"]
+            assert raised["status"]["queueLatencyMs"] > TARGET_MS
+            history = raised["status"]["scalingHistory"]
+            assert history[-1]["from"] == 1 and history[-1]["to"] == raised["status"]["floor"]
+            assert history[-1]["signal"] > TARGET_MS
+            # The HPA follows the floor, the real HPA controller scales the Deployment and
+            # kwok's pods turn Ready: ready replicas reach the floor.
+            _until(lambda: _hpa_min(cluster, namespace) > 1, 30, "HPA minReplicas raised")
+            reaction_s = time.monotonic() - started
+            scaled = services.wait(
+                namespace,
+                NAME,
+                lambda b: b["status"].get("readyReplicas", 0) >= b["status"]["floor"] > 1,
+                timeout=90,
+                what="ready replicas at the floor",
+            )
+            assert load.done > 0
+            floor_under_load = scaled["status"]["floor"]
+            print(f"load start -> HPA minReplicas raised: {reaction_s:.1f}s")
+
+        # Prometheus goes away while the floor is up: the floor is held, never dropped,
+        # even over several cool-downs, and the condition says why.
+        prometheus.stop()
+        held = services.wait(
+            namespace,
+            NAME,
+            lambda b: (
+                (condition(b, "FloorControllerActive") or {}).get("reason")
+                == "PrometheusUnavailable"
+            ),
+            timeout=30,
+            what="FloorControllerActive PrometheusUnavailable",
+        )
+        active = condition(held, "FloorControllerActive")
+        assert active is not None and active["status"] == "False"
+        held_floor = held["status"]["floor"]
+        assert held_floor >= floor_under_load
+        time.sleep(3 * COOLDOWN_S)
+        body = services.get(namespace, NAME)
+        assert body["status"]["floor"] == held_floor, body["status"]
+        assert _hpa_min(cluster, namespace) == body["status"]["floor"]
+        events = cluster.kubectl(
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            "involvedObject.kind=ClaudeCodeService",
+        ).stdout
+        assert "PrometheusUnavailable" in events and "FloorRaised" in events
+
+        # Prometheus is back: the controller recovers by itself, and with no load the floor
+        # steps down one replica per cool-down to spec min.
+        prometheus.start()
+        services.wait(
+            namespace,
+            NAME,
+            lambda b: (condition(b, "FloorControllerActive") or {}).get("status") == "True",
+            timeout=60,
+            what="FloorControllerActive True again",
+        )
+        lowered = services.wait(
+            namespace,
+            NAME,
+            lambda b: b["status"].get("floor") == 1,
+            timeout=90 + held_floor * (COOLDOWN_S + INTERVAL_S),
+            what="floor back at spec min",
+        )
+        steps = [h for h in lowered["status"]["scalingHistory"] if h["to"] < h["from"]]
+        assert steps and all(h["from"] - h["to"] == 1 for h in steps), steps
+        assert all(h["reason"] == "QueueLatencyBelowWatermark" for h in steps), steps
+        _until(lambda: _hpa_min(cluster, namespace) == 1, 30, "HPA minReplicas back at 1")
+        with contextlib.suppress(Exception):
+            prometheus.stop()
