@@ -46,6 +46,7 @@ class DemoOperator:
         self.cluster = cluster
         self.pidfile = cluster.state_dir / "run" / "ccs-operator.pid"
         self.log = cluster.state_dir / "logs" / "ccs-operator.log"
+        # Where its metrics and health endpoints listen, for a person looking around.
         self.ports_file = cluster.state_dir / "run" / "ccs-operator.ports.json"
 
     def pid(self) -> int | None:
@@ -62,9 +63,6 @@ class DemoOperator:
             return pid
         self.pidfile.unlink(missing_ok=True)
         return None
-
-    def ports(self) -> dict[str, int]:
-        return dict(json.loads(self.ports_file.read_text()))
 
     def start(self) -> None:
         if self.pid() is not None:
@@ -83,18 +81,8 @@ class DemoOperator:
             "PYTHONUNBUFFERED": "1",
         }
         argv = [sys.executable, "-m", "ccs_operator.cli", "run"]
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as out:
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-                env=env,
-                start_new_session=True,  # outlives this command, like the cluster
-            )
-        self.pidfile.write_text(f"{process.pid}\n")
+        # Detached like the cluster's own processes, so it outlives this command.
+        process = procs.start(argv, self.pidfile, self.log, ROOT, env)
         self._wait_healthy(process, ports["health"])
         _say(f"operator running (pid {process.pid}), log: {self.log}")
 

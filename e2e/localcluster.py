@@ -215,7 +215,7 @@ class LocalCluster:
         pid = procs.read_pid(pidfile, name)
         if pid is None:
             _log(f"starting {name} (log: {self.log_file(name)})")
-            pid = procs.start(argv, pidfile, self.log_file(name), self.state_dir)
+            pid = procs.start(argv, pidfile, self.log_file(name), self.state_dir).pid
         self._wait_ready(name, pid, self._health_check(name, ports))
 
     def _wait_ready(self, name: str, pid: int, check: Callable[[], bool]) -> None:

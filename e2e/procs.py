@@ -62,7 +62,9 @@ def read_pid(pidfile: Path, program: str) -> int | None:
     return None
 
 
-def start(argv: list[str], pidfile: Path, log: Path, cwd: Path) -> int:
+def start(
+    argv: list[str], pidfile: Path, log: Path, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Launch detached (own session), so the cluster outlives the shell that ran `up`."""
     log.parent.mkdir(parents=True, exist_ok=True)
     pidfile.parent.mkdir(parents=True, exist_ok=True)
@@ -75,10 +77,11 @@ def start(argv: list[str], pidfile: Path, log: Path, cwd: Path) -> int:
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=cwd,
+            env=env,
             start_new_session=True,
         )
     pidfile.write_text(f"{proc.pid}\n")
-    return proc.pid
+    return proc
 
 
 def alive(pid: int) -> bool:
