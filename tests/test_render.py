@@ -127,6 +127,16 @@ def test_pvc_repository_is_mounted_in_both_containers() -> None:
         assert any(m["mountPath"] == "/mnt/pvc/weights" for m in container["volumeMounts"])
 
 
+def test_object_store_credentials_reach_only_the_loader() -> None:
+    model = {"name": "m", "repository": "s3://bucket/m", "credentialsSecret": "model-store"}
+    pod = _by_kind(parse_service(minimal_service(model=model)))["Deployment"]["spec"]["template"]
+    (loader,) = pod["spec"]["initContainers"]
+    assert loader["envFrom"] == [{"secretRef": {"name": "model-store"}}]
+    assert all("envFrom" not in c for c in pod["spec"]["containers"])
+    plain = _by_kind(parse_service(minimal_service()))["Deployment"]["spec"]["template"]
+    assert "envFrom" not in plain["spec"]["initContainers"][0]
+
+
 def test_cpu_only_service_has_no_gpu_limit_or_toleration() -> None:
     ccs = parse_service(minimal_service(
         resources={"gpus": 0}, instanceGroups=[{"count": 1, "kind": "KIND_CPU"}]

@@ -117,6 +117,10 @@ class Model(_Model):
     )
     version_policy: VersionPolicy = VersionPolicy()
     warmup: Warmup = Warmup()
+    # A Secret whose keys become the model loader's environment (object-store credentials).
+    credentials_secret: str | None = Field(
+        default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Model:
