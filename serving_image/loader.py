@@ -51,6 +51,7 @@ import certifi
 import urllib3
 from google.protobuf import text_format
 from minio import Minio
+from minio.credentials import WebIdentityProvider
 from minio.error import InvalidResponseError, S3Error, ServerError
 from tritonclient.grpc import model_config_pb2 as pb
 
@@ -160,6 +161,11 @@ class S3Settings:
     session_token: str | None = None
     region: str | None = None
     ca_bundle: str | None = None
+    # IRSA (EKS IAM roles for service accounts): a projected token exchanged at STS.
+    web_identity_token_file: str | None = None
+    role_arn: str | None = None
+    role_session_name: str | None = None
+    sts_endpoint: str | None = None
     max_attempts: int = 5
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
@@ -170,7 +176,9 @@ class S3Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> S3Settings:
         """AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
         AWS_SESSION_TOKEN, AWS_REGION or AWS_DEFAULT_REGION, AWS_CA_BUNDLE, AWS_MAX_ATTEMPTS;
-        CCS_S3_CONNECT_TIMEOUT_SECONDS and CCS_S3_READ_TIMEOUT_SECONDS (no AWS standard)."""
+        without a key pair, AWS_WEB_IDENTITY_TOKEN_FILE + AWS_ROLE_ARN (+ AWS_ROLE_SESSION_NAME,
+        AWS_ENDPOINT_URL_STS) as IRSA sets them; CCS_S3_CONNECT_TIMEOUT_SECONDS and
+        CCS_S3_READ_TIMEOUT_SECONDS (no AWS standard)."""
         env = os.environ if env is None else env
         endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
         access_key = env.get("AWS_ACCESS_KEY_ID") or None
@@ -192,12 +200,32 @@ class S3Settings:
             session_token=env.get("AWS_SESSION_TOKEN") or None,
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
             ca_bundle=env.get("AWS_CA_BUNDLE") or env.get("SSL_CERT_FILE") or None,
+            web_identity_token_file=env.get("AWS_WEB_IDENTITY_TOKEN_FILE") or None,
+            role_arn=env.get("AWS_ROLE_ARN") or None,
+            role_session_name=env.get("AWS_ROLE_SESSION_NAME") or None,
+            sts_endpoint=env.get("AWS_ENDPOINT_URL_STS") or env.get("AWS_ENDPOINT_URL") or None,
             max_attempts=int(raw_attempts),
             connect_timeout_s=_env_seconds(env, "CCS_S3_CONNECT_TIMEOUT_SECONDS", 10.0),
             read_timeout_s=_env_seconds(env, "CCS_S3_READ_TIMEOUT_SECONDS", 60.0),
         )
         settings.host_and_tls()  # a malformed endpoint fails before anything is fetched
+        if settings.web_identity_token_file and not settings.role_arn:
+            raise LoaderError("AWS_WEB_IDENTITY_TOKEN_FILE is set but AWS_ROLE_ARN is not")
         return settings
+
+    @property
+    def uses_web_identity(self) -> bool:
+        return not self.access_key and bool(self.web_identity_token_file)
+
+    def _web_identity_token(self) -> dict[str, str]:
+        path = self.web_identity_token_file or ""
+        try:
+            token = Path(path).read_text().strip()
+        except OSError as exc:
+            raise LoaderError(
+                f"AWS_WEB_IDENTITY_TOKEN_FILE={path}: cannot read: {exc.strerror}"
+            ) from None
+        return {"access_token": token, "expires_in": "0"}
 
     def host_and_tls(self) -> tuple[str, bool]:
         url = urlsplit(self.endpoint)
@@ -218,6 +246,19 @@ class S3Settings:
             cert_reqs="CERT_REQUIRED",
             ca_certs=self.ca_bundle or certifi.where(),
         )
+        provider = None
+        if self.uses_web_identity:
+            sts = self.sts_endpoint
+            if not sts:
+                sts = f"https://sts.{self.region}.amazonaws.com" if self.region else ""
+                sts = sts or "https://sts.amazonaws.com"
+            provider = WebIdentityProvider(
+                jwt_provider_func=self._web_identity_token,
+                sts_endpoint=sts,
+                role_arn=self.role_arn,
+                role_session_name=self.role_session_name or "ccs-model-loader",
+                http_client=http,
+            )
         return Minio(
             host,
             access_key=self.access_key,
@@ -226,6 +267,7 @@ class S3Settings:
             secure=secure,
             region=self.region,
             http_client=http,
+            credentials=provider,
         )
 
 
@@ -276,7 +318,12 @@ class S3Repository:
         head = f"--repository {self.repository!r}"
         tries = f"after {attempts} attempt{'s' if attempts != 1 else ''}"
         key_id = self.settings.access_key
-        who = f"access key {key_id}" if key_id else "anonymous requests (no AWS_ACCESS_KEY_ID)"
+        if key_id:
+            who = f"access key {key_id}"
+        elif self.settings.uses_web_identity:
+            who = f"role {self.settings.role_arn} (AWS_WEB_IDENTITY_TOKEN_FILE)"
+        else:
+            who = "anonymous requests (no AWS_ACCESS_KEY_ID)"
         if isinstance(exc, S3Error):
             code = exc.code
             if code == "NoSuchBucket":

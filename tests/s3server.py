@@ -6,7 +6,7 @@ the cache (`<cache>/s3-venv`, see e2e.paths.cache_root), created on first use wi
 printed and reused afterwards; a stamp file records the pinned version, so a changed pin
 rebuilds it. Creation is serialized with a file lock (concurrent pytest runs).
 
-The server runs with IAM authentication on (INITIAL_NO_AUTH_ACTION_COUNT): the first
+By default the server runs with IAM authentication on (INITIAL_NO_AUTH_ACTION_COUNT): the first
 requests, made here with the side venv's boto3, create the IAM users the tests sign with;
 every later request is authenticated and authorized like AWS does it (SigV4, IAM policy).
 """
@@ -32,7 +32,7 @@ from e2e.paths import cache_root
 MOTO_REQUIREMENT = "moto[server]==5.2.5"
 REGION = "us-east-1"
 # The IAM calls made without authentication before the server starts checking signatures.
-_SETUP_CALLS = 5
+_SETUP_CALLS = 7
 _SETUP_SCRIPT = r"""
 import json, sys
 import boto3
@@ -48,6 +48,14 @@ out["reader"] = [key["AccessKeyId"], key["SecretAccessKey"]]
 iam.create_user(UserName="nobody")
 key = iam.create_access_key(UserName="nobody")["AccessKey"]
 out["nobody"] = [key["AccessKeyId"], key["SecretAccessKey"]]
+trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action":
+         "sts:AssumeRoleWithWebIdentity", "Principal": {"Federated": "oidc"}}]}
+role = iam.create_role(RoleName="model-reader", AssumeRolePolicyDocument=json.dumps(trust))
+iam.put_role_policy(RoleName="model-reader", PolicyName="s3", PolicyDocument=json.dumps(
+    {"Version": "2012-10-17",
+     "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"},
+                   {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "*"}]}))
+out["role"] = role["Role"]["Arn"]
 print(json.dumps(out))
 """
 
@@ -121,21 +129,27 @@ class S3Server:
     endpoint: str  # http://127.0.0.1:<port>
     reader: tuple[str, str]  # access key with s3:* on everything
     nobody: tuple[str, str]  # a valid access key with no permission at all
+    role_arn: str  # a role web identities may assume (IRSA), allowed to list and get
     region: str = REGION
 
 
 @contextmanager
-def moto_server(log_path: Path, startup_timeout_s: float = 30.0) -> Iterator[S3Server]:
-    """Run moto_server on a free loopback port with IAM auth on; stop it on exit."""
+def moto_server(
+    log_path: Path, auth: bool = True, startup_timeout_s: float = 30.0
+) -> Iterator[S3Server]:
+    """Run moto_server on a free loopback port, with IAM auth on unless `auth` is False
+    (moto then accepts any signature: needed for STS AssumeRoleWithWebIdentity, which moto
+    cannot serve with auth on); stop it on exit."""
     python = ensure_venv()
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/tmp"),
-        "INITIAL_NO_AUTH_ACTION_COUNT": str(_SETUP_CALLS),
         "AWS_DEFAULT_REGION": REGION,
     }
+    if auth:
+        env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(_SETUP_CALLS)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [str(python.parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
@@ -170,7 +184,7 @@ def moto_server(log_path: Path, startup_timeout_s: float = 30.0) -> Iterator[S3S
             raise S3ServerUnavailable(f"IAM setup against moto failed:\n{setup.stderr[-2000:]}")
         keys = json.loads(setup.stdout)
         reader, nobody = keys["reader"], keys["nobody"]
-        yield S3Server(endpoint, (reader[0], reader[1]), (nobody[0], nobody[1]))
+        yield S3Server(endpoint, (reader[0], reader[1]), (nobody[0], nobody[1]), keys["role"])
     finally:
         proc.terminate()
         try:

@@ -233,11 +233,10 @@ SEEDED = {
 }
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    log = tmp_path_factory.mktemp("moto") / "moto_server.log"
+def _seeded_server(factory: pytest.TempPathFactory, auth: bool) -> Iterator[S3Server]:
+    log = factory.mktemp("moto") / "moto_server.log"
     try:
-        with moto_server(log) as server:
+        with moto_server(log, auth=auth) as server:
             client = S3Settings(
                 endpoint=server.endpoint,
                 access_key=server.reader[0],
@@ -253,6 +252,18 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         if os.environ.get("CI"):
             pytest.fail(message)  # CI has PyPI: a skip there would hide a broken install
         pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto with IAM authentication on: signatures and policies are checked."""
+    yield from _seeded_server(tmp_path_factory, auth=True)
+
+
+@pytest.fixture(scope="module")
+def s3_no_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto accepting any signature: the only way it serves AssumeRoleWithWebIdentity."""
+    yield from _seeded_server(tmp_path_factory, auth=False)
 
 
 def _settings(server: S3Server, key: tuple[str, str] | None = None, **kw: Any) -> S3Settings:
@@ -335,6 +346,44 @@ def test_s3_wrong_credentials_are_access_denied(
 
 
 @pytest.mark.s3
+def test_s3_web_identity_as_irsa_sets_it(s3_no_auth: S3Server, tmp_path: Path) -> None:
+    """No key pair: the projected service-account token is exchanged at STS for a role's
+    temporary credentials (AssumeRoleWithWebIdentity), which then sign the S3 requests.
+    moto serves that exchange only with its auth off, so the proxy in front checks that the
+    S3 requests carry the temporary key (ASIA...) and its session token."""
+    s3 = s3_no_auth
+    token = tmp_path / "token"
+    token.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQifQ.c2ln\n")
+    proxy = _FlakyProxy(s3.endpoint, failures=0)  # see its docstring
+    env = {
+        "AWS_ENDPOINT_URL": proxy.endpoint,  # S3 and STS alike, as with MinIO's own STS
+        "AWS_REGION": s3.region,
+        "AWS_WEB_IDENTITY_TOKEN_FILE": str(token),
+        "AWS_ROLE_ARN": s3.role_arn,
+    }
+    settings = S3Settings.from_env(env)
+    store = tmp_path / "models"
+    config = _config(tmp_path, "claude-code.yaml")
+    try:
+        model_dir = assemble("s3://models/claude-code", "claude_code", config, store, s3=settings)
+        assert (model_dir / "2" / "model.pt").read_bytes() == MODEL_PT["2/model.pt"]
+        exchanges = [p for _, p, _ in proxy.seen if "Action=AssumeRoleWithWebIdentity" in p]
+        assert len(exchanges) == 1 and "RoleArn=arn%3Aaws%3Aiam" in exchanges[0]
+        gets = [
+            {k.lower(): v for k, v in h.items()} for method, _, h in proxy.seen if method == "GET"
+        ]
+        assert len(gets) >= 4  # the listing and the three objects
+        for headers in gets:
+            assert "Credential=ASIA" in headers["authorization"], "the role's temporary key"
+            assert headers.get("x-amz-security-token"), "and its session token"
+        token.unlink()
+        with pytest.raises(LoaderError, match=r"AWS_WEB_IDENTITY_TOKEN_FILE=.*: cannot read"):
+            assemble("s3://models/claude-code", "claude_code", config, store, s3=settings)
+    finally:
+        proxy.close()
+
+
+@pytest.mark.s3
 def test_s3_failure_keeps_the_previous_assembly(s3: S3Server, tmp_path: Path) -> None:
     config = _config(tmp_path, "claude-code.yaml")
     store = tmp_path / "models"
@@ -372,11 +421,16 @@ def test_s3_loader_process_reads_the_aws_environment(s3: S3Server, tmp_path: Pat
 class _FlakyProxy:
     """Loopback HTTP proxy to the S3 server that answers the first `failures` requests with
     503 SlowDown, as S3 does under load (or, `html`, with a load balancer's HTML 502 page);
-    the Host header is kept, so signatures still hold."""
+    the Host header is kept, so signatures still hold.
+
+    Also moves an unsigned STS call's query string into a form body, as the AWS Query API
+    allows: moto routes unsigned requests by the Action in the body only, and minio sends it
+    in the query string."""
 
     def __init__(self, upstream: str, failures: int, html: bool = False) -> None:
         self.failures = failures
         self.requests = 0
+        self.seen: list[tuple[str, str, dict[str, str]]] = []
         target = urlsplit(upstream)
         proxy = self
 
@@ -394,8 +448,20 @@ class _FlakyProxy:
                     self.end_headers()
                     self.wfile.write(payload)
                     return
+                path, headers = self.path, dict(self.headers.items())
+                proxy.seen.append((self.command, path, headers))
+                if self.command == "POST" and not body and "Action=AssumeRole" in path:
+                    path, _, query = path.partition("?")
+                    body = query.encode()
+                    headers = {
+                        k: v
+                        for k, v in headers.items()
+                        if k.lower() not in ("content-type", "content-length")
+                    }
+                    headers["Content-Type"] = "application/x-www-form-urlencoded"
+                    headers["Content-Length"] = str(len(body))
                 conn = http.client.HTTPConnection(target.hostname or "", target.port, timeout=10)
-                conn.request(self.command, self.path, body, dict(self.headers.items()))
+                conn.request(self.command, path, body, headers)
                 upstream_response = conn.getresponse()
                 data = upstream_response.read()
                 self.send_response(upstream_response.status)
@@ -515,6 +581,7 @@ def test_s3_settings_come_from_the_aws_environment() -> None:
         ({"AWS_ENDPOINT_URL_S3": "minio:9000"}, r"expected http\(s\)://host\[:port\]"),
         ({"AWS_ENDPOINT_URL": "https://h/bucket"}, "with no path"),
         ({"AWS_MAX_ATTEMPTS": "0"}, "AWS_MAX_ATTEMPTS='0'"),
+        ({"AWS_WEB_IDENTITY_TOKEN_FILE": "/t"}, "AWS_ROLE_ARN is not"),
         ({"CCS_S3_CONNECT_TIMEOUT_SECONDS": "soon"}, "CCS_S3_CONNECT_TIMEOUT_SECONDS='soon'"),
     ],
 )
