@@ -15,6 +15,10 @@ from .floorloop import FloorLoop
 from .kube import CHILD_TYPES
 from .reconcile import InvalidSpec, Reconciler, RetryLater, controller_name
 
+# Children whose CRD may be removed while the operator runs. kopf stops the whole operator
+# when a watch of a vanished resource answers 404, so these are not watched: their drift
+# is repaired by the periodic resync, and a removed CRD only switches monitoring off.
+OPTIONAL_CRD_KINDS = frozenset({"ServiceMonitor"})
 MANAGED_BY = {"app.kubernetes.io/managed-by": "ccs-operator"}
 FINALIZER = f"{API_GROUP}/finalizer"
 ANNOTATION_PREFIX = f"operator.{API_GROUP}"
@@ -90,6 +94,8 @@ def build_registry(
             raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
 
     for child in CHILD_TYPES.values():
+        if child.kind in OPTIONAL_CRD_KINDS:
+            continue
         group, _, version = child.api_version.rpartition("/")
         _watch_child(registry, reconciler, child.kind, group, version, child.plural)
 

@@ -144,9 +144,9 @@ async def serve(config: OperatorConfig) -> int:
     watchers = [asyncio.create_task(stop.wait()), asyncio.create_task(lost.wait())]
     keeper = asyncio.create_task(elector.keep(lost, stop)) if elector else None
     await asyncio.wait([operator, *watchers], return_when=asyncio.FIRST_COMPLETED)
-    # kopf ending by itself (not asked to by a signal or a lost lease) is a crash: exit
-    # non-zero so the kubelet restarts the pod instead of it idling as "healthy".
-    crashed = operator.done() and not stop.is_set() and not lost.is_set()
+    # kopf ending with an error (it re-raises a failed root task) is a crash: exit non-zero
+    # so the kubelet restarts the pod. kopf handles SIGTERM itself and then ends cleanly.
+    crashed = operator.done() and not operator.cancelled() and operator.exception() is not None
     kopf_stop.set()
     await asyncio.gather(operator, return_exceptions=True)
     stop.set()
@@ -162,7 +162,7 @@ async def serve(config: OperatorConfig) -> int:
         log.error("lost leadership; exiting so a fresh process can rejoin the election")
         return 1
     if crashed:
-        log.error("the kopf operator stopped unexpectedly; exiting")
+        log.error("the kopf operator failed: %s; exiting", operator.exception())
         return 1
     return 0
 
