@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from results import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_HEADING = "## Warm floor reaction on the real setup"
@@ -48,14 +49,6 @@ def run_once(out: Path) -> int:
     return subprocess.run(argv, cwd=ROOT, env=env, check=False).returncode
 
 
-def write_results(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    pattern = re.compile(rf"^{re.escape(RESULTS_HEADING)}\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     section = "\n".join(lines)
     print(section)
     if args.write:
-        write_results(args.write, section)
+        write_section(args.write, RESULTS_HEADING, section)
         _progress(f"wrote {args.write}")
     return 0
 

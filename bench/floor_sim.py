@@ -34,7 +34,6 @@ import argparse
 import itertools
 import math
 import random
-import re
 import sys
 import time
 from collections import deque
@@ -52,6 +51,7 @@ from ccs_operator.floor import (
     PrewarmPolicy,
     decide,
 )
+from results import write_section
 
 DT = 5.0  # seconds per step
 HPA_SYNC_S = 15.0
@@ -374,14 +374,6 @@ def table(results: list[Result], last_day_only: bool) -> list[str]:
     return rows
 
 
-def write_results(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(RESULTS_HEADING)}\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -457,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print("\n".join(lines))
     if args.write:
-        write_results(args.write, "\n".join(lines))
+        write_section(args.write, RESULTS_HEADING, "\n".join(lines))
         progress(f"wrote {args.write}")
     return 0
 
