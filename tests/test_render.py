@@ -137,6 +137,14 @@ def test_object_store_credentials_reach_only_the_loader() -> None:
     assert "envFrom" not in plain["spec"]["initContainers"][0]
 
 
+def test_service_account_is_passed_to_the_pods() -> None:
+    ccs = parse_service(minimal_service(serviceAccountName="model-reader"))
+    pod = _by_kind(ccs)["Deployment"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "model-reader"
+    default = _by_kind(parse_service(minimal_service()))["Deployment"]["spec"]["template"]
+    assert "serviceAccountName" not in default["spec"]
+
+
 def test_cpu_only_service_has_no_gpu_limit_or_toleration() -> None:
     ccs = parse_service(minimal_service(
         resources={"gpus": 0}, instanceGroups=[{"count": 1, "kind": "KIND_CPU"}]

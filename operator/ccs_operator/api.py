@@ -274,6 +274,9 @@ class ServiceSpec(_Model):
     # Free-form like a Pod's affinity; passed through to the pod template untouched.
     affinity: dict[str, Any] | None = None
     priority_class_name: str | None = None
+    service_account_name: str | None = Field(
+        default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+    )
     ports: Ports = Ports()
 
     @model_validator(mode="after")
