@@ -116,6 +116,8 @@ def _watch_child(
     plural: str,
 ) -> None:
     """Drift repair: a child deleted or edited by hand brings its owner back to the spec."""
+    # The watch keeps the reconciler's child cache current, so it may skip no-op applies.
+    reconciler.watched_kinds.add(kind)
 
     @kopf.on.event(
         group, version, plural, labels=MANAGED_BY, registry=registry, id=f"watch-{plural}"

@@ -19,6 +19,11 @@ CHILDREN_APPLIED = Counter(
 APPLY_REQUESTS = Counter(
     "ccs_apply_requests_total", "Server-side apply requests sent, by kind", ["kind"]
 )
+APPLIES_SKIPPED = Counter(
+    "ccs_apply_skipped_total",
+    "Server-side applies not sent: the child still matches our last apply, by kind",
+    ["kind"],
+)
 STATUS_WRITES = Counter("ccs_status_writes_total", "Status patches written")
 SERVICES = Gauge("ccs_services", "ClaudeCodeServices known to the operator")
 # Per-service series carry ccs_namespace/ccs_name, not namespace/name: Prometheus sets

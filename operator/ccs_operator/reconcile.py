@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -60,6 +62,33 @@ class ChildRecord:
     owner_uid: str | None
     resource_version: str
     generation: int | None
+    # What the object says to anyone applying it (see `fingerprint`); status excluded.
+    fingerprint: str = ""
+    # Deployments only: the status the reconcile reports readiness from.
+    status: Mapping[str, Any] | None = None
+
+    def workload(self) -> dict[str, Any]:
+        """The slice of a Deployment that status.build_status reads."""
+        return {"metadata": {"generation": self.generation}, "status": dict(self.status or {})}
+
+
+def fingerprint(body: Mapping[str, Any]) -> str:
+    """A digest of everything an apply of ours could change: labels, annotations, owners,
+    spec, data. Status and bookkeeping (resourceVersion, managedFields) are left out, so a
+    controller's status write does not count as a change."""
+    meta = body.get("metadata") or {}
+    content = {
+        "labels": meta.get("labels"),
+        "annotations": meta.get("annotations"),
+        "ownerReferences": meta.get("ownerReferences"),
+        "spec": body.get("spec"),
+        "data": body.get("data"),
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def controller_uid(body: Mapping[str, Any]) -> str | None:
@@ -100,6 +129,12 @@ class Reconciler:
         self.clock = clock
         self.services: dict[ServiceKey, dict[str, Any]] = {}
         self.children: dict[ChildKey, ChildRecord] = {}
+        # Per child: (digest of the manifest we last applied, the child's fingerprint that
+        # apply returned). While both still hold, applying again is a no-op: skip the request.
+        self.applied: dict[ChildKey, tuple[str, str]] = {}
+        # Kinds whose watch keeps `children` current (handlers registers them). Others are
+        # read back before an apply is skipped.
+        self.watched_kinds: set[str] = set()
         self.cold_starts: dict[ServiceKey, ColdStartWindow] = {}
         self._locks: dict[ServiceKey, asyncio.Lock] = {}
         self._queued: dict[ServiceKey, asyncio.Task[None]] = {}
@@ -137,12 +172,15 @@ class Reconciler:
         key = (kind, meta["namespace"], meta["name"])
         if deleted:
             self.children.pop(key, None)
+            self.applied.pop(key, None)
         else:
             self.children[key] = ChildRecord(
                 uid=meta["uid"],
                 owner_uid=controller_uid(body),
                 resource_version=meta["resourceVersion"],
                 generation=meta.get("generation"),
+                fingerprint=fingerprint(body),
+                status=body.get("status") if kind == "Deployment" else None,
             )
 
     def observe_pod(self, pod: Mapping[str, Any], initial: bool) -> None:
@@ -333,7 +371,16 @@ class Reconciler:
         for manifest in desired:
             kind = manifest["kind"]
             name = manifest["metadata"]["name"]
-            previous = self.children.get((kind, ccs.namespace, name))
+            key = (kind, ccs.namespace, name)
+            previous = self.children.get(key)
+            digest = manifest_digest(manifest)
+            if previous is not None and await self._unchanged(key, digest, previous):
+                # Same manifest as our last apply, and nobody changed the child since: the
+                # apply would be a no-op, so it is not sent.
+                metrics.APPLIES_SKIPPED.labels(kind).inc()
+                if kind == "Deployment":
+                    deployment = previous.workload()
+                continue
             metrics.APPLY_REQUESTS.labels(kind).inc()
             try:
                 live = await self.kube.apply(manifest)
@@ -358,6 +405,7 @@ class Reconciler:
                     deployment
                 )
             self.remember_child(kind, live, deleted=False)
+            self.applied[key] = (digest, self.children[key].fingerprint)
             verb = _what_changed(previous, live, since=started)
             if verb is not None:
                 metrics.CHILDREN_APPLIED.labels(kind).inc()
@@ -366,6 +414,19 @@ class Reconciler:
                 deployment = live
         await self._prune_service_monitor(ccs, desired)
         return ApplyOutcome(), deployment
+
+    async def _unchanged(self, key: ChildKey, digest: str, known: ChildRecord) -> bool:
+        """Whether the child still is exactly what our last apply of `digest` left."""
+        applied = self.applied.get(key)
+        if applied is None or applied[0] != digest:
+            return False
+        if key[0] in self.watched_kinds:
+            return applied[1] == known.fingerprint  # the watch updates the fingerprint
+        try:  # not watched: one read instead of a write
+            live = await self.kube.get(*key)
+        except Transient as exc:
+            raise RetryLater(str(exc)) from exc
+        return live is not None and fingerprint(live) == applied[1]
 
     async def _prune_service_monitor(
         self, ccs: ClaudeCodeService, desired: list[dict[str, Any]]

@@ -8,29 +8,57 @@ know cannot be emitted.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as pb
 
 from .api import ServiceSpec, Tensor
+
+_PB2 = "tritonclient.grpc.model_config_pb2"
+
+
+def _model_config_pb2() -> ModuleType:
+    """Triton's schema module alone: `tritonclient.grpc`'s package init pulls in grpc and
+    numpy (~28 MB of the operator's resident memory) that the operator never uses. The module
+    is registered under its own name, so a later `import tritonclient.grpc` reuses it."""
+    if _PB2 in sys.modules:
+        return sys.modules[_PB2]
+    package = importlib.util.find_spec("tritonclient")
+    if package is None or not package.submodule_search_locations:
+        raise ImportError("tritonclient is not installed")
+    path = Path(package.submodule_search_locations[0]) / "grpc" / "model_config_pb2.py"
+    spec = importlib.util.spec_from_file_location(_PB2, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[_PB2] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+pb = _model_config_pb2()
 
 # Platforms Triton names by `backend` rather than `platform` in config.pbtxt.
 _BACKEND_FOR_PLATFORM = {"python": "python", "openvino": "openvino"}
 
 
-def _tensor_input(tensor: Tensor) -> pb.ModelInput:
+def _tensor_input(tensor: Tensor) -> Any:
     return pb.ModelInput(
         name=tensor.name, data_type=pb.DataType.Value(tensor.data_type), dims=list(tensor.dims)
     )
 
 
-def _tensor_output(tensor: Tensor) -> pb.ModelOutput:
+def _tensor_output(tensor: Tensor) -> Any:
     return pb.ModelOutput(
         name=tensor.name, data_type=pb.DataType.Value(tensor.data_type), dims=list(tensor.dims)
     )
 
 
-def _version_policy(spec: ServiceSpec) -> pb.ModelVersionPolicy:
+def _version_policy(spec: ServiceSpec) -> Any:
     policy = spec.model.version_policy
     if policy.policy == "All":
         return pb.ModelVersionPolicy(all=pb.ModelVersionPolicy.All())
@@ -43,7 +71,7 @@ def _version_policy(spec: ServiceSpec) -> pb.ModelVersionPolicy:
     )
 
 
-def _dynamic_batching(spec: ServiceSpec) -> pb.ModelDynamicBatching:
+def _dynamic_batching(spec: ServiceSpec) -> Any:
     batching = spec.batching
     dynamic = pb.ModelDynamicBatching(
         preferred_batch_size=list(batching.preferred_batch_sizes),
@@ -63,7 +91,7 @@ def _dynamic_batching(spec: ServiceSpec) -> pb.ModelDynamicBatching:
     return dynamic
 
 
-def _warmup(spec: ServiceSpec) -> pb.ModelWarmup:
+def _warmup(spec: ServiceSpec) -> Any:
     warmup = spec.model.warmup
     inputs = {
         tensor.name: pb.ModelWarmup.Input(
@@ -79,7 +107,7 @@ def _warmup(spec: ServiceSpec) -> pb.ModelWarmup:
     )
 
 
-def build_model_config(spec: ServiceSpec) -> pb.ModelConfig:
+def build_model_config(spec: ServiceSpec) -> Any:
     """The Triton ModelConfig for a service, with dynamic batching as configured."""
     config = pb.ModelConfig(
         name=spec.model.name,
@@ -113,7 +141,7 @@ def render_config_pbtxt(spec: ServiceSpec) -> str:
     return text_format.MessageToString(build_model_config(spec))
 
 
-def parse_config_pbtxt(text: str) -> pb.ModelConfig:
+def parse_config_pbtxt(text: str) -> Any:
     """Parse config.pbtxt text back into a ModelConfig (Triton's own parser does the same)."""
     return text_format.Parse(text, pb.ModelConfig())
 
