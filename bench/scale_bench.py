@@ -1,0 +1,737 @@
+"""The control loop at scale: N ClaudeCodeServices on the local cluster with kwok GPU nodes.
+
+    export CCS_E2E_STATE_DIR=...   # optional: a cluster state dir of your own
+    python bench/scale_bench.py --sizes 100,500,1000 --write bench/RESULTS.md
+
+Starts (or reuses) the local cluster with enough fake 8-GPU nodes for max(N) one-GPU pods,
+a real Prometheus on loopback (no targets: the floor loop's batched query runs for real and
+finds no Triton series), and for each N:
+
+1. Baseline, the floor of what any operator can do: `ccs-operator render` of the N services,
+   then ONE `kubectl apply --server-side` of all their children; time-to-Ready of a service
+   is when its Deployment first has a ready replica, from the start of that apply.
+2. Operator: `ccs-operator run` as a process watching one fresh namespace; ONE
+   `kubectl apply --server-side` of the N services; time-to-Ready is when status.phase is
+   Ready for the current generation, from the start of that apply. Both are observed by a
+   watch, so both pay the same observation cost.
+3. Operator CPU seconds (utime+stime) and peak RSS (VmHWM) from /proc of its process.
+4. Idle: after everything is Ready and settled, the API server's own
+   `apiserver_request_total` write verbs (APPLY, PATCH, POST, PUT, DELETE) on the operator's
+   resources over an idle window that spans at least one full no-op resync
+   (CCS_RESYNC_SECONDS is set below the window), plus the operator's counters
+   (`ccs_apply_requests_total`, `ccs_status_writes_total`).
+5. Floor loop over the same idle window: Prometheus queries per evaluation interval, from
+   Prometheus's own `prometheus_http_requests_total{handler="/api/v1/query"}` and the
+   operator's `ccs_prometheus_query_duration_seconds_count`, and the lag between an interval
+   boundary and each decision (`ccs_floor_evaluation_lag_seconds`).
+6. Restart storm: the operator is stopped, `--drift` percent of the HPAs are edited behind
+   its back (maxReplicas), a fresh operator starts; API writes until it is quiet again,
+   against the number of children that actually differ.
+
+Numbers are from one run on a shared machine; ratios against the baseline of the same run are
+what to compare. The services are the sample's with gpus 1, replicas 1..2 so the pods fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from kubernetes import client, watch  # noqa: E402
+from kubernetes.client.exceptions import ApiException  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from e2e.prometheus import PrometheusServer  # noqa: E402
+from e2e.providers import LocalProvider  # noqa: E402
+from results import write_section  # noqa: E402
+
+RESULTS_HEADING = "## Control loop at scale"
+GROUP, VERSION, PLURAL = "serving.claudecode.io", "v1alpha1", "claudecodeservices"
+GPUS_PER_NODE = 8
+WRITE_VERBS = ("APPLY", "PATCH", "POST", "PUT", "DELETE")
+# The resources the operator writes; everything else (leases, pods, nodes, replicasets,
+# endpoint slices, the controllers' /status writes) belongs to the control plane and kwok.
+OPERATOR_RESOURCES = {
+    ("configmaps", ""),
+    ("services", ""),
+    ("deployments", ""),
+    ("horizontalpodautoscalers", ""),
+    ("servicemonitors", ""),
+    ("claudecodeservices", ""),
+    ("claudecodeservices", "status"),
+}
+EVAL_INTERVAL_S = 10
+
+
+def progress(message: str) -> None:
+    print(f"[scale {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+# --- the services --------------------------------------------------------------------------
+
+
+def service(name: str) -> dict[str, Any]:
+    body = yaml.safe_load((ROOT / "samples" / "claude-code.yaml").read_text())
+    body["metadata"] = {"name": name}
+    spec = body["spec"]
+    spec["resources"] = {"gpus": 1, "cpu": "1", "memory": "1Gi"}
+    spec["replicas"] = {"min": 1, "max": 2}
+    spec["autoscaling"]["floor"]["evaluationIntervalSeconds"] = EVAL_INTERVAL_S
+    return dict(body)
+
+
+def services_yaml(n: int) -> str:
+    return yaml.safe_dump_all([service(f"svc-{i:04d}") for i in range(n)])
+
+
+# --- cluster access ------------------------------------------------------------------------
+
+
+class Kube:
+    def __init__(self, provider: LocalProvider) -> None:
+        self.provider = provider
+        self.api_client = provider.api_client()
+        self.core = client.CoreV1Api(self.api_client)
+        self.custom = client.CustomObjectsApi(self.api_client)
+
+    def kubectl(self, *args: str, input: str | None = None, timeout: float = 1800) -> str:
+        return self.provider.kubectl(*args, input=input, timeout=timeout).stdout
+
+    def create_namespace(self, name: str) -> None:
+        self.core.create_namespace({"metadata": {"name": name, "labels": {"ccs-bench": "scale"}}})
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.core.read_namespaced_service_account("default", name)
+                return
+            except ApiException as exc:
+                if exc.status != 404 or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.2)
+
+    def delete_namespace(self, name: str, timeout: float = 900) -> float:
+        """Delete and wait until it is gone (its pods release their GPUs); returns seconds."""
+        started = time.monotonic()
+        with contextlib.suppress(ApiException):
+            self.core.delete_namespace(name)
+        while time.monotonic() - started < timeout:
+            try:
+                self.core.read_namespace(name)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return time.monotonic() - started
+                raise
+            time.sleep(2)
+        raise TimeoutError(f"namespace {name} not deleted in {timeout}s")
+
+    def apiserver_writes(self) -> Counter[tuple[str, str, str]]:
+        """apiserver_request_total for write verbs, by (verb, resource, subresource)."""
+        text = self.kubectl("get", "--raw", "/metrics", timeout=60)
+        counts: Counter[tuple[str, str, str]] = Counter()
+        for family in text_string_to_metric_families(text):
+            if family.name != "apiserver_request":
+                continue
+            for s in family.samples:
+                if s.name != "apiserver_request_total":
+                    continue
+                verb = s.labels.get("verb", "")
+                # The namespace controller's deletecollection (scope "namespace") while it
+                # empties a deleted namespace is not a write of the operator's.
+                if verb == "DELETE" and s.labels.get("scope") != "resource":
+                    continue
+                if verb in WRITE_VERBS and s.labels.get("dry_run", "") == "":
+                    key = (verb, s.labels.get("resource", ""), s.labels.get("subresource", ""))
+                    counts[key] += int(s.value)
+        return counts
+
+
+def operator_writes(delta: Counter[tuple[str, str, str]]) -> Counter[str]:
+    """Write requests on the operator's resources, by 'VERB resource[/sub]'."""
+    out: Counter[str] = Counter()
+    for (verb, resource, sub), value in delta.items():
+        if (resource, sub) in OPERATOR_RESOURCES and value:
+            out[f"{verb} {resource}{'/' + sub if sub else ''}"] += value
+    return out
+
+
+def events_written(delta: Counter[tuple[str, str, str]]) -> int:
+    return sum(v for (_, resource, _), v in delta.items() if resource == "events")
+
+
+class FirstTrue:
+    """Watches a namespaced collection and records when each object first satisfies `ready`."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        namespace: str,
+        group: str,
+        version: str,
+        plural: str,
+        ready: Callable[[Mapping[str, Any]], bool],
+    ) -> None:
+        self.kube = kube
+        self.args = {"group": group, "version": version, "namespace": namespace, "plural": plural}
+        self.ready = ready
+        self.times: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _see(self, obj: Mapping[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        if name not in self.times and self.ready(obj):
+            self.times[name] = time.monotonic()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                listing = self.kube.custom.list_namespaced_custom_object(**self.args)
+                for item in listing.get("items", ()):
+                    self._see(item)
+                stream = watch.Watch().stream(
+                    self.kube.custom.list_namespaced_custom_object,
+                    resource_version=listing["metadata"]["resourceVersion"],
+                    timeout_seconds=30,
+                    **self.args,
+                )
+                for event in stream:
+                    if self._stop.is_set():
+                        return
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        self._see(event["object"])
+            except Exception as exc:  # the watch is re-listed after any failure
+                if not self._stop.is_set():
+                    progress(f"watch {self.args['plural']}: {exc!r:.200}; re-listing")
+                    time.sleep(0.5)
+
+    def start(self) -> FirstTrue:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def wait(self, count: int, timeout: float, label: str) -> None:
+        deadline = time.monotonic() + timeout
+        last = -1
+        while len(self.times) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{label}: {len(self.times)}/{count} ready after {timeout}s")
+            if len(self.times) != last and (len(self.times) - last >= count // 10 or last < 0):
+                last = len(self.times)
+                progress(f"{label}: {last}/{count} ready")
+            time.sleep(0.5)
+        progress(f"{label}: {count}/{count} ready")
+
+
+def deployment_ready(obj: Mapping[str, Any]) -> bool:
+    return int((obj.get("status") or {}).get("readyReplicas") or 0) >= 1
+
+
+def service_ready(obj: Mapping[str, Any]) -> bool:
+    status = obj.get("status") or {}
+    return status.get("phase") == "Ready" and status.get("observedGeneration") == obj[
+        "metadata"
+    ].get("generation")
+
+
+# --- the operator process --------------------------------------------------------------------
+
+
+class Operator:
+    def __init__(self, kubeconfig: Path, namespace: str, log_dir: Path, **env: str) -> None:
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+        self.log_path = log_dir / f"operator-{namespace}-{int(time.time())}.log"
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "CCS_NAMESPACES": namespace,
+            "CCS_LEASE_NAME": f"bench-{namespace}",
+            "CCS_LEASE_NAMESPACE": "default",
+            "CCS_METRICS_PORT": str(self.metrics_port),
+            "CCS_HEALTH_PORT": str(self.health_port),
+            "CCS_LOADER_IMAGE": "ccs-model-loader:bench",
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> Operator:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "ccs_operator.cli", "run"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"operator exited; log {self.log_path}")
+            with contextlib.suppress(OSError, ValueError):
+                url = f"http://127.0.0.1:{self.health_port}/healthz"
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if json.loads(r.read()).get("role") == "leader":
+                        return self
+            time.sleep(0.3)
+        raise TimeoutError(f"operator not leading in {timeout}s; log {self.log_path}")
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def peak_rss_mb(self, field: str = "VmHWM") -> float:
+        """Peak resident memory (VmHWM), or the current one with field="VmRSS"."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def metrics(self) -> dict[str, float]:
+        """Flat samples: 'name{sorted labels}' -> value."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return flat_samples(r.read().decode())
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def flat_samples(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}"] = float(s.value)
+    return out
+
+
+def metric_sum(samples: Mapping[str, float], name: str) -> float:
+    return sum(v for k, v in samples.items() if k.split("{", 1)[0] == name)
+
+
+def delta_sum(after: Mapping[str, float], before: Mapping[str, float], name: str) -> float:
+    return metric_sum(after, name) - metric_sum(before, name)
+
+
+def histogram_quantile(
+    after: Mapping[str, float], before: Mapping[str, float], name: str, q: float
+) -> float:
+    """Upper bound of the bucket holding quantile q of the observations between snapshots."""
+    buckets: list[tuple[float, float]] = []
+    for key, value in after.items():
+        if key.startswith(f"{name}_bucket{{"):
+            le = re.search(r"le=([^,}]+)", key)
+            if le:
+                buckets.append((float(le.group(1)), value - before.get(key, 0.0)))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0.0
+    if total <= 0:
+        return float("nan")
+    for bound, count in buckets:
+        if count >= q * total:
+            return bound
+    return float("inf")
+
+
+def prometheus_queries(prom: PrometheusServer) -> float:
+    with urllib.request.urlopen(f"{prom.url}/metrics", timeout=10) as r:
+        samples = flat_samples(r.read().decode())
+    return sum(
+        v
+        for k, v in samples.items()
+        if k.startswith("prometheus_http_requests_total{")
+        and re.search(r"handler=/api/v1/query[,}]", k)
+    )
+
+
+# --- one size ------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    n: int
+    raw_apply_s: float = 0.0
+    raw_p50: float = 0.0
+    raw_p99: float = 0.0
+    op_apply_s: float = 0.0
+    op_p50: float = 0.0
+    op_p99: float = 0.0
+    cpu_to_ready_s: float = 0.0
+    cpu_idle_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    idle_rss_mb: float = 0.0
+    idle_s: float = 0.0
+    idle_writes: Counter[str] = field(default_factory=Counter)
+    idle_events: int = 0
+    idle_apply_requests: float = 0.0
+    idle_status_writes: float = 0.0
+    intervals: float = 0.0
+    prom_queries: float = 0.0
+    op_queries: float = 0.0
+    lag_mean: float = 0.0
+    lag_p99: float = 0.0
+    decisions: float = 0.0
+    drifted: int = 0
+    storm_s: float = 0.0
+    storm_writes: Counter[str] = field(default_factory=Counter)
+    storm_apply_requests: float = 0.0
+    storm_children_changed: float = 0.0
+    storm_skipped: float = 0.0
+    storm_restored: int = 0
+
+
+def run_size(
+    n: int,
+    kube: Kube,
+    provider: LocalProvider,
+    prom: PrometheusServer,
+    args: argparse.Namespace,
+    log_dir: Path,
+) -> Result:
+    result = Result(n)
+    manifests = services_yaml(n)
+    run_id = f"{n}-{int(time.time()) % 100000}"
+
+    # 1. Baseline: the rendered children applied raw.
+    if not args.skip_baseline:
+        raw_ns = f"scale-raw-{run_id}"
+        kube.create_namespace(raw_ns)
+        rendered = subprocess.run(
+            [sys.executable, "-m", "ccs_operator.cli", "render", "-f", "-", "-n", raw_ns],
+            input=manifests,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        ).stdout
+        watcher = FirstTrue(kube, raw_ns, "apps", "v1", "deployments", deployment_ready).start()
+        time.sleep(1)
+        progress(f"N={n}: baseline: kubectl apply --server-side of {5 * n} rendered children")
+        t0 = time.monotonic()
+        kube.kubectl("apply", "--server-side", "-n", raw_ns, "-f", "-", input=rendered)
+        result.raw_apply_s = time.monotonic() - t0
+        progress(f"N={n}: baseline apply returned after {result.raw_apply_s:.1f}s")
+        watcher.wait(n, args.ready_timeout, f"N={n} baseline")
+        watcher.stop()
+        times = [t - t0 for t in watcher.times.values()]
+        result.raw_p50, result.raw_p99 = percentile(times, 50), percentile(times, 99)
+        progress(f"N={n}: baseline p50 {result.raw_p50:.1f}s p99 {result.raw_p99:.1f}s")
+        gone = kube.delete_namespace(raw_ns)
+        progress(f"N={n}: baseline namespace deleted in {gone:.0f}s")
+
+    # 2. The operator.
+    op_ns = f"scale-op-{run_id}"
+    kube.create_namespace(op_ns)
+    env = {
+        "CCS_RESYNC_SECONDS": str(args.resync_seconds),
+        "CCS_PROMETHEUS_URL": prom.url,
+    }
+    operator = Operator(provider.kubeconfig, op_ns, log_dir, **env).start()
+    try:
+        watcher = FirstTrue(kube, op_ns, GROUP, VERSION, PLURAL, service_ready).start()
+        time.sleep(1)
+        cpu0 = operator.cpu_seconds()
+        progress(f"N={n}: operator: kubectl apply --server-side of {n} ClaudeCodeServices")
+        t0 = time.monotonic()
+        kube.kubectl("apply", "--server-side", "-n", op_ns, "-f", "-", input=manifests)
+        result.op_apply_s = time.monotonic() - t0
+        watcher.wait(n, args.ready_timeout, f"N={n} operator")
+        watcher.stop()
+        times = [t - t0 for t in watcher.times.values()]
+        result.op_p50, result.op_p99 = percentile(times, 50), percentile(times, 99)
+        result.cpu_to_ready_s = operator.cpu_seconds() - cpu0
+        progress(
+            f"N={n}: operator p50 {result.op_p50:.1f}s p99 {result.op_p99:.1f}s, "
+            f"CPU {result.cpu_to_ready_s:.1f}s, RSS peak {operator.peak_rss_mb():.0f} MB"
+        )
+
+        # 3./4. Idle: settle, then a window spanning at least one full resync.
+        # Ready is not idle: kopf's annotation patches, first floor evaluations and status
+        # updates may still be in flight. Idle starts once the operator's resources have seen
+        # no write for 15 s (at most --settle-seconds).
+        settle_until = time.monotonic() + args.settle_seconds
+        last, quiet_since = operator_writes(kube.apiserver_writes()), time.monotonic()
+        while time.monotonic() < settle_until and time.monotonic() - quiet_since < 15:
+            time.sleep(3)
+            now = operator_writes(kube.apiserver_writes())
+            if now != last:
+                last, quiet_since = now, time.monotonic()
+        progress(f"N={n}: quiet {time.monotonic() - quiet_since:.0f}s; idle window starts")
+        api0, op0, prom0, cpu1 = (
+            kube.apiserver_writes(),
+            operator.metrics(),
+            prometheus_queries(prom),
+            operator.cpu_seconds(),
+        )
+        progress(f"N={n}: idle window {args.idle_seconds}s (resync every {args.resync_seconds}s)")
+        t_idle = time.monotonic()
+        time.sleep(args.idle_seconds)
+        api1, op1, prom1 = kube.apiserver_writes(), operator.metrics(), prometheus_queries(prom)
+        result.idle_s = time.monotonic() - t_idle
+        result.cpu_idle_s = operator.cpu_seconds() - cpu1
+        result.peak_rss_mb = operator.peak_rss_mb()
+        result.idle_rss_mb = operator.peak_rss_mb("VmRSS")
+        result.idle_writes = operator_writes(api1 - api0)
+        result.idle_events = events_written(api1 - api0)
+        result.idle_apply_requests = delta_sum(op1, op0, "ccs_apply_requests_total")
+        result.idle_status_writes = delta_sum(op1, op0, "ccs_status_writes_total")
+        # 5. Floor loop over the same window.
+        result.intervals = result.idle_s / EVAL_INTERVAL_S
+        result.prom_queries = prom1 - prom0
+        result.op_queries = delta_sum(op1, op0, "ccs_prometheus_query_duration_seconds_count")
+        lag_count = delta_sum(op1, op0, "ccs_floor_evaluation_lag_seconds_count")
+        lag_sum = delta_sum(op1, op0, "ccs_floor_evaluation_lag_seconds_sum")
+        result.decisions = lag_count
+        result.lag_mean = lag_sum / lag_count if lag_count else float("nan")
+        result.lag_p99 = histogram_quantile(op1, op0, "ccs_floor_evaluation_lag_seconds", 0.99)
+        progress(
+            f"N={n}: idle writes {dict(result.idle_writes) or 0}, "
+            f"prometheus queries {result.prom_queries:.0f} in {result.intervals:.1f} intervals, "
+            f"lag mean {result.lag_mean:.2f}s p99 <= {result.lag_p99}s"
+        )
+
+        # 6. Restart storm, with some children drifted while no operator runs.
+        operator.stop()
+        result.drifted = max(1, round(n * args.drift / 100))
+        for i in range(result.drifted):
+            kube.kubectl(
+                "patch",
+                "hpa",
+                f"svc-{i:04d}",
+                "-n",
+                op_ns,
+                "--type=merge",
+                "-p",
+                '{"spec":{"maxReplicas":7}}',
+            )
+        api0 = kube.apiserver_writes()
+        operator = Operator(provider.kubeconfig, op_ns, log_dir, **env)
+        t_storm = time.monotonic()
+        operator.start()
+        progress(f"N={n}: restarted the operator after drifting {result.drifted} HPAs")
+        # Quiet: every service reconciled at least once, then no apply and no status write
+        # for 10 s (resync timers keep reconciling; the point is that they write nothing).
+        last_writes, quiet_since = -1.0, time.monotonic()
+        deadline = time.monotonic() + args.ready_timeout
+        while time.monotonic() < deadline:
+            samples = operator.metrics()
+            writes = metric_sum(samples, "ccs_apply_requests_total") + metric_sum(
+                samples, "ccs_status_writes_total"
+            )
+            if writes != last_writes:
+                last_writes, quiet_since = writes, time.monotonic()
+            elif (
+                metric_sum(samples, "ccs_reconcile_total") >= n
+                and time.monotonic() - quiet_since >= 10
+            ):
+                break
+            time.sleep(1)
+        op1 = operator.metrics()
+        api1 = kube.apiserver_writes()
+        result.storm_s = time.monotonic() - t_storm
+        result.storm_writes = operator_writes(api1 - api0)
+        result.storm_apply_requests = metric_sum(op1, "ccs_apply_requests_total")
+        result.storm_skipped = metric_sum(op1, "ccs_apply_skipped_total")
+        result.storm_children_changed = metric_sum(op1, "ccs_children_applied_total")
+        maxes = json.loads(kube.kubectl("get", "hpa", "-n", op_ns, "-o", "json"))["items"]
+        result.storm_restored = sum(
+            1
+            for h in maxes
+            if h["metadata"]["name"] < f"svc-{result.drifted:04d}" and h["spec"]["maxReplicas"] == 2
+        )
+        progress(
+            f"N={n}: restart storm {result.storm_s:.0f}s: writes {dict(result.storm_writes)}, "
+            f"{result.storm_restored}/{result.drifted} drifted HPAs restored"
+        )
+    finally:
+        # Delete while the operator still runs: it removes its finalizers from the services.
+        if operator.process is None or operator.process.poll() is not None:
+            operator = Operator(provider.kubeconfig, op_ns, log_dir, **env).start()
+        gone = kube.delete_namespace(op_ns)
+        operator.stop()
+        progress(f"N={n}: operator namespace deleted in {gone:.0f}s")
+    return result
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def fmt_counter(counts: Counter[str]) -> str:
+    if not counts:
+        return "0"
+    parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    return f"{sum(counts.values())} ({parts})"
+
+
+def report(results: list[Result], args: argparse.Namespace, cmd: str, elapsed: float) -> str:
+    def ratio(op: float, raw: float) -> str:
+        return f"**{op / raw:.2f}x**" if raw > 0 else "n/a"
+
+    lines = [
+        RESULTS_HEADING,
+        "",
+        f"Command: `{cmd}` ({elapsed / 60:.0f} min). Method: the docstring of "
+        "`bench/scale_bench.py`. Local cluster (real kube-apiserver, etcd, controller-manager, "
+        f"scheduler; kwok GPU nodes), a real Prometheus, the operator as a process; "
+        f"services: `samples/claude-code.yaml` with gpus 1 and replicas 1..2, floor interval "
+        f"{EVAL_INTERVAL_S}s. Idle window {args.idle_seconds}s with CCS_RESYNC_SECONDS="
+        f"{args.resync_seconds}, so every service's no-op resync falls inside it (the "
+        "issue asks for 5 minutes: `--idle-seconds 300` for that; the window only scales "
+        "the count of no-op resyncs, which is what must be 0).",
+        "",
+        "Time to Ready (from the start of one `kubectl apply --server-side` of everything):",
+        "",
+        "| N | raw apply of children: p50 / p99 s | operator: p50 / p99 s | p50 ratio | "
+        "p99 ratio | operator CPU s to Ready | CPU s per service | RSS MB peak / idle |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.n} | {r.raw_p50:.1f} / {r.raw_p99:.1f} | {r.op_p50:.1f} / {r.op_p99:.1f} | "
+            f"{ratio(r.op_p50, r.raw_p50)} | {ratio(r.op_p99, r.raw_p99)} | "
+            f"{r.cpu_to_ready_s:.1f} | {r.cpu_to_ready_s / r.n * 1000:.0f} ms | "
+            f"{r.peak_rss_mb:.0f} / {r.idle_rss_mb:.0f} |"
+        )
+    lines += [
+        "",
+        "API writes (the API server's `apiserver_request_total`, write verbs on configmaps, "
+        "services, deployments, HPAs, servicemonitors and claudecodeservices incl. status; "
+        "the controllers' own /status writes excluded):",
+        "",
+        "| N | idle window s | writes while idle | operator CPU s idle | restart storm: "
+        "children drifted | writes in the storm | drifted restored | storm s |",
+        "|---:|---:|---|---:|---:|---|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.n} | {r.idle_s:.0f} | {fmt_counter(r.idle_writes)} | {r.cpu_idle_s:.1f} | "
+            f"{r.drifted} | {fmt_counter(r.storm_writes)} | {r.storm_restored}/{r.drifted} | "
+            f"{r.storm_s:.0f} |"
+        )
+    lines += [
+        "",
+        "Floor loop over the idle window (one Prometheus with no Triton series, so every "
+        "decision is NoData/hold; the query and the evaluation run in full):",
+        "",
+        "| N | intervals | Prometheus queries (Prometheus's count) | (operator's count) | "
+        "per interval | decisions | lag mean s | lag p99 s (bucket bound) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        per = r.prom_queries / r.intervals if r.intervals else float("nan")
+        lines.append(
+            f"| {r.n} | {r.intervals:.1f} | {r.prom_queries:.0f} | {r.op_queries:.0f} | "
+            f"{per:.2f} | {r.decisions:.0f} | {r.lag_mean:.2f} | {r.lag_p99:g} |"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def ensure_cluster(gpu_nodes: int) -> LocalProvider:
+    progress(f"starting (or reusing) the local cluster with {gpu_nodes} GPU nodes")
+    subprocess.run(
+        [sys.executable, "-m", "e2e", "up", "--gpu-nodes", str(gpu_nodes)],
+        check=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
+    provider = LocalProvider()
+    provider.kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        str(ROOT / "crds" / "claudecodeservices.yaml"),
+    )
+    provider.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}"
+    )
+    return provider
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", default="100,500,1000", help="comma-separated N")
+    p.add_argument("--idle-seconds", type=int, default=60, help="idle window (issue: 300)")
+    p.add_argument("--resync-seconds", type=int, default=30, help="operator CCS_RESYNC_SECONDS")
+    p.add_argument("--settle-seconds", type=int, default=300, help="max wait for quiet")
+    p.add_argument("--drift", type=float, default=2.0, help="percent of HPAs edited while down")
+    p.add_argument("--ready-timeout", type=float, default=1200)
+    p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--write", type=Path, help="update this RESULTS.md's section")
+    args = p.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    started = time.monotonic()
+    provider = ensure_cluster(gpu_nodes=math.ceil(max(sizes) / GPUS_PER_NODE) + 2)
+    kube = Kube(provider)
+    log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "ccs-scale-bench"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    progress(f"operator logs in {log_dir}")
+    results = []
+    with PrometheusServer() as prom:
+        for n in sizes:
+            load = os.getloadavg()[0]
+            progress(f"N={n}: load average {load:.2f}")
+            results.append(run_size(n, kube, provider, prom, args, log_dir))
+            print(report(results, args, "(partial)", time.monotonic() - started), flush=True)
+    cmd = "python bench/scale_bench.py" + "".join(f" {a}" for a in argv)
+    section = report(results, args, cmd, time.monotonic() - started)
+    print(section)
+    if args.write:
+        write_section(args.write, RESULTS_HEADING, section)
+        progress(f"wrote {args.write}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
