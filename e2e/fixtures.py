@@ -71,11 +71,35 @@ class Cluster:
             crds.uninstall(api_client, crds.SERVICEMONITOR)
 
 
+def release_stuck_test_namespaces(cluster: Cluster) -> None:
+    """Let test namespaces left Terminating by an earlier run go away.
+
+    A run that was killed, or one of an older operator that put kopf finalizers on its
+    services, can leave services whose finalizer no operator will ever remove; their
+    namespaces then stay Terminating and the namespace controller retries them forever.
+    """
+    namespaces = cluster.kubectl(
+        "get", "namespaces", "-l", "ccs-e2e=test", "-o",
+        "jsonpath={range .items[?(@.status.phase==\"Terminating\")]}{.metadata.name} {end}",
+    ).stdout.split()
+    for namespace in namespaces:
+        names = cluster.kubectl(
+            "get", "claudecodeservices", "-n", namespace, "-o", "name", check=False
+        ).stdout.split()
+        for name in names:
+            cluster.kubectl(
+                "patch", name, "-n", namespace, "--type=merge",
+                "-p", '{"metadata":{"finalizers":null}}', check=False,
+            )
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     provider = get_provider()
     found_running = provider.is_up()
     provider.up()
+    if found_running:
+        release_stuck_test_namespaces(Cluster(provider))
     try:
         yield Cluster(provider)
     finally:

@@ -308,3 +308,24 @@ def test_operator_exposes_metrics_and_health(operator: OperatorProcess) -> None:
         "ccs_services",
     ):
         assert metric in text
+
+
+def test_services_carry_no_finalizer_and_delete_without_the_operator(
+    cluster: Cluster,
+    solo_namespace: str,
+    services: Services,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    """Nothing outside the cluster needs cleaning: a stopped operator must not block delete."""
+    operator = start_operator(solo_namespace, CCS_RESYNC_SECONDS="10")
+    services.apply(solo_namespace, sample("free"))
+    body = services.wait_ready(solo_namespace, "free")
+    assert not body["metadata"].get("finalizers"), body["metadata"]
+    time.sleep(12)  # one resync passes: it must not add a finalizer either
+    assert not services.get(solo_namespace, "free")["metadata"].get("finalizers")
+    operator.stop()
+    cluster.kubectl("delete", "ccs", "free", "-n", solo_namespace, "--wait=true", timeout=30)
+    # The garbage collector, not the operator, removes the children.
+    _until(
+        lambda: not _children(cluster, solo_namespace, "free"), 60, "children garbage-collected"
+    )

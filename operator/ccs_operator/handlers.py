@@ -48,8 +48,8 @@ def build_registry(
 ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     resource = (API_GROUP, API_VERSION, PLURAL)
-    floor_stop = asyncio.Event()
-    floor_tasks: list[asyncio.Task[None]] = []
+    stop = asyncio.Event()
+    background: list[asyncio.Task[None]] = []
 
     # A registry of our own carries none of kopf's default login handlers: authenticate
     # through the kubernetes client (in-cluster ServiceAccount, else $KUBECONFIG), as the
@@ -61,14 +61,19 @@ def build_registry(
     @kopf.on.startup(registry=registry)
     async def _settings(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings, config)
+        loop = asyncio.get_running_loop()
+        # The periodic resync is ours, not a kopf timer: kopf puts a finalizer on every
+        # object it runs timers for, which blocks `kubectl delete` (and namespace deletion)
+        # whenever the operator is not running. Nothing outside the cluster needs cleaning,
+        # so the services carry no finalizer.
+        background.append(loop.create_task(reconciler.resync(stop, config.resync_seconds)))
         if floor_loop is not None:
-            # Started inside kopf's context so the loop can post events through kopf.
-            floor_tasks.append(asyncio.get_running_loop().create_task(floor_loop.run(floor_stop)))
+            background.append(loop.create_task(floor_loop.run(stop)))
 
     @kopf.on.cleanup(registry=registry)
-    async def _stop_floor_loop(**_: Any) -> None:
-        floor_stop.set()
-        await asyncio.gather(*floor_tasks, return_exceptions=True)
+    async def _stop_background(**_: Any) -> None:
+        stop.set()
+        await asyncio.gather(*background, return_exceptions=True)
 
     # Event handlers are async: kopf runs sync handlers in worker threads, where the
     # reconciler's asyncio scheduling (enqueue, debounced status writes) has no loop.
@@ -83,7 +88,6 @@ def build_registry(
     @kopf.on.resume(*resource, registry=registry)
     @kopf.on.create(*resource, registry=registry)
     @kopf.on.update(*resource, registry=registry)
-    @kopf.timer(*resource, registry=registry, interval=config.resync_seconds, idle=10)
     async def _reconcile(body: kopf.Body, **_: Any) -> None:
         reconciler.remember_service(body)
         try:

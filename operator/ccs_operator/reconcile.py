@@ -249,6 +249,19 @@ class Reconciler:
 
         self._queued[key] = asyncio.get_running_loop().create_task(run())
 
+    async def resync(self, stop: asyncio.Event, interval: float) -> None:
+        """Drift-repair backstop: every service is reconciled once per `interval`, spread
+        evenly over it so a large fleet never resyncs in one burst."""
+        while not stop.is_set():
+            keys: list[ServiceKey | None] = [*self.services] or [None]
+            for key in keys:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=interval / len(keys))
+                if stop.is_set():
+                    return
+                if key is not None and key in self.services:
+                    self.enqueue(key, delay=0.0)
+
     # -- the reconcile --------------------------------------------------------------------
     async def reconcile(self, body: Mapping[str, Any]) -> dict[str, Any]:
         meta = body["metadata"]
