@@ -1,68 +1,99 @@
-"""Trace-driven simulation of the warm floor against a plain HPA.
+"""Trace-driven simulation of the warm floor against a plain HPA swept over CPU targets.
 
-    python bench/floor_sim.py            # prints the table; --write updates bench/RESULTS.md
+    python bench/floor_sim.py                       # 20 seeds x 7 synthetic days
+    python bench/floor_sim.py --trace F.csv --json  # replay any request trace
+    python bench/floor_sim.py --write bench/RESULTS.md
 
-Two days of synthetic traffic (5 s steps): a diurnal curve, two peaks that recur every day
-(a 09:00 login storm and a 14:00 batch job, each a sharp step), and random bursts that
-differ per day, with slow multiplicative noise. Seeded, so every run prints the same table.
+A trace CSV has a header, a column `timestamp` (seconds from the start, or ISO 8601) and
+an optional column `weight` (relative work of that request, default 1), one row per
+request; `--mean-rps R` scales it so that the mean load is R unit requests per second.
 
-Model:
-- Replicas: a pod holds a GPU from creation and serves after `cold_start_s` (image pull +
-  model load). GPU-hours count every pod, ready or not.
-- Queue: each replica has two Triton model instances (instance_group count 2), each a
-  server of rate capacity/2. Below saturation the wait is M/M/c (Erlang C: mean wait and the
-  exact tail P(wait > target)); above it a fluid backlog builds and drains, and arrivals are
-  late when the backlog ahead of them exceeds the target.
-- Prometheus: the floor sees the request-weighted mean queue wait over the last minute
-  (rate over [1m]) as `prom.py`'s default query computes it.
-- HPA (autoscaling/v2 semantics): 15 s sync; CPU utilisation proportional to load per
-  ready pod (capped at 100%); target 60% with the 10% tolerance; not-ready pods count as 0%
-  when scaling up; scale-up limited to max(100%, 4 pods) per sync; scale-down takes the
-  highest recommendation of the last 300 s; clamped to [minReplicas, max]. The
-  requests-per-second metric (1000 per pod) never binds at these rates and is left out.
+What is simulated, and what each side can see (the floor sees only what the operator reads
+from Prometheus and the API server; nothing else enters `decide`):
+
+- Pods: a pod holds a GPU from creation and serves after a cold start drawn per pod from a
+  log-normal (median `--cold-start-s`, sigma `--cold-start-sigma`). The operator measures
+  each pod's cold start as it does on a cluster (ccs_operator.coldstart) and looks ahead by
+  the measured p95 plus one evaluation, rounded up to minutes.
+- Serving: every Ready pod is one Triton with `--instances` model instances behind one
+  queue (M/M/c per pod, service time `--service-ms` per request, scaled by the request's
+  weight); the Service spreads requests evenly over Ready pods. Below saturation a pod's
+  wait is Erlang C (mean and exact tail); above it a fluid backlog builds and drains, and a
+  pod that turns Ready starts with an empty queue while the old ones drain theirs. A
+  request violates the SLO when its queue wait exceeds `--target-ms`.
+- What Prometheus holds (Triton's series, scraped every 15 s, read through rate(...[1m])
+  ending at the last scrape): completed requests, busy instance-seconds (a batch's compute
+  counted once), pending requests, and each pod's p99 queue wait over the last minute
+  (Triton's summary; the operator takes the worst pod). Pre-warm's history is the same
+  arrival-rate series one period earlier, as prom.py's subquery reads it.
+- HPA (what render.py emits, autoscaling/v2 semantics): 15 s sync; CPU utilisation of a GPU
+  pod is low and noisy, and not exactly proportional to load (5% idle, up to 70% at
+  saturation, concave, log-normal noise per pod and sample), read with a metrics lag of
+  `--hpa-lag-s` (metrics-server resolution plus the HPA's own delay); not-ready pods count
+  as 0% when scaling up; 10% tolerance; scale-up at most max(100%, 4 pods) per 30 s;
+  scale-down after 300 s stabilisation and at most 1 pod per 60 s; a minReplicas above the
+  current count is applied at once. The requests-per-second External metric is left out (it
+  is served nowhere by default, so the HPA scales on CPU).
 - Floor: the real `ccs_operator.floor.decide` every 30 s; its floor is the HPA's
-  minReplicas from the next sync. Pre-warm history is the floor's own `demand` output one
-  day earlier (what the operator exports as ccs_floor_demand_replicas), with the HPA's
-  unclamped recommendation as the demand hint.
+  minReplicas from the next sync.
 
-Compared: (a) plain HPA min 2 max 10, (b) HPA + reactive floor, (c) HPA + floor + pre-warm.
+Compared in every run: the plain HPA at CPU targets 30..80% in steps of 5 (the cost /
+violations frontier), the floor on the default HPA (60%), and the floor with pre-warm.
+The floor's violations are compared with the frontier interpolated at the floor's own
+GPU-hours (its Pareto points, linear between them).
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
+import csv
 import itertools
+import json
 import math
+import multiprocessing
 import random
+import statistics
+import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 
-from ccs_operator.coldstart import MIN_SAMPLES_FOR_LEAD_TIME, lead_time_seconds
+from ccs_operator.coldstart import ColdStart, ColdStartWindow, lead_time_seconds
 from ccs_operator.floor import (
     DAY_SECONDS,
     DEFAULT_LEAD_TIME_SECONDS,
+    PREWARM_HISTORY_PERIODS,
+    PREWARM_SLACK_SECONDS,
+    FloorDecision,
     FloorObservation,
     FloorPolicy,
     FloorState,
     PrewarmPolicy,
     decide,
 )
+from ccs_operator.queueing import erlang_c
 from results import write_section
 
-DT = 5.0  # seconds per step
+RESULTS_HEADING = "## Warm floor simulation"
+TRACE_HEADING = "## Warm floor on a real trace"
+HPA_TARGETS = tuple(range(30, 81, 5))
+DEFAULT_HPA_TARGET = 60
 HPA_SYNC_S = 15.0
-FLOOR_INTERVAL_S = 30.0
-PROM_WINDOW_S = 60.0
-HPA_CPU_TARGET = 0.60
 HPA_TOLERANCE = 0.10
 HPA_DOWN_WINDOW_S = 300.0
-INSTANCES_PER_REPLICA = 2
-MIN_REPLICAS, MAX_REPLICAS = 2, 10
-RESULTS_HEADING = "## Warm floor simulation"
+HPA_UP_PERIOD_S = 30.0
+HPA_DOWN_PERIOD_S = 60.0
+FLOOR_INTERVAL_S = 30.0
+SCRAPE_S = 15.0
+SCRAPE_PHASE_S = 10.0
+RATE_WINDOW_S = 60.0
+SUMMARY_WINDOW_S = 60.0
+COOLDOWN_S = 300.0
 
 
 # --- traffic -----------------------------------------------------------------------------
@@ -92,45 +123,60 @@ def _diurnal(hour: float) -> float:
 
 @dataclass(frozen=True)
 class Trace:
-    rps: list[float]
-    events: list[str]
+    name: str
+    dt: float
+    work: list[float]  # unit requests per second in each step
+    events: list[str] = field(default_factory=list)
+    warmup_s: float = 0.0  # not counted (the first replicas settle)
+
+    @property
+    def days(self) -> int:
+        return max(1, math.ceil(len(self.work) * self.dt / DAY_SECONDS - 1e-9))
 
 
-def make_trace(days: int, seed: int, plateau_rps: float) -> Trace:
-    """Requests per second at each step. Shapes are in units of the day plateau."""
+def synthetic_trace(days: int, seed: int, plateau_rps: float, dt: float) -> Trace:
+    """Days that differ: weekends, shifted and resized recurring peaks, days without a
+    peak, and unannounced bursts that differ every day."""
     rng = random.Random(seed)
-    steps_per_day = int(DAY_SECONDS / DT)
-    rps: list[float] = []
+    steps_per_day = int(DAY_SECONDS / dt)
+    work: list[float] = []
     events: list[str] = []
     noise = 0.0
     for day in range(days):
-        level = plateau_rps * rng.uniform(0.95, 1.05)
-        # Recurring peaks: same time each day, a couple of minutes of jitter.
-        recurring = [
-            (9 * 3600 + rng.uniform(-120, 120), 15 * 60, 0.6),  # login storm
-            (14 * 3600 + rng.uniform(-120, 120), 20 * 60, 0.75),  # batch job
-        ]
+        weekend = day % 7 in (5, 6)
+        level = plateau_rps * rng.uniform(0.9, 1.1) * (0.45 if weekend else 1.0)
+        recurring = []
+        for name, hour, dur, height, chance in (
+            ("login storm", 9.0, 15 * 60, 0.6, 0.85),
+            ("batch job", 14.0, 20 * 60, 0.75, 0.85),
+        ):
+            if weekend or rng.random() > chance:
+                events.append(f"day {day + 1} no {name}")
+                continue
+            shift = rng.gauss(0, 240) if rng.random() < 0.8 else rng.uniform(-3600, 3600)
+            size = height * rng.uniform(0.6, 1.4)
+            length = dur * rng.uniform(0.7, 1.3)
+            start = hour * 3600 + shift
+            recurring.append((start, length, size))
+            events.append(
+                f"day {day + 1} {name} {_hhmm(start)} +{size:.0%} {length / 60:.0f}m"
+            )
         bursts = []
-        for _ in range(rng.randint(4, 8)):  # unannounced bursts, different each day
+        for _ in range(rng.randint(3, 8)):
             start = rng.uniform(7 * 3600, 22 * 3600)
             bursts.append((start, rng.uniform(180, 720), rng.uniform(0.3, 1.0)))
-        for start, dur, height in recurring:
-            events.append(
-                f"day {day + 1} recurring peak {_hhmm(start)} +{height:.0%} {dur / 60:.0f}m"
-            )
         for start, dur, height in sorted(bursts):
             events.append(f"day {day + 1} burst {_hhmm(start)} +{height:.0%} {dur / 60:.0f}m")
         for i in range(steps_per_day):
-            t = i * DT
+            t = i * dt
             value = _diurnal(t / 3600)
             for start, dur, height in recurring:
-                # A 60 s edge: a step as far as a 180 s cold start is concerned.
                 value += height * _pulse(t, start, dur, edge=60)
             for start, dur, height in bursts:
                 value += height * _diurnal(start / 3600) * _pulse(t, start, dur, edge=30)
-            noise = 0.98 * noise + rng.gauss(0, 0.01)  # slow AR(1) noise, ~±5%
-            rps.append(max(0.0, level * value * (1 + noise)))
-    return Trace(rps, events)
+            noise = 0.995 * noise + rng.gauss(0, 0.005)
+            work.append(max(0.0, level * value * (1 + noise)))
+    return Trace(f"synthetic seed {seed}", dt, work, events)
 
 
 def _pulse(t: float, start: float, duration: float, edge: float) -> float:
@@ -144,46 +190,100 @@ def _pulse(t: float, start: float, duration: float, edge: float) -> float:
 
 
 def _hhmm(seconds: float) -> str:
+    seconds %= DAY_SECONDS
     return f"{int(seconds // 3600):02d}:{int(seconds % 3600 // 60):02d}"
 
 
-# --- queue -------------------------------------------------------------------------------
+class TraceError(ValueError):
+    """A trace file that cannot be replayed; the message names the row or column."""
 
 
-def erlang_c(servers: int, offered: float) -> float:
-    """Probability an arrival waits in M/M/c with `offered` = lambda/mu_server < servers."""
-    b = 1.0
-    for k in range(1, servers + 1):
-        b = offered * b / (k + offered * b)
-    return servers * b / (servers - offered * (1 - b))
+def _parse_time(raw: str, row: int) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        raise TraceError(
+            f"row {row}: timestamp {raw!r} is neither seconds nor ISO 8601"
+        ) from None
+    return parsed.timestamp() if parsed.tzinfo else parsed.replace(tzinfo=None).timestamp()
+
+
+def load_trace(
+    path: Path, dt: float, mean_rps: float | None, warmup_s: float | None = None
+) -> Trace:
+    """One row per request -> unit requests per second per step of `dt` seconds."""
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        # Column names are matched case-insensitively (public traces say TIMESTAMP).
+        fields = [c.strip().lower() for c in reader.fieldnames or ()]
+        if "timestamp" not in fields:
+            raise TraceError(f"{path}: needs a header with a column named timestamp")
+        reader.fieldnames = fields
+        times: list[float] = []
+        weights: list[float] = []
+        for row_number, row in enumerate(reader, start=2):
+            times.append(_parse_time(row["timestamp"], row_number))
+            raw = (row.get("weight") or "").strip()
+            try:
+                weight = float(raw) if raw else 1.0
+            except ValueError:
+                raise TraceError(f"row {row_number}: weight {raw!r} is not a number") from None
+            if not (math.isfinite(weight) and weight >= 0):
+                raise TraceError(f"row {row_number}: weight must be a number >= 0")
+            weights.append(weight)
+    if not times:
+        raise TraceError(f"{path}: no requests")
+    start = min(times)
+    steps = max(1, math.ceil((max(times) - start) / dt + 1e-9))
+    work = [0.0] * steps
+    for t, w in zip(times, weights, strict=True):
+        work[min(steps - 1, int((t - start) / dt))] += w / dt
+    mean = sum(work) / len(work)
+    if mean <= 0:
+        raise TraceError(f"{path}: every weight is 0")
+    if mean_rps is not None:
+        work = [w * mean_rps / mean for w in work]
+    duration = steps * dt
+    warm = min(600.0, duration / 6) if warmup_s is None else warmup_s
+    return Trace(path.name, dt, work, warmup_s=warm)
+
+
+# --- serving -----------------------------------------------------------------------------
 
 
 @dataclass
-class Queue:
-    capacity_rps: float  # per replica
-    target_s: float
-    backlog: float = 0.0
+class Pod:
+    created: float
+    ready_at: float
+    backlog: float = 0.0  # unit requests queued beyond what the instances are serving
+    # (arrivals, arrivals * p99 wait) per step over the summary window, for the p99 signal
+    window: deque[tuple[float, float]] = field(default_factory=deque)
 
-    def step(self, rps: float, ready: int) -> tuple[float, float]:
-        """Advance DT; returns (mean wait s, fraction of this step's arrivals over target)."""
-        arrivals = rps * DT
-        cap = ready * self.capacity_rps
-        if cap <= 0:
-            self.backlog += arrivals
-            return math.inf, 1.0 if arrivals else 0.0
-        servers = ready * INSTANCES_PER_REPLICA
-        mu = self.capacity_rps / INSTANCES_PER_REPLICA
-        start = self.backlog
-        self.backlog = max(0.0, start + arrivals - cap * DT)
-        if start == 0 and self.backlog == 0 and rps < 0.995 * cap:
-            if rps == 0:
-                return 0.0, 0.0
-            c = erlang_c(servers, rps / mu)
-            drain = servers * mu - rps
-            return c / drain, c * math.exp(-drain * self.target_s)
-        # Saturated: the wait ahead of an arrival grows/shrinks linearly with the backlog.
-        w0, w1 = start / cap, self.backlog / cap
-        return (w0 + w1) / 2, _share_above(w0, w1, self.target_s)
+
+@dataclass(frozen=True)
+class Serving:
+    service_s: float  # per unit request per instance
+    instances: int
+    target_s: float
+
+    @property
+    def capacity(self) -> float:
+        return self.instances / self.service_s
+
+    def steady(self, rate: float) -> tuple[float, float, float]:
+        """(mean wait, share over target, p99 wait) of one pod at `rate` below saturation."""
+        if rate <= 0:
+            return 0.0, 0.0, 0.0
+        mu = 1.0 / self.service_s
+        c = erlang_c(self.instances, rate / mu)
+        drain = self.instances * mu - rate
+        tail = c * math.exp(-drain * self.target_s)
+        p99 = math.log(c / 0.01) / drain if c > 0.01 else 0.0
+        return c / drain, tail, p99
 
 
 def _share_above(w0: float, w1: float, target: float) -> float:
@@ -195,59 +295,97 @@ def _share_above(w0: float, w1: float, target: float) -> float:
     return (hi - target) / (hi - lo)
 
 
-# --- cluster -----------------------------------------------------------------------------
+# --- the HPA -----------------------------------------------------------------------------
 
 
-@dataclass
-class Cluster:
-    cold_start_s: float
-    pods: list[float] = field(default_factory=lambda: [-1e9, -1e9])  # creation times
-
-    def ready(self, now: float) -> int:
-        return sum(1 for created in self.pods if now - created >= self.cold_start_s)
-
-    def scale_to(self, replicas: int, now: float) -> None:
-        if replicas > len(self.pods):
-            self.pods.extend([now] * (replicas - len(self.pods)))
-        elif replicas < len(self.pods):
-            # The ReplicaSet deletes not-ready (newest) pods first.
-            self.pods.sort()
-            del self.pods[replicas:]
+def cpu_utilisation(busy_fraction: float, rng: random.Random) -> float:
+    """A GPU pod's CPU use as a share of its request: low, noisy, not proportional."""
+    base = 0.05 + 0.65 * min(1.0, busy_fraction) ** 0.8
+    return max(0.0, base * rng.lognormvariate(0, 0.25) + rng.gauss(0, 0.02))
 
 
 @dataclass
 class Hpa:
-    min_replicas: int = MIN_REPLICAS
-    max_replicas: int = MAX_REPLICAS
+    target: float
+    spec_min: int
+    spec_max: int
     history: deque[tuple[float, int]] = field(default_factory=deque)
+    ups: deque[tuple[float, int]] = field(default_factory=deque)
+    downs: deque[tuple[float, int]] = field(default_factory=deque)
 
-    def recommend(self, current: int, ready: int, utilisation: float) -> int:
-        """The unclamped CPU recommendation (what the floor gets as demand hint)."""
-        if ready == 0:
+    def recommend(self, current: int, ready: int, utilisation: float | None) -> int:
+        """The replica count the CPU metric asks for (before min/max and rate limits)."""
+        if ready == 0 or utilisation is None:
             return current
-        if abs(utilisation / HPA_CPU_TARGET - 1) <= HPA_TOLERANCE:
+        ratio = utilisation / self.target
+        if abs(ratio - 1) <= HPA_TOLERANCE:
             return current
-        # Not-ready pods count as 0% when scaling up, so only ready pods' usage counts.
-        return math.ceil(ready * utilisation / HPA_CPU_TARGET - 1e-9)
+        unready = current - ready
+        if ratio > 1 and unready > 0:
+            # Not-ready pods count as 0% when scaling up.
+            ratio = utilisation * ready / (self.target * current)
+            if ratio <= 1 + HPA_TOLERANCE:
+                return current
+            return math.ceil(ratio * current)
+        return math.ceil(ratio * ready)
 
-    def sync(self, now: float, current: int, ready: int, utilisation: float) -> int:
+    def sync(
+        self, now: float, current: int, ready: int, utilisation: float | None, floor: int
+    ) -> int:
+        minimum = max(floor, self.spec_min)
+        if current < minimum:
+            return minimum  # applied at once, no rate limit
         rec = self.recommend(current, ready, utilisation)
         self.history.append((now, rec))
         while self.history and self.history[0][0] < now - HPA_DOWN_WINDOW_S:
             self.history.popleft()
+        if rec < current:
+            rec = min(current, max(r for _, r in self.history))
+        for events, period in ((self.ups, HPA_UP_PERIOD_S), (self.downs, HPA_DOWN_PERIOD_S)):
+            while events and events[0][0] <= now - period:
+                events.popleft()
         if rec > current:
-            desired = min(rec, max(2 * current, current + 4))
-        else:
-            desired = min(current, max(r for _, r in self.history))
-        return min(max(desired, self.min_replicas), self.max_replicas)
+            start = current - sum(n for _, n in self.ups)
+            rec = min(rec, max(current, 2 * start, start + 4), self.spec_max)
+        elif rec < current:
+            start = current + sum(n for _, n in self.downs)
+            rec = max(rec, min(current, start - 1), minimum)
+        rec = min(max(rec, minimum), self.spec_max)
+        if rec > current:
+            self.ups.append((now, rec - current))
+        elif rec < current:
+            self.downs.append((now, current - rec))
+        return rec
 
 
 # --- one run -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Setup:
+    service_ms: float = 20.0
+    instances: int = 2
+    target_ms: float = 100.0
+    cold_start_s: float = 180.0
+    cold_start_sigma: float = 0.25
+    min_replicas: int = 2
+    max_replicas: int = 20
+    hpa_lag_s: float = 30.0
+    burst_cover: float = 0.9
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    kind: str  # "hpa" | "floor" | "floor+prewarm"
+    hpa_cpu_target: int
+
+
 @dataclass
 class Result:
     name: str
+    kind: str
+    hpa_cpu_target: int
     requests: float = 0.0
     violating: float = 0.0
     gpu_hours: float = 0.0
@@ -255,201 +393,578 @@ class Result:
     day_violating: list[float] = field(default_factory=list)
     day_gpu_hours: list[float] = field(default_factory=list)
     floor_changes: int = 0
+    prewarm_gated_share: float = 0.0
+
+
+def _policy(setup: Setup, config: Config, horizon: int) -> FloorPolicy:
+    return FloorPolicy(
+        min_replicas=setup.min_replicas,
+        max_replicas=setup.max_replicas,
+        target_ms=setup.target_ms,
+        cooldown_seconds=COOLDOWN_S,
+        prewarm=PrewarmPolicy(
+            enabled=config.kind == "floor+prewarm", lead_time_seconds=horizon
+        ),
+        instances_per_replica=setup.instances,
+        horizon_seconds=float(horizon),
+        burst_cover=setup.burst_cover,
+    )
 
 
 def simulate(
-    name: str,
     trace: Trace,
-    *,
-    capacity_rps: float,
-    cold_start_s: float,
-    target_ms: float,
-    policy: FloorPolicy | None,
-    progress: Callable[[str], None],
+    config: Config,
+    setup: Setup,
+    seed: int,
+    log: list[tuple[float, float, int, int, float, int]] | None = None,
 ) -> Result:
-    steps_per_day = int(DAY_SECONDS / DT)
-    days = len(trace.rps) // steps_per_day
-    cluster = Cluster(cold_start_s)
-    hpa = Hpa()
-    queue = Queue(capacity_rps, target_ms / 1000)
-    window: deque[tuple[float, float]] = deque()  # (arrivals, wait*arrivals) per step
-    state = FloorState.initial(policy) if policy else None
-    floor = MIN_REPLICAS
-    demand_log: list[int] = []  # demand per floor evaluation, for pre-warm history
-    evals_per_day = int(DAY_SECONDS / FLOOR_INTERVAL_S)
-    res = Result(name, day_requests=[0.0] * days, day_violating=[0.0] * days)
-    res.day_gpu_hours = [0.0] * days
-    hint = MIN_REPLICAS
-    every_hpa = round(HPA_SYNC_S / DT)
-    every_floor = round(FLOOR_INTERVAL_S / DT)
-    window_steps = round(PROM_WINDOW_S / DT)
-    for i, rps in enumerate(trace.rps):
-        now = i * DT
-        day = i // steps_per_day
-        ready = cluster.ready(now)
-        wait, late = queue.step(rps, ready)
-        arrivals = rps * DT
-        res.requests += arrivals
-        res.violating += arrivals * late
-        res.day_requests[day] += arrivals
-        res.day_violating[day] += arrivals * late
-        gpu_h = len(cluster.pods) * DT / 3600
-        res.gpu_hours += gpu_h
-        res.day_gpu_hours[day] += gpu_h
-        window.append((arrivals, arrivals * min(wait, 3600.0)))
-        if len(window) > window_steps:
-            window.popleft()
-        utilisation = min(rps / (ready * capacity_rps), 1.0) if ready else 1.0
-        if policy is not None and state is not None and i % every_floor == 0:
-            total = sum(a for a, _ in window)
-            latency_ms = 1000 * sum(w for _, w in window) / total if total > 0 else 0.0
-            history = _history(demand_log, evals_per_day, policy.prewarm)
-            d = decide(
+    """One configuration over one trace; `log` collects (time, load, pods, ready, late
+    requests, floor) per step for plots and tests."""
+    rng = random.Random(f"{seed}/{config.name}")
+    cold_rng = random.Random(f"{seed}/cold")  # the same cold starts for every configuration
+    dt = trace.dt
+    serving = Serving(setup.service_ms / 1000, setup.instances, setup.target_ms / 1000)
+    days = trace.days
+    res = Result(
+        config.name,
+        config.kind,
+        config.hpa_cpu_target,
+        day_requests=[0.0] * days,
+        day_violating=[0.0] * days,
+        day_gpu_hours=[0.0] * days,
+    )
+
+    def cold_start() -> float:
+        return min(900.0, max(30.0, cold_rng.lognormvariate(
+            math.log(setup.cold_start_s), setup.cold_start_sigma)))
+
+    # Start warm for the first minute's load, at the HPA target's utilisation.
+    first = sum(trace.work[: max(1, int(60 / dt))]) / max(1, int(60 / dt))
+    start_pods = min(
+        setup.max_replicas,
+        max(setup.min_replicas, math.ceil(first / (serving.capacity * 0.5))),
+    )
+    pods = [Pod(-1e9, -1e9) for _ in range(start_pods)]
+    hpa = Hpa(config.hpa_cpu_target / 100, setup.min_replicas, setup.max_replicas)
+    use_floor = config.kind != "hpa"
+    state: FloorState | None = None
+    floor = setup.min_replicas
+    cold = ColdStartWindow()
+    measured: set[int] = set()
+    lag_steps = max(1, round(setup.hpa_lag_s / dt))
+    cpu_log: deque[float | None] = deque(maxlen=lag_steps + round(15 / dt) + 1)
+    window_steps = max(1, round(RATE_WINDOW_S / dt))
+    scrape_log: deque[tuple[float, float, float, float, float]] = deque()
+    rate_history: list[float] = []  # the arrival-rate signal at every floor evaluation
+    hpa_alone = setup.min_replicas
+    gated = 0
+    evaluations = 0
+    every_hpa = max(1, round(HPA_SYNC_S / dt))
+    every_floor = max(1, round(FLOOR_INTERVAL_S / dt))
+    summary_steps = max(1, round(SUMMARY_WINDOW_S / dt))
+    # Per step: (completions, busy instance-seconds, pending at the end, worst p99).
+    steps: deque[tuple[float, float, float]] = deque(maxlen=window_steps + 8)
+    pending_now = 0.0
+
+    for i, work in enumerate(trace.work):
+        now = i * dt
+        day = min(days - 1, int(now // DAY_SECONDS))
+        counted = now >= trace.warmup_s
+        ready = [p for p in pods if p.ready_at <= now]
+        for p in ready:
+            key = id(p)
+            if key not in measured:
+                measured.add(key)
+                cold.add(ColdStart(str(key), p.ready_at - p.created, None, None, None))
+        arrivals = work * dt
+        completions = 0.0
+        late = 0.0
+        pending_now = 0.0
+        busy_sum = 0.0
+        if not ready:
+            late = arrivals
+        else:
+            share = work / len(ready)
+            cap = serving.capacity
+            steady = serving.steady(share) if share < 0.995 * cap else None
+            for p in ready:
+                start = p.backlog
+                if start == 0 and steady is not None:
+                    mean_wait, tail, p99 = steady
+                    done = share * dt
+                    late_share = tail
+                    pending = share * mean_wait
+                else:
+                    p.backlog = max(0.0, start + (share - cap) * dt)
+                    w0, w1 = start / cap, p.backlog / cap
+                    late_share = _share_above(w0, w1, serving.target_s)
+                    p99 = max(w0, w1)
+                    done = share * dt + start - p.backlog
+                    pending = p.backlog
+                completions += done
+                busy_sum += done * serving.service_s
+                late += share * dt * late_share
+                pending_now += pending
+                p.window.append((share * dt, share * dt * p99))
+                if len(p.window) > summary_steps:
+                    p.window.popleft()
+        if counted:
+            res.requests += arrivals
+            res.violating += late
+            res.day_requests[day] += arrivals
+            res.day_violating[day] += late
+            gpu = len(pods) * dt / 3600
+            res.gpu_hours += gpu
+            res.day_gpu_hours[day] += gpu
+        steps.append((completions, busy_sum, pending_now))
+        if log is not None:
+            log.append((now, work, len(pods), len(ready), late, floor))
+
+        # CPU as metrics-server reports it, per ready pod.
+        if ready:
+            busy_fraction = (work / len(ready)) * serving.service_s / serving.instances
+            cpu_log.append(
+                sum(cpu_utilisation(busy_fraction, rng) for _ in ready) / len(ready)
+            )
+        else:
+            cpu_log.append(None)
+
+        if (now - SCRAPE_PHASE_S) % SCRAPE_S < dt - 1e-9 and now >= SCRAPE_PHASE_S:
+            # A scrape: what Prometheus holds until the next one.
+            recent = list(itertools.islice(steps, max(0, len(steps) - window_steps), None))
+            span = len(recent) * dt
+            worst = 0.0
+            for p in ready:
+                weight = sum(a for a, _ in p.window)
+                if weight > 0:
+                    worst = max(worst, sum(w for _, w in p.window) / weight)
+            scrape_log.append(
+                (
+                    now,
+                    sum(c for c, _, _ in recent) / span,
+                    sum(b for _, b, _ in recent) / span,
+                    pending_now,
+                    worst * 1000 if ready else math.inf,
+                )
+            )
+            while len(scrape_log) > 4:
+                scrape_log.popleft()
+
+        if use_floor and i % every_floor == 0 and scrape_log:
+            _, rate, busy, pending, p99_ms = scrape_log[-1]
+            horizon = lead_time_seconds(
+                cold.summary(), DEFAULT_LEAD_TIME_SECONDS, int(FLOOR_INTERVAL_S)
+            )
+            policy = _policy(setup, config, horizon)
+            if state is None:
+                state = FloorState.initial(policy)
+            history = _history(rate_history, policy.prewarm) if policy.prewarm.enabled else None
+            d: FloorDecision = decide(
                 policy,
                 state,
-                FloorObservation(latency_ms, ready, now, history, demand_hint=hint),
+                FloorObservation(
+                    queue_latency_ms=p99_ms,
+                    ready_replicas=len(ready),
+                    now=now,
+                    arrival_rps=rate,
+                    pending_requests=pending,
+                    busy_instances=busy,
+                    prewarm_history_rps=history,
+                    hpa_replicas=hpa_alone,
+                ),
             )
+            rate_history.append(rate)
             state, floor = d.state, d.floor
             res.floor_changes += d.changed
-            demand_log.append(d.demand)
+            evaluations += 1
+            gated += d.accounting.prewarm.value == "Gated"
+
         if i % every_hpa == 0:
-            hpa.min_replicas = floor
-            hint = hpa.recommend(len(cluster.pods), ready, utilisation)
-            cluster.scale_to(hpa.sync(now, len(cluster.pods), ready, utilisation), now)
-        if i % (steps_per_day // 4) == 0 and i:
-            progress(f"  {name}: {now / 3600:4.0f}h simulated")
+            lagged = cpu_log[0] if len(cpu_log) > lag_steps else None
+            window = [u for u in itertools.islice(cpu_log, 0, 3) if u is not None]
+            utilisation = sum(window) / len(window) if window and lagged is not None else None
+            current = len(pods)
+            hpa_alone = min(
+                setup.max_replicas,
+                max(setup.min_replicas, hpa.recommend(current, len(ready), utilisation)),
+            )
+            desired = hpa.sync(now, current, len(ready), utilisation, floor)
+            if desired > current:
+                pods.extend(
+                    Pod(now, now + cold_start()) for _ in range(desired - current)
+                )
+            elif desired < current:
+                # The ReplicaSet deletes not-ready pods first, then the newest.
+                pods.sort(key=lambda p: (p.ready_at <= now, -p.created), reverse=True)
+                del pods[desired:]
+    res.prewarm_gated_share = gated / evaluations if evaluations else 0.0
     return res
 
 
-def _history(log: list[int], evals_per_day: int, prewarm: PrewarmPolicy) -> int | None:
-    """Max demand over [now - period, now - period + lead], like prom.py's query."""
-    if not prewarm.enabled:
-        return None
+def _history(log: list[float], prewarm: PrewarmPolicy) -> float | None:
+    """Like prom.py's history query: the max arrival rate over [now - k * period,
+    now - k * period + lead] widened by the slack on both sides, for k = 1..PREWARM_HISTORY_PERIODS;
+    the smallest, once every period has history."""
     per = round(prewarm.period_seconds / FLOOR_INTERVAL_S)
-    lead = round(prewarm.lead_time_seconds / FLOOR_INTERVAL_S)
-    start = len(log) - per
-    if start < 0:
+    lead = max(1, round(prewarm.lead_time_seconds / FLOOR_INTERVAL_S))
+    slack = round(PREWARM_SLACK_SECONDS / FLOOR_INTERVAL_S)
+    found = []
+    for k in range(1, PREWARM_HISTORY_PERIODS + 1):
+        start = len(log) - k * per - slack
+        if start >= 0:
+            found.append(max(log[start : start + lead + 2 * slack + 1]))
+    return min(found) if len(found) == PREWARM_HISTORY_PERIODS else None
+
+
+# --- the frontier ------------------------------------------------------------------------
+
+
+def pareto(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (gpu_hours, violating) points no other point beats on both, by GPU-hours."""
+    best: list[tuple[float, float]] = []
+    for gpu, bad in sorted(points):
+        if not best or bad < best[-1][1]:
+            best.append((gpu, bad))
+    return best
+
+
+def frontier_at(points: Sequence[tuple[float, float]], gpu_hours: float) -> float | None:
+    """Violations of the frontier at `gpu_hours`, linear between Pareto points; None when
+    outside the swept range (the frontier cannot be judged there)."""
+    front = pareto(points)
+    if not front or gpu_hours < front[0][0] or gpu_hours > front[-1][0]:
         return None
-    return max(log[start : start + lead + 1])
+    xs = [g for g, _ in front]
+    k = bisect.bisect_left(xs, gpu_hours)
+    if xs[k] == gpu_hours or k == 0:
+        return front[k][1]
+    (g0, b0), (g1, b1) = front[k - 1], front[k]
+    return b0 + (b1 - b0) * (gpu_hours - g0) / (g1 - g0)
+
+
+def configurations() -> list[Config]:
+    configs = [Config(f"plain HPA, CPU {t}%", "hpa", t) for t in HPA_TARGETS]
+    configs.append(Config("HPA + floor", "floor", DEFAULT_HPA_TARGET))
+    configs.append(Config("HPA + floor + pre-warm", "floor+prewarm", DEFAULT_HPA_TARGET))
+    return configs
+
+
+@dataclass(frozen=True)
+class Job:
+    trace: Trace | None  # None: synthesise from the seed
+    seed: int
+    days: int
+    plateau_rps: float
+    dt: float
+    setup: Setup
+
+
+def run_job(job: Job) -> tuple[int, list[Result], list[str], str]:
+    trace = job.trace or synthetic_trace(job.days, job.seed, job.plateau_rps, job.dt)
+    results = [simulate(trace, c, job.setup, job.seed) for c in configurations()]
+    return job.seed, results, trace.events, trace.name
+
+
+def run_all(
+    jobs: list[Job], workers: int, progress: Callable[[str], None]
+) -> list[tuple[int, list[Result], list[str], str]]:
+    out = []
+    if workers <= 1 or len(jobs) == 1:
+        for n, job in enumerate(jobs, 1):
+            out.append(run_job(job))
+            progress(f"  {n}/{len(jobs)} done (seed {job.seed})")
+        return out
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        for n, item in enumerate(pool.imap_unordered(run_job, jobs), 1):
+            out.append(item)
+            progress(f"  {n}/{len(jobs)} done (seed {item[0]})")
+    return sorted(out, key=lambda item: item[0])
 
 
 # --- report ------------------------------------------------------------------------------
 
 
-def default_policy(target_ms: float, prewarm: bool, cold_start_s: float) -> FloorPolicy:
-    """The operator's defaults (FloorPolicy's and the CRD's), nothing tuned for this trace.
+@dataclass
+class Comparison:
+    name: str
+    gpu_hours: float
+    violating: float
+    frontier: float | None
+    plain: Result
 
-    The pre-warm lead time is what the operator derives when the spec sets none: the
-    measured p95 cold start (status.coldStart; every simulated replica takes the same time)
-    plus one evaluation interval, rounded up to whole minutes.
-    """
-    measured = {"p95Seconds": cold_start_s, "samples": MIN_SAMPLES_FOR_LEAD_TIME}
-    lead = lead_time_seconds(measured, DEFAULT_LEAD_TIME_SECONDS, int(FLOOR_INTERVAL_S))
-    return FloorPolicy(
-        min_replicas=MIN_REPLICAS,
-        max_replicas=MAX_REPLICAS,
-        target_ms=target_ms,
-        prewarm=PrewarmPolicy(enabled=prewarm, lead_time_seconds=lead),
-    )
+    @property
+    def ratio(self) -> float | None:
+        if self.frontier is None:
+            return None
+        if self.frontier <= 0:
+            return 0.0 if self.violating <= 0 else math.inf
+        return self.violating / self.frontier
 
 
-def table(results: list[Result], last_day_only: bool) -> list[str]:
-    base = results[0]
-    rows = [
-        "| configuration | requests over target | share | vs plain HPA "
-        "| GPU-hours | vs plain HPA |",
-        "|---|---:|---:|---:|---:|---:|",
+def compare(results: list[Result]) -> list[Comparison]:
+    points = [(r.gpu_hours, r.violating) for r in results if r.kind == "hpa"]
+    plain = next(r for r in results if r.kind == "hpa" and r.hpa_cpu_target == DEFAULT_HPA_TARGET)
+    return [
+        Comparison(r.name, r.gpu_hours, r.violating, frontier_at(points, r.gpu_hours), plain)
+        for r in results
+        if r.kind != "hpa"
     ]
-    for r in results:
-        if last_day_only:
-            req, bad, gpu = r.day_requests[-1], r.day_violating[-1], r.day_gpu_hours[-1]
-            b_bad, b_gpu = base.day_violating[-1], base.day_gpu_hours[-1]
-        else:
-            req, bad, gpu = r.requests, r.violating, r.gpu_hours
-            b_bad, b_gpu = base.violating, base.gpu_hours
-        rows.append(
-            f"| {r.name} | {bad:,.0f} | {bad / req:.3%} | {bad / b_bad:.2f}x | "
-            f"{gpu:.1f} | {gpu / b_gpu:.2f}x |"
+
+
+def _q(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def _fmt_ratio(value: float | None) -> str:
+    if value is None:
+        return "outside"
+    return "inf" if math.isinf(value) else f"{value:.2f}x"
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
         )
-    return rows
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True)
+        return out.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
+def report(
+    runs: list[tuple[int, list[Result], list[str], str]],
+    args: argparse.Namespace,
+    cmd: str,
+    elapsed: float,
+) -> list[str]:
+    setup = _setup(args)
+    multi = len(runs) > 1
+    heading = TRACE_HEADING if args.trace else RESULTS_HEADING
+    what = f"trace {runs[0][3]}" if args.trace else f"{len(runs)} seeds x {args.days} days"
+    lines = [
+        heading,
+        "",
+        f"Command: `{cmd}` at commit {_git_commit()} ({elapsed:.0f}s). Model: the docstring of "
+        "`bench/floor_sim.py`.",
+        f"Inputs: {what}"
+        f", {setup.service_ms:g} ms per request per instance, {setup.instances} instances per "
+        f"replica, cold start log-normal median {setup.cold_start_s:g}s sigma "
+        f"{setup.cold_start_sigma:g}, queue-wait target {setup.target_ms:g} ms, replicas "
+        f"{setup.min_replicas}..{setup.max_replicas}, HPA metric lag {setup.hpa_lag_s:g}s. "
+        "Floor: the operator's defaults (burst cover "
+        f"{setup.burst_cover:.0%}, cool-down {COOLDOWN_S:.0f}s, interval "
+        f"{FLOOR_INTERVAL_S:.0f}s), on the default HPA (CPU {DEFAULT_HPA_TARGET}%).",
+        "",
+        "Goal: the floor's SLO violations <= 0.5x the plain-HPA frontier at equal GPU-hours "
+        "(median over seeds). The frontier is the plain HPA swept over CPU targets "
+        f"{HPA_TARGETS[0]}..{HPA_TARGETS[-1]}% in the same run, interpolated between its "
+        "Pareto points at the floor's own GPU-hours; `outside` means the floor spent more or "
+        "less than any swept target, so no equal-cost comparison exists for that seed.",
+        "",
+    ]
+    comparisons = {seed: compare(results) for seed, results, _, _ in runs}
+    names = [c.name for c in next(iter(comparisons.values()))]
+    lines += [
+        "| configuration | vs frontier: median | p10..p90 | worst | seeds outside "
+        "| GPU-hours vs HPA 60% (median) | violations vs HPA 60% (median) | met |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    verdicts = {}
+    for name in names:
+        rows = [next(c for c in comps if c.name == name) for comps in comparisons.values()]
+        ratios = [r.ratio for r in rows if r.ratio is not None]
+        outside = sum(r.ratio is None for r in rows)
+        gpu = statistics.median(r.gpu_hours / r.plain.gpu_hours for r in rows)
+        bad = statistics.median(
+            r.violating / r.plain.violating if r.plain.violating else 0.0 for r in rows
+        )
+        finite = [x for x in ratios if math.isfinite(x)]
+        if ratios:
+            med = statistics.median(ratios)
+            spread = f"{_q(finite, 0.1):.2f}..{_q(finite, 0.9):.2f}" if finite else "-"
+            worst = _fmt_ratio(max(ratios))
+        else:
+            med, spread, worst = None, "-", "-"
+        met = med is not None and med <= 0.5 and outside <= len(rows) / 2
+        verdicts[name] = met
+        lines.append(
+            f"| {name} | {_fmt_ratio(med)} | {spread} | {worst} | {outside}/{len(rows)} | "
+            f"{gpu:.2f}x | {bad:.2f}x | {'**met**' if met else '**missed**'} |"
+        )
+    lines.append("")
+    # The frontier itself, summed over seeds.
+    lines += [
+        "Every configuration, summed over " + ("all seeds" if multi else "the trace") + ":",
+        "",
+        "| configuration | requests | over target | share | GPU-hours |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    totals: dict[str, list[float]] = {}
+    for _, results, _, _ in runs:
+        for r in results:
+            t = totals.setdefault(r.name, [0.0, 0.0, 0.0])
+            t[0] += r.requests
+            t[1] += r.violating
+            t[2] += r.gpu_hours
+    for name, (req, bad, gpu) in totals.items():
+        lines.append(f"| {name} | {req:,.0f} | {bad:,.0f} | {bad / req:.3%} | {gpu:,.1f} |")
+    lines.append("")
+    if not args.trace and args.days > 1:
+        lines += _per_day(runs)
+    if args.trace:
+        lines += [
+            f"Trace: {runs[0][3]}, replayed in steps of {args.dt:g}s"
+            + (f", scaled to a mean of {args.mean_rps:g} unit requests/s" if args.mean_rps else "")
+            + "; the first minutes are not counted while the replicas settle.",
+            "",
+        ]
+    return lines
+
+
+def _per_day(runs: list[tuple[int, list[Result], list[str], str]]) -> list[str]:
+    """Pre-warm's GPU-hours over the floor alone, day by day: flat means no ratchet."""
+    days = len(runs[0][1][0].day_gpu_hours)
+    lines = [
+        "Pre-warm's GPU-hours over the floor alone, by day (median over seeds; a ratchet "
+        "would grow day over day), and violations of each vs the plain HPA at 60%:",
+        "",
+        "| day | pre-warm GPU-hours vs floor | floor violations vs HPA 60% "
+        "| floor + pre-warm violations vs HPA 60% |",
+        "|---:|---:|---:|---:|",
+    ]
+    for d in range(days):
+        over, fv, pv = [], [], []
+        for _, results, _, _ in runs:
+            by = {r.kind + str(r.hpa_cpu_target): r for r in results}
+            fl, pw = by[f"floor{DEFAULT_HPA_TARGET}"], by[f"floor+prewarm{DEFAULT_HPA_TARGET}"]
+            hpa = by[f"hpa{DEFAULT_HPA_TARGET}"]
+            over.append(pw.day_gpu_hours[d] / fl.day_gpu_hours[d] - 1)
+            if hpa.day_violating[d] > 0:
+                fv.append(fl.day_violating[d] / hpa.day_violating[d])
+                pv.append(pw.day_violating[d] / hpa.day_violating[d])
+        med = statistics.median
+        ratios = f"{med(fv):.2f}x | {med(pv):.2f}x" if fv else "- | -"
+        lines.append(f"| {d + 1} | {med(over):+.1%} | {ratios} |")
+    lines.append("")
+    return lines
+
+
+def as_json(runs: list[tuple[int, list[Result], list[str], str]]) -> dict[str, object]:
+    totals: dict[str, dict[str, object]] = {}
+    per_seed = []
+    for seed, results, _, name in runs:
+        per_seed.append(
+            {
+                "seed": seed,
+                "trace": name,
+                "configurations": [
+                    {k: v for k, v in asdict(r).items() if not k.startswith("day_")}
+                    for r in results
+                ],
+            }
+        )
+        for r in results:
+            t = totals.setdefault(
+                r.name,
+                {
+                    "name": r.name,
+                    "kind": r.kind,
+                    "hpa_cpu_target": r.hpa_cpu_target,
+                    "requests": 0.0,
+                    "violating": 0.0,
+                    "gpu_hours": 0.0,
+                },
+            )
+            for k in ("requests", "violating", "gpu_hours"):
+                t[k] = float(t[k]) + getattr(r, k)  # type: ignore[arg-type]
+    out: dict[str, object] = {"configurations": list(totals.values())}
+    if len(runs) > 1:
+        out["seeds"] = per_seed
+    comps = []
+    for seed, results, _, _ in runs:
+        for c in compare(results):
+            comps.append({"seed": seed, "name": c.name, "frontier_violating": c.frontier,
+                          "ratio_to_frontier": c.ratio})
+    out["frontier_comparison"] = comps
+    return out
+
+
+def _setup(args: argparse.Namespace) -> Setup:
+    return Setup(
+        service_ms=args.service_ms,
+        instances=args.instances,
+        target_ms=args.target_ms,
+        cold_start_s=args.cold_start_s,
+        cold_start_sigma=args.cold_start_sigma,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        hpa_lag_s=args.hpa_lag_s,
+        burst_cover=args.burst_cover,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--days", type=int, default=2)
-    p.add_argument("--seed", type=int, default=6)
-    p.add_argument(
-        "--capacity-rps",
-        type=float,
-        default=100.0,
-        help="requests/s one replica serves at saturation (replace with the serving benchmark)",
-    )
+    p.add_argument("--trace", type=Path, help="replay this CSV (timestamp[,weight] per request)")
+    p.add_argument("--mean-rps", type=float, help="scale the trace to this mean load")
+    p.add_argument("--seeds", type=int, default=20, help="synthetic seeds (default 20)")
+    p.add_argument("--first-seed", type=int, default=1)
+    p.add_argument("--days", type=int, default=7, help="synthetic days per seed (default 7)")
+    p.add_argument("--plateau-rps", type=float, default=300.0, help="synthetic day plateau")
+    p.add_argument("--dt", type=float, help="seconds per step (default 5; 1 for a trace)")
+    p.add_argument("--service-ms", type=float, default=20.0)
+    p.add_argument("--instances", type=int, default=2)
+    p.add_argument("--target-ms", type=float, default=100.0)
     p.add_argument("--cold-start-s", type=float, default=180.0)
-    p.add_argument("--target-ms", type=float, default=100.0, help="queue-wait SLO and floor target")
-    p.add_argument("--plateau-rps", type=float, default=400.0, help="working-day plateau load")
+    p.add_argument("--cold-start-sigma", type=float, default=0.25)
+    p.add_argument("--min-replicas", type=int, default=2)
+    p.add_argument("--max-replicas", type=int, default=20)
+    p.add_argument("--hpa-lag-s", type=float, default=30.0)
+    p.add_argument("--burst-cover", type=float, default=0.9)
+    p.add_argument("--workers", type=int, default=max(1, (multiprocessing.cpu_count() or 1)))
+    p.add_argument("--json", action="store_true", help="print one JSON object instead")
     p.add_argument("--write", type=Path, help="update this RESULTS.md's section")
     args = p.parse_args(argv)
+    if args.dt is None:
+        args.dt = 1.0 if args.trace else 5.0
 
     def progress(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
     started = time.monotonic()
-    trace = make_trace(args.days, args.seed, args.plateau_rps)
-    progress(f"trace: {len(trace.rps)} steps of {DT:g}s, peak {max(trace.rps):.0f} rps")
-    common = {
-        "capacity_rps": args.capacity_rps,
-        "cold_start_s": args.cold_start_s,
-        "target_ms": args.target_ms,
-        "progress": progress,
-    }
-    results = []
-    for name, policy in (
-        ("(a) plain HPA", None),
-        ("(b) HPA + reactive floor", default_policy(args.target_ms, False, args.cold_start_s)),
-        ("(c) HPA + floor + pre-warm", default_policy(args.target_ms, True, args.cold_start_s)),
-    ):
-        progress(f"simulating {name}")
-        results.append(simulate(name, trace, policy=policy, **common))  # type: ignore[arg-type]
+    setup = _setup(args)
+    if args.trace:
+        try:
+            trace = load_trace(args.trace, args.dt, args.mean_rps)
+        except (OSError, TraceError) as exc:
+            print(f"floor_sim: {exc}", file=sys.stderr)
+            return 2
+        progress(
+            f"trace {trace.name}: {len(trace.work) * trace.dt / 3600:.1f}h, mean "
+            f"{sum(trace.work) / len(trace.work):.1f}/s, peak {max(trace.work):.1f}/s"
+        )
+        jobs = [Job(trace, 0, 0, 0.0, args.dt, setup)]
+    else:
+        jobs = [
+            Job(None, seed, args.days, args.plateau_rps, args.dt, setup)
+            for seed in range(args.first_seed, args.first_seed + args.seeds)
+        ]
+    progress(f"simulating {len(jobs)} input(s) x {len(configurations())} configurations")
+    runs = run_all(jobs, args.workers, progress)
     elapsed = time.monotonic() - started
-
-    cmd = "python bench/floor_sim.py" + "".join(
-        f" {a}" for a in (argv if argv is not None else sys.argv[1:])
-    )
-    lines = [
-        RESULTS_HEADING,
-        "",
-        f"Command: `{cmd}` ({elapsed:.1f}s). Model and assumptions: the docstring of",
-        "`bench/floor_sim.py`. Inputs: "
-        f"{args.days} days, seed {args.seed}, {args.capacity_rps:g} req/s per replica, cold "
-        f"start {args.cold_start_s:g}s, queue-wait target {args.target_ms:g}ms, HPA min "
-        f"{MIN_REPLICAS} max {MAX_REPLICAS} CPU 60%. Floor policy: the operator's defaults "
-        "(watermark 50%, step 1, cooldown 300s, pre-warm period 1 day, lead time from the "
-        "measured cold start: p95 + one interval, rounded up to minutes).",
-        "",
-        "Both days:",
-        "",
-        *table(results, last_day_only=False),
-        "",
-        f"Day {args.days} only (pre-warm has one day of history):",
-        "",
-        *table(results, last_day_only=True),
-        "",
-        "Reading: a floor that reacts only to queue latency (b) adds replicas once the queue",
-        "is already building; with a cold start longer than the peaks' ramps its replicas",
-        "arrive after the damage, so it does little better than the plain HPA. What removes",
-        "the violations is pre-warm (c) from the previous day's demand, on a day that has",
-        "that history; it pays in GPU-hours for replicas held ready ahead of each peak.",
-        "",
-        "Traffic events:",
-        "",
-        *(f"- {e}" for e in trace.events),
-        "",
-    ]
+    if args.json:
+        print(json.dumps(as_json(runs), indent=1))
+        return 0
+    shown = argv if argv is not None else sys.argv[1:]
+    cmd = "python bench/floor_sim.py" + "".join(f" {a}" for a in shown)
+    lines = report(runs, args, cmd, elapsed)
     print("\n".join(lines))
     if args.write:
-        write_section(args.write, RESULTS_HEADING, "\n".join(lines))
+        write_section(args.write, lines[0], "\n".join(lines))
         progress(f"wrote {args.write}")
     return 0
 

@@ -10,15 +10,19 @@ import math
 import pytest
 
 from ccs_operator.prom import (
-    DEMAND_METRIC,
+    FloorSignals,
     PrometheusSettings,
     QueryFailed,
     QueueLatency,
     Sample,
     ServiceKey,
     TemplateError,
+    arrival_rate_query,
     batch_queue_latency_query,
+    busy_instances_query,
     escape_label_value,
+    floor_signals_query,
+    group_floor_signals,
     group_queue_latency,
     mean_queue_latency_query,
     p99_queue_latency_query,
@@ -150,13 +154,64 @@ def test_matchers_are_quoted() -> None:
         mean_queue_latency_query(matchers={"bad-name": "x"})
 
 
-def test_prewarm_history_query() -> None:
-    q = prewarm_history_query(86_400, 600)
-    assert q == (
-        f"max by (ccs_namespace, ccs_name) (max_over_time({DEMAND_METRIC}[600s] offset 85800s))"
+def test_signal_queries() -> None:
+    arrivals = arrival_rate_query("1m", {"namespace": "a"})
+    sel = '{namespace!="", service!="", namespace="a"}'
+    success = f"sum by (namespace, service) (rate(nv_inference_request_success{sel}[1m]))"
+    failure = f"sum by (namespace, service) (rate(nv_inference_request_failure{sel}[1m]))"
+    assert arrivals == f"{success} + ({failure} or 0 * {success})"
+    busy = busy_instances_query()
+    # Per pod: a batch's compute time is counted once per request in it; dividing by
+    # requests per execution counts it once.
+    assert "rate(nv_inference_compute_infer_duration_us" in busy
+    assert "* rate(nv_inference_exec_count" in busy
+    assert "/ clamp_min(rate(nv_inference_request_success" in busy
+    q = floor_signals_query()
+    for stat in ("mean", "p99", "arrivals", "busy", "pending"):
+        assert f'"stat", "{stat}"' in q
+    with pytest.raises(TemplateError):
+        floor_signals_query("1 minute")
+
+
+def test_group_floor_signals() -> None:
+    def sample(stat: str, value: float, svc: str = "one") -> Sample:
+        return Sample({"namespace": "a", "service": svc, "stat": stat}, value, 0.0)
+
+    got = group_floor_signals(
+        [
+            sample("mean", 12.0),
+            sample("p99", math.nan),
+            sample("arrivals", 300.0),
+            sample("busy", 6.0),
+            sample("pending", 4.0),
+            sample("arrivals", 10.0, "latency-missing"),
+            sample("busy", -1.0, "latency-missing"),
+            Sample({"namespace": "a", "stat": "mean"}, 1.0, 0.0),  # no service: dropped
+        ]
     )
-    with pytest.raises(ValueError):
-        prewarm_history_query(600, 600)
+    assert got[ServiceKey("a", "one")] == FloorSignals(QueueLatency(12.0, None), 300.0, 6.0, 4.0)
+    assert got[ServiceKey("a", "latency-missing")] == FloorSignals(None, 10.0, None, None)
+    assert len(got) == 2
+
+
+def test_prewarm_history_query() -> None:
+    q = prewarm_history_query(86_400, 600, slack_seconds=300)
+    arrivals = arrival_rate_query()
+    one = f"max_over_time(({arrivals})[1200s:30s] offset 85500s)"
+    two = f"max_over_time(({arrivals})[1200s:30s] offset 171900s)"
+    # min of both periods, and only where both have data.
+    assert q == f"((({one}) < ({two})) or ({two})) and ({one})"
+    assert prewarm_history_query(86_400, 600, periods=1) == (
+        f"max_over_time(({arrivals})[600s:30s] offset 85800s)"
+    )
+    for bad in (
+        {"period_seconds": 600, "lead_time_seconds": 600},
+        {"period_seconds": 600, "lead_time_seconds": 0},
+        {"period_seconds": 600, "lead_time_seconds": 60, "slack_seconds": 200},
+        {"period_seconds": 600, "lead_time_seconds": 60, "periods": 0},
+    ):
+        with pytest.raises(ValueError):
+            prewarm_history_query(**bad)  # type: ignore[arg-type]
 
 
 def test_quote_label_value() -> None:

@@ -26,7 +26,6 @@ from prometheus_client.registry import Collector
 
 from ccs_operator.floor import FloorObservation, FloorPolicy, FloorReason, FloorState, decide
 from ccs_operator.prom import (
-    DEMAND_METRIC,
     NoData,
     PrometheusClient,
     PrometheusSettings,
@@ -55,7 +54,14 @@ class TritonLikeCollector(Collector):
         self._queue_rate = 0.0
         self._success_rate = 0.0
         self.p99_us: float | None = None
-        self.gauges: dict[tuple[tuple[str, str], ...], float] = {}
+        # Further Triton counters (name -> (value, rate per second)) and gauges.
+        self.counters: dict[str, list[float]] = {}
+        self.gauges: dict[str, float] = {}
+
+    def set_counter_rate(self, name: str, per_s: float) -> None:
+        with self._lock:
+            self._advance()
+            self.counters.setdefault(name, [0.0, 0.0])[1] = per_s
 
     def set_rates(self, queue_us_per_s: float, success_per_s: float) -> None:
         with self._lock:
@@ -66,6 +72,8 @@ class TritonLikeCollector(Collector):
         now = time.time()
         self._queue_us += self._queue_rate * (now - self._t)
         self._success += self._success_rate * (now - self._t)
+        for counter in self.counters.values():
+            counter[0] += counter[1] * (now - self._t)
         self._t = now
 
     def collect(self) -> Iterable[Metric]:
@@ -87,9 +95,13 @@ class TritonLikeCollector(Collector):
                 m.add_sample(name + "_count", labels, self._success)
                 m.add_sample(name + "_sum", labels, self._queue_us)
                 yield m
-            for key, value in self.gauges.items():
-                g = Metric(DEMAND_METRIC, "demand", "gauge")
-                g.add_sample(DEMAND_METRIC, dict(key), value)
+            for name, (value, _) in self.counters.items():
+                m = Metric(name, "Triton counter", "counter")
+                m.add_sample(name, labels, value)
+                yield m
+            for name, value in self.gauges.items():
+                g = Metric(name, "Triton gauge", "gauge")
+                g.add_sample(name, labels, value)
                 yield g
 
 
@@ -181,21 +193,45 @@ def world() -> Iterator[dict[str, Any]]:
             collector.set_rates(queue_rate, success_rate)
         if key[1] == "one":
             collector.p99_us = 80_000.0
+        if key[1] == "two":
+            # Batches of 2.5 requests on average, 40 ms each: a request's compute is the
+            # batch's 40 ms, so compute grows at 40 ms x success rate.
+            success = PODS[key][1]
+            collector.set_counter_rate("nv_inference_exec_count", success / 2.5)
+            collector.set_counter_rate(
+                "nv_inference_compute_infer_duration_us", 40_000.0 * success
+            )
+            collector.set_counter_rate("nv_inference_request_failure", 1.0)
+            collector.gauges["nv_inference_pending_request_count"] = 3.0
         exporters[key] = Exporter(collector)
     operator = TritonLikeCollector()
     op_exporter = Exporter(operator)
+    hist = TritonLikeCollector()
+    hist.set_rates(0.0, 10.0)
+    hist_exporter = Exporter(hist)
     targets = [
         ScrapeTarget(e.address, {"namespace": ns, "service": svc, "pod": pod})
         for (ns, svc, pod), e in exporters.items()
     ]
     # The operator's own pod: its target label `namespace` is the operator's namespace.
     targets.append(ScrapeTarget(op_exporter.address, {"namespace": "ccs-system"}))
+    targets.append(
+        ScrapeTarget(hist_exporter.address, {"namespace": "h", "service": "hist", "pod": "h-0"})
+    )
+    started = time.time()  # no sample can be older than this
     with PrometheusServer(targets, scrape_interval="1s") as server:
         server.wait_for_targets_up(WAIT_S)
         client = PrometheusClient(PrometheusSettings(server.url, timeout_seconds=5))
-        yield {"server": server, "client": client, "exporters": exporters, "op": operator}
+        yield {
+            "server": server,
+            "client": client,
+            "exporters": exporters,
+            "op": operator,
+            "hist": hist,
+            "hist_since": started,
+        }
         client.close()
-    for e in [*exporters.values(), op_exporter]:
+    for e in [*exporters.values(), op_exporter, hist_exporter]:
         e.close()
 
 
@@ -216,7 +252,7 @@ def test_batch_returns_every_service_in_one_query(world: dict[str, Any]) -> None
 
     def check() -> dict[ServiceKey, Any]:
         got = client.queue_latency_all(WINDOW)
-        assert set(got) == {("a", "one"), ("b", "two"), ("c", "idle")}, got
+        assert set(got) == {("a", "one"), ("b", "two"), ("c", "idle"), ("h", "hist")}, got
         assert got[ServiceKey("a", "one")].mean_ms == pytest.approx(25.0, rel=0.02)
         # Request-weighted: 600 000 us / 15 requests = 40 ms, not the 55 ms mean of pods.
         assert got[ServiceKey("b", "two")].mean_ms == pytest.approx(40.0, rel=0.02)
@@ -296,27 +332,50 @@ def test_bad_query_is_query_failed(world: dict[str, Any]) -> None:
         client.query("sum(rate(")
 
 
-def test_prewarm_history_from_the_operators_demand_gauge(world: dict[str, Any]) -> None:
-    """Demand 4 for ~6 s, then 9: one 'period' (10 s) later the history shows each."""
+def test_floor_signals_in_one_query(world: dict[str, Any]) -> None:
     client: PrometheusClient = world["client"]
-    op: TritonLikeCollector = world["op"]
-    key = (("ccs_name", "svc"), ("ccs_namespace", "team-a"))
-    op.gauges[key] = 4.0
-    t_a = time.time()
-    time.sleep(6)
-    t_b = time.time()
-    op.gauges[key] = 9.0
-    period, lead = 10, 4
-    # At T the query reads (T - 10, T - 6]. At t_b + 3 that is (t_b - 7, t_b - 3]: demand 4.
-    while time.time() < t_b + 9:
+
+    def check() -> Any:
+        got = client.floor_signals_all(WINDOW)
+        two = got[ServiceKey("b", "two")]
+        # Arrivals: successes (10 + 5) plus failures (1 + 1) per second.
+        assert two.arrival_rps == pytest.approx(17.0, rel=0.03)
+        # Busy instance-seconds: per pod 40 ms x exec rate = 0.04 * (10 + 5) / 2.5.
+        assert two.busy_instances == pytest.approx(0.04 * 15 / 2.5, rel=0.03)
+        assert two.pending_requests == pytest.approx(6.0)
+        assert two.latency is not None and two.latency.mean_ms == pytest.approx(40.0, rel=0.02)
+        one = got[ServiceKey("a", "one")]
+        # No compute series there: busy is 0 (not NaN), pending unknown.
+        assert one.arrival_rps == pytest.approx(10.0, rel=0.03)
+        assert one.pending_requests is None
+        return got
+
+    got = wait_for(check)
+    assert ServiceKey("c", "idle") in got and got[ServiceKey("c", "idle")].arrival_rps == 0.0
+
+
+def test_prewarm_history_from_tritons_arrival_series(world: dict[str, Any]) -> None:
+    """Period 10 s, lead 2 s. A pod serving 10/s that changes to 40/s: one period later the
+    history still says 10 (the older period had no rise); two periods later it says 40. A
+    service with one period of data has no history (both periods are required)."""
+    client: PrometheusClient = world["client"]
+    hist: TritonLikeCollector = world["hist"]
+    t_s = world["hist_since"]
+    period, lead = 10, 2
+    args = {"slack_seconds": 0, "periods": 2, "window": "3s", "step": "1s"}
+    while time.time() < t_s + 2 * period + 6:
         time.sleep(0.5)
-    early = client.prewarm_history_all(period, lead, at=t_b + 3)
-    assert early == {ServiceKey("team-a", "svc"): 4}, (early, t_b - t_a)
-    # Now the window (now - 10, now - 6] holds samples taken after the change: 9.
-    late = client.prewarm_history_all(period, lead)
-    assert late == {ServiceKey("team-a", "svc"): 9}
-    # The scrape target's own namespace label did not clobber ccs_namespace.
-    assert client.prewarm_history_all(period, lead, at=t_a - 60) == {}
+    t_b = time.time()
+    hist.set_rates(0.0, 40.0)
+    while time.time() < t_b + 2 * period + 6:
+        time.sleep(0.5)
+    key = ServiceKey("h", "hist")
+    one_period = client.prewarm_history_all(period, lead, at=t_b + period + 6, **args)
+    assert one_period[key] == pytest.approx(10.0, rel=0.05)
+    both = client.prewarm_history_all(period, lead, at=t_b + 2 * period + 6, **args)
+    assert both[key] == pytest.approx(40.0, rel=0.05)
+    young = client.prewarm_history_all(period, lead, at=t_s + period + 1, **args)
+    assert key not in young
 
 
 def test_bearer_token_is_sent(world: dict[str, Any]) -> None:

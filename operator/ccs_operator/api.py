@@ -200,7 +200,7 @@ class Replicas(_Model):
 class Prewarm(_Model):
     enabled: bool = False
     period: Literal["Day", "Week"] = "Day"
-    lead_time_seconds: int | None = Field(default=None, ge=0, le=7200)
+    lead_time_seconds: int | None = Field(default=None, ge=1, le=7200)
 
     @property
     def period_seconds(self) -> int:
@@ -215,12 +215,19 @@ class Floor(_Model):
     evaluation_interval_seconds: int = Field(default=30, ge=5, le=3600)
     scale_up_step: int = Field(default=1, ge=1, le=100)
     cooldown_seconds: int = Field(default=300, ge=0, le=86_400)
+    burst_cover_percent: int = Field(default=90, ge=0, le=99)
     prewarm: Prewarm = Prewarm()
 
     @model_validator(mode="after")
     def _cooldown_covers_interval(self) -> Floor:
         if 0 < self.cooldown_seconds < self.evaluation_interval_seconds:
             raise ValueError("cooldownSeconds must be 0 or at least evaluationIntervalSeconds")
+        lead = self.prewarm.lead_time_seconds
+        if lead is not None and lead < self.evaluation_interval_seconds:
+            raise ValueError(
+                "prewarm.leadTimeSeconds must be at least evaluationIntervalSeconds; raise it "
+                "or leave it unset to look ahead by the measured cold start"
+            )
         return self
 
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from .floor import DEFAULT_LEAD_TIME_SECONDS
 from .render import DEFAULT_LOADER_IMAGE
 
 ENV_PREFIX = "CCS_"
@@ -72,7 +73,7 @@ class OperatorConfig:
     floor_tick_seconds: float = 1.0
     # Rate window of the default queue-latency query; at least two scrape intervals.
     floor_window: str = "1m"
-    default_lead_time_seconds: int = 300
+    default_lead_time_seconds: int = DEFAULT_LEAD_TIME_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -104,7 +105,9 @@ class OperatorConfig:
             prometheus_timeout_seconds=_float(env, "PROMETHEUS_TIMEOUT_SECONDS", 5.0),
             floor_tick_seconds=_float(env, "FLOOR_TICK_SECONDS", 1.0),
             floor_window=env.get(ENV_PREFIX + "FLOOR_WINDOW") or cls.floor_window,
-            default_lead_time_seconds=_int(env, "DEFAULT_LEAD_TIME_SECONDS", 300),
+            default_lead_time_seconds=_int(
+                env, "DEFAULT_LEAD_TIME_SECONDS", DEFAULT_LEAD_TIME_SECONDS
+            ),
         )
         config.validate()
         return config

@@ -1,42 +1,52 @@
-"""The warm-floor policy: queue latency (and yesterday's demand) -> the HPA's minReplicas.
+"""The warm-floor policy: Triton's signals -> the HPA's minReplicas, ahead of the load.
 
-An HPA reacts after CPU or request rate has risen, and a new GPU replica then needs minutes
-to pull and load its model. The floor keeps replicas warm instead: it rises as soon as
-Triton's queue latency passes the target, falls slowly once the queue is well below it, and
-(optionally) pre-warms for peaks that recur every day or week.
+A new GPU replica needs minutes to pull and load its model, so a floor that waits for the
+queue to build arrives after the damage. This policy sizes the floor from signals that move
+*before* the queue does, and looks ahead by the measured cold start:
+
+- arrival rate (Triton's completions + failures per second) and its trend, smoothed by a
+  Holt filter and extrapolated over the horizon (the measured p95 cold start plus one
+  evaluation), never extrapolating a fall;
+- requests pending in Triton's queues now, which must be served on top of new arrivals;
+- per-replica capacity *measured* from Triton's counters: busy instance-seconds per request
+  (S), so dynamic batching under load shows up as a larger capacity;
+- headroom that covers a chosen share (`burst_cover`) of the service's own observed rises
+  of the arrival rate over one horizon (a decayed histogram, `forecast.Rises`);
+- replicas sized with the M/M/c tail of `queueing.py`: the fewest replicas at which at most
+  1% of requests would wait longer than the target.
+
+Queue latency stays as feedback: above the target the floor rises in proportion to the
+excess (at most 2x the ready replicas), whatever the forecast said. Pre-warm adds, for
+recurring peaks, the arrival rate seen one period earlier over the next lead time, taken
+from Triton's own series in Prometheus (never from replica counts, which would include what
+pre-warm itself held); a ledger of what pre-warm would have covered versus what it would
+have wasted switches it off when the pattern does not recur, and on again when it does.
+
+Bounds and hysteresis: a raise adds at most `max(scale_up_step, current * max_raise_factor)`
+replicas per evaluation (no jump to max); lowering happens only to the highest need seen
+over the last cool-down, no sooner than a cool-down after the last raise, and only while the
+queue is below the lower watermark. Missing data holds the floor; a model with queued work
+and no completions (hung) holds it too, so a broken model never burns every GPU.
+
+Without an arrival rate or service time (a user's query override gives latency only), the
+latency-only rules apply: raise in proportion to the excess over the ready replicas, lower
+by one after a full cool-down below the watermark.
 
 This module is pure: no I/O, no clock, no environment. Time arrives in the observation, the
-previous decision arrives as `FloorState`, and `decide` returns the next state with the
-decision, so the caller owns persistence (the ccs status) and the sim can replay a trace.
-
-The shape follows dask-kubernetes' adaptive autoscaler: a target derived from load, clamped
-to [minimum, maximum], scale-down only after the signal has stayed low for a while
-(`cooldown_seconds`, dask's `wait_count * interval`), and bounded steps.
-
-Rules, in the order `decide` applies them:
-1. Floor disabled -> the floor is the spec minimum (`FloorDisabled`).
-2. A floor outside [min, max] (the spec changed) is clamped first (`ClampedToSpec`).
-3. No usable latency (no series, NaN from 0/0, negative) -> hold, never drop (`NoData`).
-4. Latency above target -> raise in proportion to the excess over the *ready* replicas
-   (the latency was produced by them, not by replicas still loading), at least
-   `scale_up_step` above max(ready, floor). If replicas are still starting (ready < floor)
-   and the proportional target fits in the current floor, hold (`AwaitingReadyReplicas`):
-   raising again before the last raise has landed would stack cold starts into overshoot.
-5. Latency below target * lower_watermark_ratio continuously for a full cooldown, and no
-   change within a cooldown -> lower by exactly one replica (`QueueLatencyBelowWatermark`);
-   before that, `CoolingDown`. Between the watermark and the target -> hold (`WithinBand`):
-   the gap between the two thresholds is the hysteresis that prevents flapping.
-6. Pre-warm: never below the demand recorded one period earlier at now + lead time, which
-   covers the cold start (`PrewarmForRecurringPeak`).
+previous state in `FloorState`, and `decide` returns the next state with the decision.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING
+
+from .forecast import Holt, Rises, decay_for
+from .queueing import DEFAULT_TAIL_PROBABILITY, replicas_for, safe_utilisation
 
 if TYPE_CHECKING:  # api.py is only needed to build a policy from a parsed spec
     from ccs_operator.api import ServiceSpec
@@ -46,25 +56,72 @@ Instant = datetime | float
 
 DAY_SECONDS = 86_400
 WEEK_SECONDS = 7 * DAY_SECONDS
-# Cover a model pull and load of a few minutes plus one evaluation interval and one HPA sync:
-# a pre-warmed replica must be Ready when the peak arrives, not start loading then.
-DEFAULT_LEAD_TIME_SECONDS = 600
+# The horizon before any cold start has been measured: a model pull and load of a few
+# minutes plus one evaluation and one HPA sync. The one place this default lives.
+DEFAULT_LEAD_TIME_SECONDS = 300
+# Holt smoothing per evaluation: the rate is already a 1m average, so follow it closely.
+HOLT_ALPHA = 0.5
+HOLT_BETA = 0.3
+# The trend is damped over this many seconds and the forecast capped at this multiple of the
+# level: a 30 s edge must not be extrapolated over a whole cold start.
+TREND_DAMPING_SECONDS = 120.0
+FORECAST_CAP = 2.0
+# How fast the measured service time follows a new measurement.
+SERVICE_TIME_ALPHA = 0.3
+# Below this many requests per second the service time is not re-measured (too few samples).
+MIN_RATE_FOR_SERVICE_TIME = 0.5
+# Requests per second that count as "no completions" for the stall check.
+IDLE_RATE = 1e-6
+# Burst memory and accountability figures decay with these half-lives.
+RISES_HALF_LIFE_SECONDS = 6 * 3600
+ACCOUNTING_HALF_LIFE_SECONDS = DAY_SECONDS
+# Latency feedback raises to at most this multiple of the ready replicas per evaluation.
+MAX_FEEDBACK_RATIO = 1.5
+# Pre-warm history is the smaller of what arrived one and two periods earlier, so only a
+# pattern seen on both (a recurring peak, not yesterday's one-off burst) is pre-warmed.
+PREWARM_HISTORY_PERIODS = 2
+# Recurring peaks drift by minutes from one period to the next: the history window reaches
+# this far to both sides of [now, now + lead] one period earlier.
+PREWARM_SLACK_SECONDS = 600
+# Pre-warm is judged per episode (a stretch where it wants more than the rest of the policy):
+# a hit when the rest of the policy then rose by at least this share of the extra replicas
+# pre-warm predicted...
+PREWARM_HIT_SHARE = 0.5
+# Pre-warm acts only on a predicted rise of at least this many replicas and this share above
+# what the rest of the policy wants (smaller differences are the headroom's job).
+PREWARM_MIN_RISE = 2
+PREWARM_MIN_RISE_SHARE = 0.25
+# ...and it is switched off while fewer than this share of recent episodes were hits, once
+# at least PREWARM_MIN_EPISODES (decayed with a half-life of three periods) were judged.
+PREWARM_MIN_HIT_RATE = 1 / 3
+PREWARM_MIN_EPISODES = 2.0
 
 
 class FloorReason(StrEnum):
     """Why the floor is what it is; CamelCase so it can be a Kubernetes condition reason."""
 
+    DEMAND_FORECAST = "DemandForecast"
     QUEUE_LATENCY_ABOVE_TARGET = "QueueLatencyAboveTarget"
+    DEMAND_BELOW_FLOOR = "DemandBelowFloor"
     QUEUE_LATENCY_BELOW_WATERMARK = "QueueLatencyBelowWatermark"
     WITHIN_BAND = "WithinBand"
     COOLING_DOWN = "CoolingDown"
     AWAITING_READY_REPLICAS = "AwaitingReadyReplicas"
     PREWARM_FOR_RECURRING_PEAK = "PrewarmForRecurringPeak"
+    MODEL_STALLED = "ModelStalled"
     AT_MAXIMUM = "AtMaximum"
     AT_MINIMUM = "AtMinimum"
     NO_DATA = "NoData"
     CLAMPED_TO_SPEC = "ClampedToSpec"
     FLOOR_DISABLED = "FloorDisabled"
+
+
+class PrewarmState(StrEnum):
+    OFF = "Off"  # not enabled in the spec
+    NO_HISTORY = "NoHistory"  # enabled, but no arrival history one period ago
+    UNSIZED = "Unsized"  # history present, but no measured service time to size it
+    ACTIVE = "Active"  # enabled, history present, paying (or not yet judged)
+    GATED = "Gated"  # enabled, but the last periods show it would not have paid
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +133,14 @@ class PrewarmPolicy:
     def __post_init__(self) -> None:
         if self.period_seconds <= 0:
             raise ValueError("prewarm period_seconds must be > 0")
-        if not 0 <= self.lead_time_seconds < self.period_seconds:
-            raise ValueError("prewarm lead_time_seconds must be in [0, period_seconds)")
+        if not 0 < self.lead_time_seconds < self.period_seconds:
+            raise ValueError("prewarm lead_time_seconds must be in (0, period_seconds)")
 
 
 @dataclass(frozen=True, slots=True)
 class FloorPolicy:
-    """The floor's knobs, from `spec.replicas` and `spec.autoscaling.floor`."""
+    """The floor's knobs, from `spec.replicas`, `spec.autoscaling.floor` and what the
+    operator measured (the cold start, as `horizon_seconds`)."""
 
     min_replicas: int
     max_replicas: int
@@ -92,6 +150,15 @@ class FloorPolicy:
     cooldown_seconds: float = 300.0
     prewarm: PrewarmPolicy = field(default_factory=PrewarmPolicy)
     enabled: bool = True
+    # Model instances per replica (the M/M/c servers of one replica).
+    instances_per_replica: int = 1
+    # How far ahead to look: the measured p95 cold start plus one evaluation.
+    horizon_seconds: float = float(DEFAULT_LEAD_TIME_SECONDS)
+    # Share of the service's own observed rises over one horizon the headroom covers.
+    burst_cover: float = 0.9
+    tail_probability: float = DEFAULT_TAIL_PROBABILITY
+    # A raise adds at most max(scale_up_step, ceil(current * max_raise_factor)) replicas.
+    max_raise_factor: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas:
@@ -107,15 +174,24 @@ class FloorPolicy:
             raise ValueError("scale_up_step must be >= 1")
         if not (math.isfinite(self.cooldown_seconds) and self.cooldown_seconds >= 0):
             raise ValueError("cooldown_seconds must be >= 0")
+        if self.instances_per_replica < 1:
+            raise ValueError("instances_per_replica must be >= 1")
+        if not (math.isfinite(self.horizon_seconds) and self.horizon_seconds > 0):
+            raise ValueError("horizon_seconds must be > 0")
+        if not 0 <= self.burst_cover < 1:
+            raise ValueError("burst_cover must be in [0, 1)")
+        if not 0 < self.tail_probability < 1:
+            raise ValueError("tail_probability must be in (0, 1)")
+        if not (math.isfinite(self.max_raise_factor) and self.max_raise_factor > 0):
+            raise ValueError("max_raise_factor must be > 0")
 
     @classmethod
     def from_spec(cls, spec: ServiceSpec, lead_time_seconds: int | None = None) -> FloorPolicy:
-        """The policy of a service; `lead_time_seconds` (e.g. the measured cold start) is
-        used when the spec sets no pre-warm lead time of its own."""
+        """The policy of a service; `lead_time_seconds` is the horizon the operator derived
+        from the measured cold start (the spec's pre-warm lead time wins for pre-warm)."""
         f = spec.autoscaling.floor
-        lead = f.prewarm.lead_time_seconds
-        if lead is None:
-            lead = lead_time_seconds
+        horizon = lead_time_seconds if lead_time_seconds else DEFAULT_LEAD_TIME_SECONDS
+        lead = f.prewarm.lead_time_seconds or horizon
         return cls(
             min_replicas=spec.replicas.min,
             max_replicas=spec.replicas.max,
@@ -126,9 +202,12 @@ class FloorPolicy:
             prewarm=PrewarmPolicy(
                 enabled=f.prewarm.enabled,
                 period_seconds=f.prewarm.period_seconds,
-                lead_time_seconds=DEFAULT_LEAD_TIME_SECONDS if lead is None else lead,
+                lead_time_seconds=lead,
             ),
             enabled=f.enabled,
+            instances_per_replica=sum(g.count for g in spec.instance_groups),
+            horizon_seconds=float(horizon),
+            burst_cover=f.burst_cover_percent / 100,
         )
 
     def clamp(self, replicas: int) -> int:
@@ -137,40 +216,84 @@ class FloorPolicy:
 
 @dataclass(frozen=True, slots=True)
 class FloorObservation:
-    """What the floor loop saw at `now`.
+    """What the floor loop saw at `now` (all rates are per second, summed over the pods).
 
-    queue_latency_ms: mean (or p99) queue wait; None when Prometheus had no series; NaN
-        (0/0: no requests in the window) is treated like None; +inf (queued time but no
-        request finished) counts as far above target.
+    queue_latency_ms: worst pod's p99 (or the mean) queue wait; None when Prometheus had no
+        series; NaN (0/0) is treated like None; +inf means queued time, nothing finished.
     ready_replicas: Ready pods of the Deployment now.
-    prewarm_history: the demand recorded one period earlier over [now, now + lead]
-        (see prom.py); None when there is no history yet.
-    demand_hint: replicas the load needs now independently of the floor, e.g. the HPA's
-        unclamped recommendation ceil(current * cpuUtilisation / cpuTarget); it only feeds
-        `FloorDecision.demand` (tomorrow's pre-warm history), never today's floor.
+    arrival_rps: completed + failed requests per second (Triton's counters over the rate
+        window); None when unknown.
+    pending_requests: requests waiting in Triton's schedulers now.
+    busy_instances: busy model-instance seconds per second (a batch's compute time counted
+        once per batch); busy_instances / arrival_rps is the measured service time S.
+    prewarm_history_rps: the highest arrival rate one period earlier over [now, now + lead];
+        None when there is no such history.
+    hpa_replicas: what the HPA alone would run (its CPU recommendation clamped to the spec);
+        used for accountability only, never for the floor.
     """
 
     queue_latency_ms: float | None
     ready_replicas: int
     now: Instant
-    prewarm_history: int | None = None
-    demand_hint: int | None = None
+    arrival_rps: float | None = None
+    pending_requests: float | None = None
+    busy_instances: float | None = None
+    prewarm_history_rps: float | None = None
+    hpa_replicas: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class FloorState:
-    """What the loop carries between evaluations (persisted in the ccs status)."""
+    """What the loop carries between evaluations. `current_floor` and `last_change_at` live
+    in the ccs status; the rest is the loop's memory (lost on restart: the forecast and the
+    ledgers start afresh, which only makes the floor more conservative for a while)."""
 
     current_floor: int
     last_change_at: Instant | None = None
     last_scale_up_at: Instant | None = None
-    # Start of the current uninterrupted stretch below the lower watermark: lowering needs a
-    # full cooldown of it, so one quiet sample after a busy hour cannot drop the floor.
+    # Latency-only rules: start of the current stretch below the lower watermark.
     below_watermark_since: Instant | None = None
+    # Measured service time S (busy instance-seconds per request), smoothed.
+    service_seconds: float | None = None
+    holt: Holt | None = None
+    # (time, arrival rate) over the last horizon, to measure rises over one horizon.
+    arrivals: tuple[tuple[float, float], ...] = ()
+    rises: Rises = field(default_factory=Rises)
+    # (time, replicas needed) over the last cool-down: lowering goes to their maximum.
+    needs: tuple[tuple[float, int], ...] = ()
+    # (due time, forecast rate) made one horizon ago, to score the forecast.
+    predictions: tuple[tuple[float, float], ...] = ()
+    forecast_error: float | None = None
+    # The open pre-warm episode: (what the rest of the policy wanted when it opened, the
+    # most pre-warm wanted, the most the rest of the policy then wanted), or None.
+    prewarm_episode: tuple[int, int, int] | None = None
+    prewarm_hits: float = 0.0  # judged episodes that were hits (decayed)
+    prewarm_misses: float = 0.0  # judged episodes that were misses (decayed)
+    prewarm_judged_at: float | None = None
+    # Accountability, decayed with ACCOUNTING_HALF_LIFE_SECONDS.
+    held_above_hpa: float = 0.0  # replica-seconds of floor above what the HPA alone ran
+    breach_seconds: float = 0.0  # seconds with queue latency above the target
+    last_seen_at: float | None = None
 
     @classmethod
     def initial(cls, policy: FloorPolicy) -> FloorState:
         return cls(current_floor=policy.min_replicas)
+
+
+@dataclass(frozen=True, slots=True)
+class FloorAccounting:
+    """Whether the floor pays for its GPUs: what status.floorAccounting reports."""
+
+    service_seconds: float | None
+    capacity_rps: float | None  # per replica at the planned utilisation
+    planned_utilisation: float | None
+    forecast_rps: float | None
+    forecast_error: float | None  # mean absolute error / actual, over recent forecasts
+    headroom: float  # relative headroom in use
+    replica_hours_above_hpa: float  # decayed over about a day
+    breach_minutes: float  # decayed over about a day
+    prewarm: PrewarmState
+    prewarm_hit_rate: float | None  # share of recent pre-warm episodes that were hits
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,11 +303,10 @@ class FloorDecision:
     changed: bool
     message: str
     state: FloorState
-    # Replicas needed now without pre-warm (the reactive floor, ready replicas under load, or
-    # the caller's demand hint). Exported as ccs_floor_demand_replicas, it is the pre-warm
-    # history one period later. Pre-warmed replicas are deliberately not counted, or every
-    # day the pre-warm would start one lead time earlier and never decay.
+    # Replicas the load needs now (from the arrival rate, never counting replicas held by
+    # the floor or by pre-warm). Exported as ccs_floor_demand_replicas.
     demand: int
+    accounting: FloorAccounting
 
 
 # Reasons that mean "kept the floor where it was": after a clamp, the clamp is the news.
@@ -195,6 +317,7 @@ _HOLDING_REASONS = frozenset(
         FloorReason.NO_DATA,
         FloorReason.AT_MINIMUM,
         FloorReason.AT_MAXIMUM,
+        FloorReason.MODEL_STALLED,
     }
 )
 
@@ -214,81 +337,376 @@ def _usable_latency(latency: float | None) -> float | None:
     return latency
 
 
+def _usable(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value) or value < 0:
+        return None
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One evaluation's outcome before the clamp and the bookkeeping."""
+
+    floor: int
+    reason: FloorReason
+    message: str
+    demand: int
+    below_since: Instant | None = None
+
+
 def decide(policy: FloorPolicy, state: FloorState, observation: FloorObservation) -> FloorDecision:
     """The next floor for one service; pure and deterministic."""
     now = _epoch(observation.now)
     original = state.current_floor
-    ready = max(observation.ready_replicas, 0)
-
-    def done(
-        floor: int,
-        reason: FloorReason,
-        message: str,
-        *,
-        below_since: Instant | None,
-        demand: int,
-    ) -> FloorDecision:
-        changed = floor != original
-        raised = floor > original
-        new_state = FloorState(
-            current_floor=floor,
-            last_change_at=observation.now if changed else state.last_change_at,
-            last_scale_up_at=observation.now if raised else state.last_scale_up_at,
-            below_watermark_since=below_since,
-        )
-        hint = observation.demand_hint
-        demand = max(demand, hint if hint is not None else 0)
-        return FloorDecision(floor, reason, changed, message, new_state, policy.clamp(demand))
-
     if not policy.enabled:
-        return done(
+        step = _Step(
             policy.min_replicas,
             FloorReason.FLOOR_DISABLED,
             "floor controller disabled; minReplicas is spec.replicas.min",
-            below_since=None,
-            demand=policy.min_replicas,
+            policy.min_replicas,
         )
+        return _finish(policy, state, observation, step, state, None)
 
     current = policy.clamp(original)
-    clamped = current != original
     latency = _usable_latency(observation.queue_latency_ms)
+    rate = _usable(observation.arrival_rps)
+    pending = _usable(observation.pending_requests) or 0.0
+    busy = _usable(observation.busy_instances)
+
+    service = state.service_seconds
+    if rate is not None and busy is not None and rate >= MIN_RATE_FOR_SERVICE_TIME and busy > 0:
+        measured = busy / rate
+        service = (
+            measured
+            if service is None
+            else SERVICE_TIME_ALPHA * measured + (1 - SERVICE_TIME_ALPHA) * service
+        )
+    learned = dataclasses.replace(state, service_seconds=service)
+
+    stalled = (rate is not None and rate <= IDLE_RATE and pending > 0) or (
+        latency is not None and math.isinf(latency) and (rate is None or rate <= IDLE_RATE)
+    )
+    model: _Model | None = None
+    if stalled:
+        step = _Step(
+            current,
+            FloorReason.MODEL_STALLED,
+            f"{pending:.0f} requests queued and none completing; holding the floor at "
+            f"{current} (more replicas of a hung model would not help)",
+            current,
+        )
+    elif rate is not None and service is not None:
+        model = _Model(policy, learned, now, rate, pending, service)
+        step = _leading(policy, learned, observation, model, current, latency)
+        learned = model.state
+    elif latency is not None:
+        step = _latency_only(policy, learned, observation, current, latency)
+    else:
+        step = _Step(current, FloorReason.NO_DATA, "no queue or arrival data; holding", current)
+
+    if step.floor == current and current != original and step.reason in _HOLDING_REASONS:
+        step = dataclasses.replace(
+            step,
+            reason=FloorReason.CLAMPED_TO_SPEC,
+            message=(
+                f"floor {original} outside spec [{policy.min_replicas}, "
+                f"{policy.max_replicas}]; clamped to {current}"
+            ),
+        )
+    return _finish(policy, state, observation, step, learned, model)
+
+
+class _Model:
+    """The leading model's view of one evaluation: forecast, headroom, sizing, pre-warm."""
+
+    def __init__(
+        self,
+        policy: FloorPolicy,
+        state: FloorState,
+        now: float,
+        rate: float,
+        pending: float,
+        service: float,
+    ) -> None:
+        self.policy = policy
+        self.now = now
+        self.rate = rate
+        self.service = service
+        horizon = policy.horizon_seconds
+        target_s = policy.target_ms / 1000
+        self.utilisation = safe_utilisation(
+            policy.instances_per_replica, service, target_s, policy.tail_probability
+        )
+        # What one replica serves at the planned utilisation.
+        self.capacity = policy.instances_per_replica * self.utilisation / service
+        self.demand_rate = rate + pending / horizon
+
+        holt = (
+            Holt.start(rate, now)
+            if state.holt is None
+            else state.holt.update(rate, now, HOLT_ALPHA, HOLT_BETA)
+        )
+        self.forecast = holt.forecast(horizon, TREND_DAMPING_SECONDS, FORECAST_CAP)
+
+        # The rise over one horizon, relative to at least one replica's worth of load.
+        past = [r for t, r in state.arrivals if t <= now - horizon + 1e-6]
+        rises = state.rises
+        if past:
+            base = max(past[-1], self.capacity)
+            interval = now - state.arrivals[-1][0] if state.arrivals else horizon
+            decay = decay_for(max(interval, 1.0), RISES_HALF_LIFE_SECONDS)
+            rises = rises.add(max(0.0, rate - past[-1]) / base, decay)
+        self.headroom = rises.quantile(policy.burst_cover)
+        arrivals = (*state.arrivals, (now, rate))
+        keep_after = now - horizon - 2 * max(1.0, _interval(state.arrivals, now, horizon))
+        arrivals = tuple((t, r) for t, r in arrivals if t >= keep_after)
+
+        # Score the forecast made one horizon ago against what arrived.
+        error = state.forecast_error
+        due = [p for t, p in state.predictions if t <= now]
+        if due:
+            actual = max(rate, self.capacity)
+            miss = abs(due[-1] - rate) / actual
+            error = miss if error is None else 0.1 * miss + 0.9 * error
+        predictions = (
+            *((t, p) for t, p in state.predictions if t > now),
+            (now + horizon, self.forecast),
+        )
+        self.state = dataclasses.replace(
+            state,
+            holt=holt,
+            arrivals=arrivals,
+            rises=rises,
+            predictions=predictions,
+            forecast_error=error,
+        )
+
+    def replicas(self, rate: float) -> int:
+        p = self.policy
+        return replicas_for(
+            rate,
+            servers=p.instances_per_replica,
+            service_s=self.service,
+            target_s=p.target_ms / 1000,
+            tail=p.tail_probability,
+        )
+
+
+def _interval(arrivals: tuple[tuple[float, float], ...], now: float, default: float) -> float:
+    return now - arrivals[-1][0] if arrivals else default
+
+
+def _leading(
+    policy: FloorPolicy,
+    state: FloorState,
+    observation: FloorObservation,
+    m: _Model,
+    current: int,
+    latency: float | None,
+) -> _Step:
+    now = m.now
+    ready = max(observation.ready_replicas, 0)
     target = policy.target_ms
     watermark = target * policy.lower_watermark_ratio
+    need = m.replicas(m.demand_rate)
+    ahead = max(m.demand_rate, m.forecast) * (1 + m.headroom)
+    plan = m.replicas(ahead)
+    reason = FloorReason.DEMAND_FORECAST
+    message = (
+        f"arrivals {m.rate:.1f}/s, forecast {m.forecast:.1f}/s in "
+        f"{policy.horizon_seconds:.0f}s, +{m.headroom:.0%} headroom, "
+        f"{m.capacity:.1f}/s per replica: {plan} replicas"
+    )
 
-    below_since: Instant | None = None
-    if latency is None:
-        reactive = current
-        reason = FloorReason.NO_DATA
-        message = "no queue-latency data; holding the floor"
-        demand = current
-    elif latency > target:
-        # Size from the ready replicas: they produced this latency. Replicas still loading
-        # (ready < current) are capacity already on its way.
-        base = max(ready, 1)
-        ratio = latency / target
-        desired = policy.max_replicas if math.isinf(ratio) else math.ceil(base * ratio)
+    # Feedback: the queue says the plan is short, whatever it predicted.
+    feedback = 0
+    if latency is not None and latency > target:
+        ratio = min(latency / target, MAX_FEEDBACK_RATIO)
+        feedback = math.ceil(max(ready, 1) * ratio)
         if ready >= current:
-            reactive = max(desired, ready + policy.scale_up_step)
-        else:
-            reactive = max(desired, current)
-        reactive = min(reactive, policy.max_replicas)
-        demand = reactive
-        if reactive > current:
+            feedback = max(feedback, ready + policy.scale_up_step)
+        elif feedback <= current:
+            feedback = 0  # the replicas still starting are the answer; do not stack more
+        if feedback > plan:
+            plan = feedback
             reason = FloorReason.QUEUE_LATENCY_ABOVE_TARGET
             message = (
                 f"queue latency {latency:.1f}ms > target {target:g}ms with {ready} ready; "
-                f"raising floor {current} -> {reactive}"
+                f"{plan} replicas"
             )
-        elif current >= policy.max_replicas:
-            reason = FloorReason.AT_MAXIMUM
-            message = f"queue latency {latency:.1f}ms > target {target:g}ms; floor at maximum"
+
+    prewarm, prewarm_message, stored = _prewarm(policy, state, observation, m, plan, need)
+    wanted = policy.clamp(max(plan, prewarm))
+    if wanted > policy.clamp(plan):
+        reason, message = FloorReason.PREWARM_FOR_RECURRING_PEAK, prewarm_message
+    m.state = dataclasses.replace(
+        stored,
+        needs=(
+            *((t, n) for t, n in state.needs if t > now - policy.cooldown_seconds),
+            (now, wanted),
+        ),
+    )
+
+    if wanted > current:
+        limit = current + max(policy.scale_up_step, math.ceil(current * policy.max_raise_factor))
+        floor = min(wanted, limit)
+        if floor < wanted:
+            message += f"; raise limited to {floor} this evaluation"
+        return _Step(floor, reason, f"{message}; raising floor {current} -> {floor}", need)
+    if latency is not None and latency > target and feedback == 0 and ready < current:
+        return _Step(
+            current,
+            FloorReason.AWAITING_READY_REPLICAS,
+            f"queue latency {latency:.1f}ms > target {target:g}ms; {ready}/{current} "
+            "replicas ready, waiting for the rest before raising again",
+            need,
+        )
+    if current >= policy.max_replicas and wanted >= current:
+        return _Step(current, FloorReason.AT_MAXIMUM, f"{message}; floor at maximum", need)
+    if wanted >= current:
+        return _Step(current, FloorReason.WITHIN_BAND, f"{message}; holding {current}", need)
+
+    stable = policy.clamp(max(n for _, n in m.state.needs))
+    # Lowering needs the queue to say so too: no latency data, no lowering.
+    quiet = latency is not None and latency < watermark
+    since_raise = (
+        math.inf if state.last_scale_up_at is None else now - _epoch(state.last_scale_up_at)
+    )
+    if current <= policy.min_replicas:
+        return _Step(current, FloorReason.AT_MINIMUM, f"{message}; floor at minimum", need)
+    if stable < current and quiet and since_raise >= policy.cooldown_seconds:
+        return _Step(
+            stable,
+            FloorReason.DEMAND_BELOW_FLOOR,
+            f"{message}; at most {stable} needed over the last {policy.cooldown_seconds:.0f}s; "
+            f"lowering floor {current} -> {stable}",
+            need,
+        )
+    wait = max(0.0, policy.cooldown_seconds - since_raise)
+    why = (
+        f"queue latency {latency:.1f}ms not below watermark {watermark:g}ms"
+        if not quiet and latency is not None
+        else "no queue latency data"
+        if latency is None
+        else f"{stable} needed within the last cool-down"
+        if stable >= current
+        else f"cool-down after the last raise, {wait:.0f}s left"
+    )
+    return _Step(current, FloorReason.COOLING_DOWN, f"{message}; holding {current}: {why}", need)
+
+
+def _prewarm(
+    policy: FloorPolicy,
+    state: FloorState,
+    observation: FloorObservation,
+    m: _Model,
+    plan: int,
+    need: int,
+) -> tuple[int, str, FloorState]:
+    """Pre-warm's floor (0 for none) and why, with its episode record updated in the state.
+
+    Episodes are judged whether or not pre-warm is gated (what it *would* have done), so a
+    pattern that comes back switches it on again."""
+    pw = policy.prewarm
+    history = _usable(observation.prewarm_history_rps)
+    stored = m.state
+    if not pw.enabled or history is None:
+        return 0, "", stored
+    planned = m.replicas(history)
+    episode = state.prewarm_episode
+    hits, misses = state.prewarm_hits, state.prewarm_misses
+    if state.prewarm_judged_at is not None:
+        decay = decay_for(max(m.now - state.prewarm_judged_at, 0.0), 3 * pw.period_seconds)
+        hits, misses = hits * decay, misses * decay
+    # Small differences from one period to the next are noise the headroom covers: only a
+    # sizeable predicted rise is pre-warmed (and judged).
+    if planned >= plan + max(PREWARM_MIN_RISE, PREWARM_MIN_RISE_SHARE * plan):
+        episode = (
+            (plan, planned, plan)
+            if episode is None
+            else (episode[0], max(episode[1], planned), max(episode[2], plan))
+        )
+    elif episode is not None:
+        # Closed: either the history passed (the peak did not come) or the rest of the
+        # policy caught up with it (it came). Judge by how far the policy's own plan rose.
+        base, wanted, reached = episode[0], episode[1], max(episode[2], plan)
+        if reached - base >= PREWARM_HIT_SHARE * (wanted - base):
+            hits += 1
         else:
-            reason = FloorReason.AWAITING_READY_REPLICAS
-            message = (
-                f"queue latency {latency:.1f}ms > target {target:g}ms; {ready}/{current} "
-                "replicas ready, waiting for the rest before raising again"
+            misses += 1
+        episode = None
+    stored = dataclasses.replace(
+        stored,
+        prewarm_episode=episode,
+        prewarm_hits=hits,
+        prewarm_misses=misses,
+        prewarm_judged_at=m.now,
+    )
+    if episode is None or _prewarm_gated(hits, misses):
+        return 0, "", stored
+    message = (
+        f"{history:.1f}/s arrived within the next {pw.lead_time_seconds}s on each of the "
+        f"last {PREWARM_HISTORY_PERIODS} periods: pre-warming {policy.clamp(planned)} replicas"
+    )
+    return planned, message, stored
+
+
+def _prewarm_hit_rate(hits: float, misses: float) -> float | None:
+    total = hits + misses
+    return hits / total if total > 0 else None
+
+
+def _prewarm_gated(hits: float, misses: float) -> bool:
+    rate = _prewarm_hit_rate(hits, misses)
+    return (
+        rate is not None and hits + misses >= PREWARM_MIN_EPISODES and rate < PREWARM_MIN_HIT_RATE
+    )
+
+
+def _latency_only(
+    policy: FloorPolicy,
+    state: FloorState,
+    observation: FloorObservation,
+    current: int,
+    latency: float,
+) -> _Step:
+    """The rules when only queue latency is known (e.g. a query override)."""
+    now = _epoch(observation.now)
+    ready = max(observation.ready_replicas, 0)
+    target = policy.target_ms
+    watermark = target * policy.lower_watermark_ratio
+    if latency > target:
+        # Size from the ready replicas: they produced this latency. Replicas still loading
+        # (ready < current) are capacity already on its way.
+        base = max(ready, 1)
+        desired = math.ceil(base * min(latency / target, MAX_FEEDBACK_RATIO))
+        reactive = max(desired, ready + policy.scale_up_step) if ready >= current else max(
+            desired, current
+        )
+        reactive = min(reactive, policy.max_replicas)
+        if reactive > current:
+            return _Step(
+                reactive,
+                FloorReason.QUEUE_LATENCY_ABOVE_TARGET,
+                f"queue latency {latency:.1f}ms > target {target:g}ms with {ready} ready; "
+                f"raising floor {current} -> {reactive}",
+                reactive,
             )
-    elif latency < watermark:
+        if current >= policy.max_replicas:
+            return _Step(
+                current,
+                FloorReason.AT_MAXIMUM,
+                f"queue latency {latency:.1f}ms > target {target:g}ms; floor at maximum",
+                current,
+            )
+        return _Step(
+            current,
+            FloorReason.AWAITING_READY_REPLICAS,
+            f"queue latency {latency:.1f}ms > target {target:g}ms; {ready}/{current} "
+            "replicas ready, waiting for the rest before raising again",
+            current,
+        )
+    if latency < watermark:
         below_since = (
             state.below_watermark_since
             if state.below_watermark_since is not None
@@ -300,50 +718,101 @@ def decide(policy: FloorPolicy, state: FloorState, observation: FloorObservation
         )
         demand = min(ready, current)
         if current <= policy.min_replicas:
-            reactive, reason = current, FloorReason.AT_MINIMUM
-            message = f"queue latency {latency:.1f}ms below watermark; floor at minimum"
-        elif quiet_for >= policy.cooldown_seconds and since_change >= policy.cooldown_seconds:
-            reactive, reason = current - 1, FloorReason.QUEUE_LATENCY_BELOW_WATERMARK
-            message = (
-                f"queue latency {latency:.1f}ms < watermark {watermark:g}ms for "
-                f"{quiet_for:.0f}s; lowering floor {current} -> {reactive}"
+            return _Step(
+                current,
+                FloorReason.AT_MINIMUM,
+                f"queue latency {latency:.1f}ms below watermark; floor at minimum",
+                demand,
+                below_since,
             )
-            demand = reactive
+        if quiet_for >= policy.cooldown_seconds and since_change >= policy.cooldown_seconds:
             # A fresh cooldown of quiet is needed before the next step down.
-            below_since = observation.now
-        else:
-            reactive, reason = current, FloorReason.COOLING_DOWN
-            wait = policy.cooldown_seconds - min(quiet_for, since_change)
-            message = (
-                f"queue latency {latency:.1f}ms below watermark; holding floor "
-                f"{current} for another {wait:.0f}s"
+            return _Step(
+                current - 1,
+                FloorReason.QUEUE_LATENCY_BELOW_WATERMARK,
+                f"queue latency {latency:.1f}ms < watermark {watermark:g}ms for "
+                f"{quiet_for:.0f}s; lowering floor {current} -> {current - 1}",
+                current - 1,
+                observation.now,
             )
-    else:
-        reactive, reason = current, FloorReason.WITHIN_BAND
-        message = f"queue latency {latency:.1f}ms within [{watermark:g}, {target:g}]ms; holding"
-        # Latency inside the band means every ready replica is doing useful work.
-        demand = ready
-
-    floor = reactive
-    pw = policy.prewarm
-    if pw.enabled and observation.prewarm_history is not None:
-        planned = policy.clamp(observation.prewarm_history)
-        if planned > floor:
-            floor = planned
-            reason = FloorReason.PREWARM_FOR_RECURRING_PEAK
-            message = (
-                f"{planned} replicas were needed one period ago within the next "
-                f"{pw.lead_time_seconds}s; pre-warming"
-            )
-            # Pre-warmed idle replicas make the queue quiet; that quiet must not count
-            # toward lowering once the peak has passed.
-            below_since = None
-
-    if clamped and floor == current and reason in _HOLDING_REASONS:
-        reason = FloorReason.CLAMPED_TO_SPEC
-        message = (
-            f"floor {original} outside spec [{policy.min_replicas}, {policy.max_replicas}]; "
-            f"clamped to {current}"
+        wait = policy.cooldown_seconds - min(quiet_for, since_change)
+        return _Step(
+            current,
+            FloorReason.COOLING_DOWN,
+            f"queue latency {latency:.1f}ms below watermark; holding floor {current} for "
+            f"another {wait:.0f}s",
+            demand,
+            below_since,
         )
+    return _Step(
+        current,
+        FloorReason.WITHIN_BAND,
+        f"queue latency {latency:.1f}ms within [{watermark:g}, {target:g}]ms; holding",
+        ready,
+    )
 
-    return done(policy.clamp(floor), reason, message, below_since=below_since, demand=demand)
+
+def _finish(
+    policy: FloorPolicy,
+    before: FloorState,
+    observation: FloorObservation,
+    step: _Step,
+    learned: FloorState,
+    model: _Model | None,
+) -> FloorDecision:
+    now = _epoch(observation.now)
+    floor = policy.clamp(step.floor)
+    changed = floor != before.current_floor
+    raised = floor > before.current_floor
+    elapsed = 0.0 if before.last_seen_at is None else max(0.0, now - before.last_seen_at)
+    decay = decay_for(max(elapsed, 1e-9), ACCOUNTING_HALF_LIFE_SECONDS) if elapsed else 1.0
+    hpa = observation.hpa_replicas
+    held = learned.held_above_hpa * decay
+    if hpa is not None:
+        held += max(0, floor - policy.clamp(hpa)) * elapsed
+    latency = _usable_latency(observation.queue_latency_ms)
+    breach = learned.breach_seconds * decay
+    if latency is not None and latency > policy.target_ms:
+        breach += elapsed
+    state = dataclasses.replace(
+        learned,
+        current_floor=floor,
+        last_change_at=observation.now if changed else before.last_change_at,
+        last_scale_up_at=observation.now if raised else before.last_scale_up_at,
+        below_watermark_since=step.below_since,
+        held_above_hpa=held,
+        breach_seconds=breach,
+        last_seen_at=now,
+    )
+    pw = policy.prewarm
+    if not pw.enabled:
+        prewarm = PrewarmState.OFF
+    elif _usable(observation.prewarm_history_rps) is None:
+        prewarm = PrewarmState.NO_HISTORY
+    elif model is None:
+        prewarm = PrewarmState.UNSIZED
+    elif _prewarm_gated(state.prewarm_hits, state.prewarm_misses):
+        prewarm = PrewarmState.GATED
+    else:
+        prewarm = PrewarmState.ACTIVE
+    accounting = FloorAccounting(
+        service_seconds=state.service_seconds,
+        capacity_rps=model.capacity if model else None,
+        planned_utilisation=model.utilisation if model else None,
+        forecast_rps=model.forecast if model else None,
+        forecast_error=state.forecast_error,
+        headroom=model.headroom if model else 0.0,
+        replica_hours_above_hpa=held / 3600,
+        breach_minutes=breach / 60,
+        prewarm=prewarm,
+        prewarm_hit_rate=_prewarm_hit_rate(state.prewarm_hits, state.prewarm_misses),
+    )
+    return FloorDecision(
+        floor,
+        step.reason,
+        changed,
+        step.message,
+        state,
+        policy.clamp(step.demand),
+        accounting,
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -23,15 +24,29 @@ from typing import Any
 from . import metrics
 from .api import ClaudeCodeService, SpecError, parse_service
 from .coldstart import lead_time_seconds
-from .floor import FloorDecision, FloorObservation, FloorPolicy, FloorReason, FloorState, decide
+from .floor import (
+    DEFAULT_LEAD_TIME_SECONDS,
+    PREWARM_HISTORY_PERIODS,
+    PREWARM_SLACK_SECONDS,
+    FloorAccounting,
+    FloorDecision,
+    FloorObservation,
+    FloorPolicy,
+    FloorReason,
+    FloorState,
+    PrewarmState,
+    decide,
+)
+from .hpastatus import hpa_alone_replicas
 from .kube import KubeError, Transient
 from .prom import (
+    FloorSignals,
     NoData,
     PrometheusClient,
     PrometheusError,
     PrometheusUnavailable,
-    QueueLatency,
     ServiceKey,
+    arrival_rate_query,
     p99_queue_latency_query,
 )
 from .reconcile import Reconciler
@@ -40,6 +55,9 @@ from .status import FLOOR_ACTIVE, METRICS_AVAILABLE, Condition, merge_conditions
 log = logging.getLogger(__name__)
 
 HISTORY_LENGTH = 20
+# status.floorAccounting alone (without a floor or condition change) is rewritten at most
+# this often per service: its figures move every evaluation under live traffic.
+ACCOUNTING_WRITE_SECONDS = 300.0
 # The External metric the HPA scales on is checked this often per service (an API call each).
 EXTERNAL_METRIC_CHECK_SECONDS = 300.0
 
@@ -50,8 +68,10 @@ class _Memory:
     a restart only delays the next lowering by one cooldown)."""
 
     next_due: float = 0.0
-    last_scale_up_at: float | None = None
-    below_watermark_since: float | None = None
+    # The policy's memory beyond what status holds (forecast, burst memory, ledgers).
+    state: FloorState | None = None
+    accounting_written_at: float | None = None
+    prewarm: PrewarmState | None = None
     external_checked_at: float | None = None
     # Why the HPA's External requests-per-second metric is unusable; None when it is fine.
     external_problem: Condition | None = None
@@ -59,10 +79,11 @@ class _Memory:
 
 @dataclass(frozen=True)
 class Reading:
-    """The latency signal for one service, or why there is none."""
+    """The signals of one service, or why there are none."""
 
     latency_ms: float | None
     problem: Condition | None = None
+    signals: FloorSignals | None = None
 
 
 def _parse_time(value: str | None) -> float | None:
@@ -91,7 +112,7 @@ class FloorLoop:
         prometheus: PrometheusClient,
         *,
         window: str = "1m",
-        default_lead_time_seconds: int = 300,
+        default_lead_time_seconds: int = DEFAULT_LEAD_TIME_SECONDS,
         tick_seconds: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -117,6 +138,8 @@ class FloorLoop:
     async def tick(self) -> int:
         """Evaluate every service that is due; returns how many were evaluated."""
         now = self.clock()
+        for gone in [k for k in self.memory if k not in self.reconciler.services]:
+            del self.memory[gone]  # deleted services leave nothing behind
         due: list[tuple[ClaudeCodeService, Mapping[str, Any], float]] = []
         for key, body in list(self.reconciler.services.items()):
             memory = self.memory[key]
@@ -132,18 +155,35 @@ class FloorLoop:
             due.append((ccs, body, now - (memory.next_due - interval)))
         if not due:
             return 0
-        readings = await self._read_latencies([ccs for ccs, _, _ in due if _active(ccs)])
+        readings = await self._read_signals([ccs for ccs, _, _ in due if _active(ccs)])
         history = await self._read_prewarm_history(
-            [(ccs, self._lead_time(ccs, body)) for ccs, body, _ in due if _active(ccs)]
+            [(ccs, self._prewarm_lead(ccs, body)) for ccs, body, _ in due if _active(ccs)]
         )
         await self._check_external_metrics([ccs for ccs, _, _ in due], now)
         await asyncio.gather(
             *(
-                self._evaluate(ccs, body, readings.get(_key(ccs)), history.get(_key(ccs)), lag)
+                self._evaluate_isolated(
+                    ccs, body, readings.get(_key(ccs)), history.get(_key(ccs)), lag
+                )
                 for ccs, body, lag in due
             )
         )
         return len(due)
+
+    async def _evaluate_isolated(
+        self,
+        ccs: ClaudeCodeService,
+        body: Mapping[str, Any],
+        reading: Reading | None,
+        history: float | None,
+        lag: float,
+    ) -> None:
+        """One service's evaluation; whatever goes wrong in it never reaches the others."""
+        try:
+            await self._evaluate(ccs, body, reading, history, lag)
+        except Exception:
+            metrics.FLOOR_ERRORS.inc()
+            log.exception("floor evaluation of %s/%s failed; the floor is held", *_key(ccs))
 
     async def _query(self, call: Callable[[], Any]) -> Any:
         started = time.perf_counter()
@@ -153,31 +193,32 @@ class FloorLoop:
         finally:
             metrics.PROM_QUERY_DURATION.observe(time.perf_counter() - started)
 
-    async def _read_latencies(self, services: list[ClaudeCodeService]) -> dict[ServiceKey, Reading]:
+    async def _read_signals(self, services: list[ClaudeCodeService]) -> dict[ServiceKey, Reading]:
+        """One batched query for every service's signals, plus one per query override."""
         readings: dict[ServiceKey, Reading] = {}
-        batched = [s for s in services if s.spec.autoscaling.floor.query is None]
-        if batched:
-            try:
-                found: dict[ServiceKey, QueueLatency] = await self._query(
-                    lambda: self.prometheus.queue_latency_all(self.window)
-                )
-            except PrometheusError as exc:
-                problem = _prometheus_problem(exc)
-                readings.update({_key(s): Reading(None, problem) for s in batched})
-            else:
-                for ccs in batched:
-                    latency = found.get(_key(ccs))
-                    readings[_key(ccs)] = (
-                        Reading(latency.signal(prefer_p99=True))
-                        if latency is not None
-                        else Reading(None, _no_series(ccs, self.window))
-                    )
+        if not services:
+            return readings
+        try:
+            found: dict[ServiceKey, FloorSignals] = await self._query(
+                lambda: self.prometheus.floor_signals_all(self.window)
+            )
+        except PrometheusError as exc:
+            problem = _prometheus_problem(exc, self.prometheus.settings.url)
+            log.warning("floor signals unavailable: %s", exc)
+            return {_key(s): Reading(None, problem) for s in services}
         for ccs in services:
-            template = ccs.spec.autoscaling.floor.query
-            if template is None:
+            signals = found.get(_key(ccs))
+            if ccs.spec.autoscaling.floor.query is None:
+                latency = signals.latency if signals is not None else None
+                readings[_key(ccs)] = (
+                    Reading(latency.signal(prefer_p99=True), None, signals)
+                    if latency is not None
+                    else Reading(None, _no_series(ccs, self.window), signals)
+                )
                 continue
+            template = ccs.spec.autoscaling.floor.query
             try:
-                latency = await self._query(
+                value = await self._query(
                     functools.partial(
                         self.prometheus.queue_latency,
                         ccs.namespace,
@@ -187,32 +228,40 @@ class FloorLoop:
                         template=template,
                     )
                 )
-                readings[_key(ccs)] = Reading(latency.mean_ms)
+                readings[_key(ccs)] = Reading(value.mean_ms, None, signals)
             except NoData as exc:
+                log.info("query override of %s/%s: %s", *_key(ccs), exc)
                 readings[_key(ccs)] = Reading(
                     None,
                     Condition(
                         FLOOR_ACTIVE,
                         False,
                         "NoData",
-                        f"{exc}; the floor is held. Check spec.autoscaling.floor.query",
+                        "spec.autoscaling.floor.query returned no series; the floor is held. "
+                        "Check the query against Prometheus",
                     ),
+                    signals,
                 )
             except PrometheusError as exc:
-                readings[_key(ccs)] = Reading(None, _prometheus_problem(exc))
+                log.warning("query override of %s/%s failed: %s", *_key(ccs), exc)
+                readings[_key(ccs)] = Reading(
+                    None, _prometheus_problem(exc, self.prometheus.settings.url), signals
+                )
         return readings
 
-    def _lead_time(self, ccs: ClaudeCodeService, body: Mapping[str, Any]) -> int:
-        """Pre-warm looks ahead by the spec's lead time, else by the measured p95 cold start
-        (status.coldStart) plus one evaluation, else by the operator's default."""
-        floor = ccs.spec.autoscaling.floor
-        if floor.prewarm.lead_time_seconds is not None:
-            return floor.prewarm.lead_time_seconds
+    def _horizon(self, ccs: ClaudeCodeService, body: Mapping[str, Any]) -> int:
+        """How far the floor looks ahead: the measured p95 cold start (status.coldStart)
+        plus one evaluation, else the operator's default."""
         return lead_time_seconds(
             (body.get("status") or {}).get("coldStart"),
             fallback=self.default_lead_time_seconds,
-            evaluation_interval=floor.evaluation_interval_seconds,
+            evaluation_interval=ccs.spec.autoscaling.floor.evaluation_interval_seconds,
         )
+
+    def _prewarm_lead(self, ccs: ClaudeCodeService, body: Mapping[str, Any]) -> int:
+        """Pre-warm's lead time: the spec's, else the horizon."""
+        lead = ccs.spec.autoscaling.floor.prewarm.lead_time_seconds
+        return lead if lead is not None else self._horizon(ccs, body)
 
     async def _check_external_metrics(self, services: list[ClaudeCodeService], now: float) -> None:
         """Whether the HPA can read its requests-per-second External metric, per service."""
@@ -243,18 +292,25 @@ class FloorLoop:
 
     async def _read_prewarm_history(
         self, services: list[tuple[ClaudeCodeService, int]]
-    ) -> dict[ServiceKey, int]:
-        """Demand one period ago, per service; one query per (period, lead time) in use."""
+    ) -> dict[ServiceKey, float]:
+        """Arrival rate one and two periods ago, per service; one query per (period, lead)."""
         groups: dict[tuple[int, int], set[ServiceKey]] = defaultdict(set)
         for ccs, lead in services:
             prewarm = ccs.spec.autoscaling.floor.prewarm
             if prewarm.enabled:
                 groups[(prewarm.period_seconds, lead)].add(_key(ccs))
-        history: dict[ServiceKey, int] = {}
+        history: dict[ServiceKey, float] = {}
         for (period, lead), members in groups.items():
             try:
-                found: dict[ServiceKey, int] = await self._query(
-                    functools.partial(self.prometheus.prewarm_history_all, period, lead)
+                found: dict[ServiceKey, float] = await self._query(
+                    functools.partial(
+                        self.prometheus.prewarm_history_all,
+                        period,
+                        lead,
+                        slack_seconds=PREWARM_SLACK_SECONDS,
+                        periods=PREWARM_HISTORY_PERIODS,
+                        window=self.window,
+                    )
                 )
                 history.update({k: v for k, v in found.items() if k in members})
             except PrometheusError as exc:
@@ -266,20 +322,24 @@ class FloorLoop:
         ccs: ClaudeCodeService,
         body: Mapping[str, Any],
         reading: Reading | None,
-        prewarm_history: int | None,
+        prewarm_history: float | None,
         lag: float,
     ) -> None:
         key = (ccs.namespace, ccs.name)
         memory = self.memory[key]
         status = dict(body.get("status") or {})
-        policy = FloorPolicy.from_spec(ccs.spec, lead_time_seconds=self._lead_time(ccs, body))
-        state = FloorState(
+        policy = FloorPolicy.from_spec(ccs.spec, lead_time_seconds=self._horizon(ccs, body))
+        remembered = memory.state or FloorState.initial(policy)
+        # status holds the floor and when it changed: they win over memory (another
+        # operator may have moved them while this one was standby).
+        state = dataclasses.replace(
+            remembered,
             current_floor=status.get("floor", policy.min_replicas),
-            last_change_at=_parse_time(status.get("floorLastChangeTime")),
-            last_scale_up_at=memory.last_scale_up_at,
-            below_watermark_since=memory.below_watermark_since,
+            last_change_at=_parse_time(status.get("floorLastChangeTime"))
+            or remembered.last_change_at,
         )
         reading = reading or Reading(None)
+        signals = reading.signals
         now = self.clock()
         decision = decide(
             policy,
@@ -288,14 +348,29 @@ class FloorLoop:
                 queue_latency_ms=reading.latency_ms,
                 ready_replicas=int(status.get("readyReplicas", 0)),
                 now=now,
-                prewarm_history=prewarm_history,
+                arrival_rps=signals.arrival_rps if signals else None,
+                pending_requests=signals.pending_requests if signals else None,
+                busy_instances=signals.busy_instances if signals else None,
+                prewarm_history_rps=prewarm_history,
+                hpa_replicas=self._hpa_alone(ccs),
             ),
         )
-        memory.last_scale_up_at = _epoch_or_none(decision.state.last_scale_up_at)
-        memory.below_watermark_since = _epoch_or_none(decision.state.below_watermark_since)
+        memory.state = decision.state
         self._export(ccs, decision, reading)
         metrics.FLOOR_LAG.observe(max(0.0, lag))
         await self._store(ccs, decision, reading, state.current_floor, now)
+
+    def _hpa_alone(self, ccs: ClaudeCodeService) -> int | None:
+        record = self.reconciler.children.get(("HorizontalPodAutoscaler", ccs.namespace, ccs.name))
+        if record is None:
+            return None
+        return hpa_alone_replicas(
+            record.status,
+            cpu_target_percent=ccs.spec.autoscaling.cpu_utilization,
+            rps_target=ccs.spec.autoscaling.requests_per_second,
+            min_replicas=ccs.spec.replicas.min,
+            max_replicas=ccs.spec.replicas.max,
+        )
 
     def _export(self, ccs: ClaudeCodeService, decision: FloorDecision, reading: Reading) -> None:
         labels = (ccs.namespace, ccs.name)
@@ -305,6 +380,19 @@ class FloorLoop:
         metrics.FLOOR_DECISIONS.labels(decision.reason.value).inc()
         if reading.latency_ms is not None and math.isfinite(reading.latency_ms):
             metrics.QUEUE_LATENCY.labels(*labels).set(reading.latency_ms)
+        acc = decision.accounting
+        for gauge, value in (
+            (metrics.FLOOR_FORECAST, acc.forecast_rps),
+            (metrics.FLOOR_FORECAST_ERROR, acc.forecast_error),
+            (metrics.FLOOR_HEADROOM, acc.headroom),
+            (metrics.FLOOR_CAPACITY, acc.capacity_rps),
+            (metrics.FLOOR_ABOVE_HPA, acc.replica_hours_above_hpa),
+            (metrics.FLOOR_BREACH, acc.breach_minutes),
+        ):
+            if value is not None:
+                gauge.labels(*labels).set(value)
+        for state in PrewarmState:
+            metrics.FLOOR_PREWARM.labels(*labels, state.value).set(acc.prewarm == state)
 
     async def _store(
         self,
@@ -321,15 +409,20 @@ class FloorLoop:
                 return  # deleted meanwhile
             current = dict(body.get("status") or {})
             moment = datetime.fromtimestamp(now, UTC)
+            memory = self.memory[key]
             active = reading.problem or (
                 Condition(
                     FLOOR_ACTIVE, False, "Disabled", "spec.autoscaling.floor.enabled is false"
                 )
                 if decision.reason == FloorReason.FLOOR_DISABLED
-                else Condition(FLOOR_ACTIVE, True, "Evaluating", decision.message)
+                else Condition(FLOOR_ACTIVE, True, "Evaluating", _active_message(decision))
             )
             available = _metrics_available(
-                ccs, reading, self.memory[key].external_problem, current.get("conditions")
+                ccs,
+                reading,
+                memory.external_problem,
+                current.get("conditions"),
+                _prewarm_problem(ccs, body, decision, reading, now),
             )
             patch: dict[str, Any] = {}
             conditions = merge_conditions(
@@ -352,6 +445,13 @@ class FloorLoop:
             latency = _rounded(reading.latency_ms)
             if _latency_changed(current.get("queueLatencyMs"), latency):
                 patch["queueLatencyMs"] = latency
+            accounting = accounting_status(decision.accounting)
+            due = (
+                memory.accounting_written_at is None
+                or now - memory.accounting_written_at >= ACCOUNTING_WRITE_SECONDS
+            )
+            if current.get("floorAccounting") != accounting and (patch or due):
+                patch["floorAccounting"] = accounting
             changed = decision.floor != previous_floor
             if changed:
                 patch["floorLastChangeTime"] = timestamp(moment)
@@ -375,6 +475,8 @@ class FloorLoop:
                 log.warning("floor of %s/%s not stored: %s", *key, exc)
                 return
             metrics.STATUS_WRITES.inc()
+            if "floorAccounting" in patch:
+                memory.accounting_written_at = now
             self.reconciler.remember_service(written)
         if changed:
             # The reconcile renders the HPA's minReplicas from the stored floor.
@@ -390,6 +492,21 @@ class FloorLoop:
             self.reconciler.post_event(
                 body, "Warning", reading.problem.reason, reading.problem.message
             )
+        prewarm = decision.accounting.prewarm
+        if memory.prewarm is not None and prewarm != memory.prewarm:
+            if prewarm == PrewarmState.GATED:
+                self.reconciler.post_event(
+                    body,
+                    "Normal",
+                    "PrewarmGated",
+                    "pre-warm paused: its recent predictions of a recurring rise did not come "
+                    "true; it resumes by itself when they do",
+                )
+            elif memory.prewarm == PrewarmState.GATED and prewarm == PrewarmState.ACTIVE:
+                self.reconciler.post_event(
+                    body, "Normal", "PrewarmResumed", "pre-warm resumed: the pattern recurs again"
+                )
+        memory.prewarm = prewarm
         if (
             available.status is False
             and "conditions" in patch
@@ -421,14 +538,103 @@ def _condition_differs(before: Any, after: list[dict[str, Any]], type_: str) -> 
     return pick(before) != pick(after)
 
 
-def _prometheus_problem(exc: PrometheusError) -> Condition:
-    reason = "PrometheusUnavailable" if isinstance(exc, PrometheusUnavailable) else "QueryFailed"
+def _prometheus_problem(exc: PrometheusError, url: str) -> Condition:
+    """One short sentence: what failed, where, and the fix (details are in the log)."""
+    if isinstance(exc, PrometheusUnavailable):
+        return Condition(
+            FLOOR_ACTIVE,
+            False,
+            "PrometheusUnavailable",
+            f"Prometheus at {url} does not answer; the floor is held until it does "
+            "(check CCS_PROMETHEUS_URL)",
+        )
     return Condition(
         FLOOR_ACTIVE,
         False,
-        reason,
-        f"{exc}; the floor is held at its current value until Prometheus answers again",
+        "QueryFailed",
+        f"Prometheus at {url} refused the floor's query; the floor is held "
+        "(the operator log has the query and the answer)",
     )
+
+
+def _active_message(decision: FloorDecision) -> str:
+    acc = decision.accounting
+    notes = {
+        PrewarmState.GATED: "; pre-warm paused (its recent predictions did not come true)",
+        PrewarmState.NO_HISTORY: (
+            f"; pre-warm waits for arrival history on each of the last "
+            f"{PREWARM_HISTORY_PERIODS} periods"
+        ),
+        PrewarmState.UNSIZED: "; pre-warm waits for a measured service time",
+    }
+    # Stable while the decision's kind is: live figures would rewrite status every interval
+    # (they are in status.floorAccounting, the metrics, and the events of each change).
+    return (
+        f"floor {decision.floor} ({decision.reason.value}); figures in status.floorAccounting"
+        + notes.get(acc.prewarm, "")
+    )
+
+
+def _age_seconds(body: Mapping[str, Any], now: float) -> float | None:
+    created = _parse_time((body.get("metadata") or {}).get("creationTimestamp"))
+    return None if created is None else now - created
+
+
+def _prewarm_problem(
+    ccs: ClaudeCodeService,
+    body: Mapping[str, Any],
+    decision: FloorDecision,
+    reading: Reading,
+    now: float,
+) -> Condition | None:
+    """Pre-warm is on, old enough to have history, Triton's series are there now, and yet
+    Prometheus holds no history: pre-warm is blind, and says so with the fix."""
+    prewarm = ccs.spec.autoscaling.floor.prewarm
+    if decision.accounting.prewarm != PrewarmState.NO_HISTORY or reading.signals is None:
+        return None
+    if reading.signals.arrival_rps is None:
+        return None
+    needed = PREWARM_HISTORY_PERIODS * prewarm.period_seconds + PREWARM_SLACK_SECONDS
+    age = _age_seconds(body, now)
+    if age is None or age < needed:
+        return None
+    days = needed / 86_400
+    return Condition(
+        METRICS_AVAILABLE,
+        False,
+        "PrewarmHistoryMissing",
+        f"pre-warm is on but Prometheus has no arrival history for {ccs.namespace}/"
+        f"{ccs.name} one and two periods ago ({arrival_rate_query()} with offset); keep "
+        f"Prometheus retention above {math.ceil(days)}d. The floor runs without pre-warm",
+    )
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    """`digits` significant digits: status shows figures, not noise."""
+    if value is None or not math.isfinite(value):
+        return None
+    if value == 0:
+        return 0.0
+    return float(f"{value:.{digits}g}")
+
+
+def accounting_status(acc: FloorAccounting) -> dict[str, Any]:
+    """status.floorAccounting: coarse enough that it changes only when the figures do."""
+    out: dict[str, Any] = {
+        "serviceTimeMs": _round(acc.service_seconds and acc.service_seconds * 1000, 2),
+        "capacityPerReplicaRps": _round(acc.capacity_rps, 2),
+        "plannedUtilizationPercent": _round(
+            acc.planned_utilisation and acc.planned_utilisation * 100, 2
+        ),
+        "forecastRps": _round(acc.forecast_rps, 2),
+        "forecastErrorPercent": _round(acc.forecast_error and acc.forecast_error * 100, 1),
+        "headroomPercent": round(acc.headroom * 100),
+        "replicaHoursAboveHpa": _round(acc.replica_hours_above_hpa, 2),
+        "breachMinutes": _round(acc.breach_minutes, 2),
+        "prewarm": acc.prewarm.value,
+        "prewarmHitPercent": _round(acc.prewarm_hit_rate and acc.prewarm_hit_rate * 100, 2),
+    }
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _no_series(ccs: ClaudeCodeService, window: str) -> Condition:
@@ -478,6 +684,7 @@ def _metrics_available(
     reading: Reading,
     external_problem: Condition | None,
     conditions: Any,
+    prewarm_problem: Condition | None = None,
 ) -> Condition:
     """MetricsAvailable: do the series the floor and the HPA depend on exist for this ccs?"""
     problems: list[Condition] = []
@@ -509,6 +716,8 @@ def _metrics_available(
             )
     if external_problem is not None:
         problems.append(external_problem)
+    if prewarm_problem is not None:
+        problems.append(prewarm_problem)
     if problems:
         return Condition(
             METRICS_AVAILABLE,

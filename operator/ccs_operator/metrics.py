@@ -36,6 +36,45 @@ FLOOR_DEMAND = Gauge(
     "Replicas the service needed now without pre-warm; one period later, pre-warm history",
     SERVICE_LABELS,
 )
+FLOOR_FORECAST = Gauge(
+    "ccs_floor_forecast_rps",
+    "Arrival rate the floor forecasts one horizon (cold start + one evaluation) ahead",
+    SERVICE_LABELS,
+)
+FLOOR_FORECAST_ERROR = Gauge(
+    "ccs_floor_forecast_error_ratio",
+    "Mean absolute error of recent forecasts relative to what arrived",
+    SERVICE_LABELS,
+)
+FLOOR_HEADROOM = Gauge(
+    "ccs_floor_headroom_ratio",
+    "Headroom the floor holds above its forecast, from the service's own observed rises",
+    SERVICE_LABELS,
+)
+FLOOR_CAPACITY = Gauge(
+    "ccs_floor_capacity_per_replica_rps",
+    "Requests per second one replica serves at the planned utilisation (measured)",
+    SERVICE_LABELS,
+)
+FLOOR_ABOVE_HPA = Gauge(
+    "ccs_floor_replica_hours_above_hpa",
+    "Replica-hours the floor held above what the HPA alone would run (about a day)",
+    SERVICE_LABELS,
+)
+FLOOR_BREACH = Gauge(
+    "ccs_floor_breach_minutes",
+    "Minutes with the measured queue wait above the target (about a day)",
+    SERVICE_LABELS,
+)
+FLOOR_PREWARM = Gauge(
+    "ccs_floor_prewarm_state",
+    "Pre-warm state of each service (1 for the current state)",
+    [*SERVICE_LABELS, "state"],
+)
+FLOOR_ERRORS = Counter(
+    "ccs_floor_evaluation_errors_total",
+    "Floor evaluations that failed (the service's floor is held; others go on)",
+)
 QUEUE_LATENCY = Gauge(
     "ccs_queue_latency_milliseconds", "Last observed queue latency", SERVICE_LABELS
 )

@@ -18,17 +18,24 @@ Scale: `queue_latency_all` sends ONE instant query per evaluation for every serv
 (both statistics, tagged by a `stat` label) and returns a dict keyed by (namespace,
 service). Only services with a user query override cost one query each.
 
-Pre-warm history: the operator exports a gauge `ccs_floor_demand_replicas` with labels
-`ccs_namespace` and `ccs_name` (see `DEMAND_METRIC`), set from `FloorDecision.demand`,
-i.e. what the load needed, excluding pre-warmed replicas. History is its maximum over
-[now - period, now - period + lead]:
-      max by (ccs_namespace, ccs_name)
-          (max_over_time(ccs_floor_demand_replicas[<lead>s] offset <period - lead>s))
-Why not kube_deployment_status_replicas (needs kube-state-metrics) or count(up == 1) per
-service: replica counts include the replicas the pre-warm itself held, so each period the
-pre-warm would start one lead time earlier and never decay. The labels are `ccs_`-prefixed
-because a scrape target's own `namespace` label (the operator's namespace) would otherwise
-overwrite or rename them unless the operator's ServiceMonitor sets honorLabels.
+- the leading signals, in the same query (`floor_signals_all`): the arrival rate
+  (completed + failed requests, `rate` of both counters), requests pending in Triton's
+  schedulers (`nv_inference_pending_request_count`), and busy model-instance seconds per
+  second, per pod
+      rate(nv_inference_compute_infer_duration_us) * rate(nv_inference_exec_count)
+          / rate(nv_inference_request_success)
+  because Triton counts a batch's compute time once for every request in it (measured on
+  the real tritonserver: compute per request equals the batch's time), so dividing by the
+  requests per execution counts each batch once. busy / arrivals is the service time S the
+  floor sizes replicas with.
+
+Pre-warm history comes from the same arrival-rate series one and two periods earlier,
+over [now - k*period - slack, now - k*period + lead + slack] (a subquery at 30 s steps),
+and only where both periods have it: the smaller of the two, so that one unusual day is
+not pre-warmed again. Arrival rates do not depend on how many replicas ran, so pre-warm
+cannot feed on its own replicas (replica counts or the operator's own demand gauge would).
+It needs nothing but Triton's series in Prometheus, kept for two periods (retention >= 2
+days for Day, >= 15 days for Week).
 
 Query override templates: plain PromQL with placeholders `{namespace}`, `{service}`,
 `{model}` and `{window}`; no other braces are touched, so label matchers need no escaping.
@@ -59,9 +66,12 @@ from urllib3.util.retry import Retry
 QUEUE_DURATION_METRIC = "nv_inference_queue_duration_us"
 REQUEST_SUCCESS_METRIC = "nv_inference_request_success"
 QUEUE_SUMMARY_METRIC = "nv_inference_queue_summary_us"
-DEMAND_METRIC = "ccs_floor_demand_replicas"
-DEMAND_LABELS = ("ccs_namespace", "ccs_name")
+REQUEST_FAILURE_METRIC = "nv_inference_request_failure"
+COMPUTE_INFER_METRIC = "nv_inference_compute_infer_duration_us"
+EXEC_COUNT_METRIC = "nv_inference_exec_count"
+PENDING_METRIC = "nv_inference_pending_request_count"
 DEFAULT_WINDOW = "1m"
+HISTORY_STEP = "30s"
 # Requests per second below which a service counts as idle; avoids 0/0 = NaN.
 _IDLE_RATE = 1e-9
 
@@ -259,13 +269,86 @@ def batch_queue_latency_query(
     )
 
 
-def prewarm_history_query(period_seconds: int, lead_time_seconds: int) -> str:
-    """Max demand over [now - period, now - period + lead], per ccs."""
+def arrival_rate_query(
+    window: str = DEFAULT_WINDOW, matchers: Mapping[str, str] | None = None
+) -> str:
+    """Requests arriving per second (completed + failed) of every service. Services that
+    never failed have no failure series: they count 0 failures, not no data."""
+    w = validate_window(window)
+    sel = _selector(matchers)
+    success = f"sum by (namespace, service) (rate({REQUEST_SUCCESS_METRIC}{sel}[{w}]))"
+    failure = f"sum by (namespace, service) (rate({REQUEST_FAILURE_METRIC}{sel}[{w}]))"
+    return f"{success} + ({failure} or 0 * {success})"
+
+
+def busy_instances_query(
+    window: str = DEFAULT_WINDOW, matchers: Mapping[str, str] | None = None
+) -> str:
+    """Busy model-instance seconds per second of every service, each batch counted once."""
+    w = validate_window(window)
+    sel = _selector(matchers)
+    return (
+        f"1e-6 * sum by (namespace, service) (rate({COMPUTE_INFER_METRIC}{sel}[{w}])"
+        f" * rate({EXEC_COUNT_METRIC}{sel}[{w}])"
+        f" / clamp_min(rate({REQUEST_SUCCESS_METRIC}{sel}[{w}]), {_IDLE_RATE:g}))"
+    )
+
+
+def pending_requests_query(matchers: Mapping[str, str] | None = None) -> str:
+    return f"sum by (namespace, service) ({PENDING_METRIC}{_selector(matchers)})"
+
+
+# The statistics of the one batched floor query, each tagged by a `stat` label.
+SIGNAL_STATS = ("mean", "p99", "arrivals", "busy", "pending")
+
+
+def floor_signals_query(
+    window: str = DEFAULT_WINDOW, matchers: Mapping[str, str] | None = None
+) -> str:
+    """Everything the floor reads, for every service, in ONE query."""
+    parts = {
+        "mean": mean_queue_latency_query(window, matchers),
+        "p99": p99_queue_latency_query(matchers),
+        "arrivals": arrival_rate_query(window, matchers),
+        "busy": busy_instances_query(window, matchers),
+        "pending": pending_requests_query(matchers),
+    }
+    return " or ".join(
+        f'label_replace({parts[stat]}, "stat", "{stat}", "", "")' for stat in SIGNAL_STATS
+    )
+
+
+def prewarm_history_query(
+    period_seconds: int,
+    lead_time_seconds: int,
+    *,
+    slack_seconds: int = 0,
+    periods: int = 2,
+    window: str = DEFAULT_WINDOW,
+    step: str = HISTORY_STEP,
+) -> str:
+    """Per service, the highest arrival rate over [now - k*period - slack,
+    now - k*period + lead + slack] for k = 1..periods: the smallest of those, only where
+    every period has data."""
     if not 0 < lead_time_seconds < period_seconds:
         raise ValueError("need 0 < lead_time_seconds < period_seconds")
-    offset = period_seconds - lead_time_seconds
-    by = ", ".join(DEMAND_LABELS)
-    return f"max by ({by}) (max_over_time({DEMAND_METRIC}[{lead_time_seconds}s] offset {offset}s))"
+    if not 0 <= slack_seconds < period_seconds / 4:
+        raise ValueError("need 0 <= slack_seconds < period_seconds / 4")
+    if periods < 1:
+        raise ValueError("need periods >= 1")
+    arrivals = arrival_rate_query(window)
+    validate_window(step)
+    span = lead_time_seconds + 2 * slack_seconds
+    each = [
+        f"max_over_time(({arrivals})[{span}s:{step}]"
+        f" offset {k * period_seconds - lead_time_seconds - slack_seconds}s)"
+        for k in range(1, periods + 1)
+    ]
+    # ((a < b) or b) is min(a, b) where b exists; `and a` keeps only services with both.
+    query = each[0]
+    for other in each[1:]:
+        query = f"((({query}) < ({other})) or ({other})) and ({query})"
+    return query
 
 
 # --- parsing -----------------------------------------------------------------------------
@@ -299,6 +382,44 @@ def group_queue_latency(samples: Iterable[Sample]) -> dict[ServiceKey, QueueLate
     for key, mean in means.items():
         p99 = p99s.get(key)
         out[key] = QueueLatency(mean, p99 if p99 is not None and math.isfinite(p99) else None)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class FloorSignals:
+    """What Prometheus holds for one service, from Triton's own series."""
+
+    latency: QueueLatency | None
+    arrival_rps: float | None
+    busy_instances: float | None
+    pending_requests: float | None
+
+
+def group_floor_signals(samples: Iterable[Sample]) -> dict[ServiceKey, FloorSignals]:
+    by: dict[ServiceKey, dict[str, float]] = {}
+    for s in samples:
+        key = ServiceKey(s.labels.get("namespace", ""), s.labels.get("service", ""))
+        stat = s.labels.get("stat", "")
+        if not key.namespace or not key.service or stat not in SIGNAL_STATS:
+            continue
+        by.setdefault(key, {})[stat] = s.value
+
+    def finite(values: Mapping[str, float], stat: str) -> float | None:
+        value = values.get(stat)
+        return value if value is not None and math.isfinite(value) and value >= 0 else None
+
+    out = {}
+    for key, values in by.items():
+        latency = None
+        if "mean" in values:
+            p99 = finite(values, "p99")
+            latency = QueueLatency(values["mean"], p99)
+        out[key] = FloorSignals(
+            latency=latency,
+            arrival_rps=finite(values, "arrivals"),
+            busy_instances=finite(values, "busy"),
+            pending_requests=finite(values, "pending"),
+        )
     return out
 
 
@@ -418,15 +539,41 @@ class PrometheusClient:
         finite = [v for v in values if not math.isnan(v)]
         return QueueLatency(max(finite) if finite else math.nan)
 
+    def floor_signals_all(
+        self,
+        window: str = DEFAULT_WINDOW,
+        matchers: Mapping[str, str] | None = None,
+        *,
+        at: float | None = None,
+    ) -> dict[ServiceKey, FloorSignals]:
+        """Queue latency and the leading signals of every service, in ONE query."""
+        return group_floor_signals(self.query(floor_signals_query(window, matchers), at=at))
+
     def prewarm_history_all(
-        self, period_seconds: int, lead_time_seconds: int, *, at: float | None = None
-    ) -> dict[ServiceKey, int]:
-        """Demand one period ago over the next lead time, per ccs (ServiceKey.service is
-        the ccs name, which is also its Service's name). Services without history are
-        absent. One query per distinct (period, lead) pair."""
-        out: dict[ServiceKey, int] = {}
-        for s in self.query(prewarm_history_query(period_seconds, lead_time_seconds), at=at):
-            ns, name = (s.labels.get(k, "") for k in DEMAND_LABELS)
-            if ns and name and math.isfinite(s.value):
-                out[ServiceKey(ns, name)] = max(0, math.ceil(s.value))
+        self,
+        period_seconds: int,
+        lead_time_seconds: int,
+        *,
+        slack_seconds: int = 0,
+        periods: int = 2,
+        window: str = DEFAULT_WINDOW,
+        step: str = HISTORY_STEP,
+        at: float | None = None,
+    ) -> dict[ServiceKey, float]:
+        """Arrival rate (req/s) one (and two) periods ago over the next lead time, per
+        service; services without that history are absent. One query per distinct
+        (period, lead) pair."""
+        promql = prewarm_history_query(
+            period_seconds,
+            lead_time_seconds,
+            slack_seconds=slack_seconds,
+            periods=periods,
+            window=window,
+            step=step,
+        )
+        out: dict[ServiceKey, float] = {}
+        for s in self.query(promql, at=at):
+            key = ServiceKey(s.labels.get("namespace", ""), s.labels.get("service", ""))
+            if key.namespace and key.service and math.isfinite(s.value) and s.value >= 0:
+                out[key] = s.value
         return out

@@ -52,6 +52,10 @@ class RetryLater(Exception):
         self.delay = delay
 
 
+# Children whose status the operator reads from its watch cache.
+STATUS_KINDS = frozenset({"Deployment", "HorizontalPodAutoscaler"})
+
+
 class InvalidSpec(Exception):
     """The spec cannot be rendered; nothing was applied and status says why."""
 
@@ -64,7 +68,8 @@ class ChildRecord:
     generation: int | None
     # What the object says to anyone applying it (see `fingerprint`); status excluded.
     fingerprint: str = ""
-    # Deployments only: the status the reconcile reports readiness from.
+    # Deployments: the status the reconcile reports readiness from; HPAs: the status the
+    # floor's accounting reads what the HPA alone would run from.
     status: Mapping[str, Any] | None = None
 
     def workload(self) -> dict[str, Any]:
@@ -159,12 +164,21 @@ class Reconciler:
             metrics.FLOOR,
             metrics.FLOOR_MAX,
             metrics.FLOOR_DEMAND,
+            metrics.FLOOR_FORECAST,
+            metrics.FLOOR_FORECAST_ERROR,
+            metrics.FLOOR_HEADROOM,
+            metrics.FLOOR_CAPACITY,
+            metrics.FLOOR_ABOVE_HPA,
+            metrics.FLOOR_BREACH,
             metrics.QUEUE_LATENCY,
             metrics.COLD_START_P50,
             metrics.COLD_START_P95,
         ):
             with contextlib.suppress(KeyError):
                 gauge.remove(*key)
+        for state in ("Off", "NoHistory", "Unsized", "Active", "Gated"):
+            with contextlib.suppress(KeyError):
+                metrics.FLOOR_PREWARM.remove(*key, state)
         _export_conditions(key, ())
 
     def remember_child(self, kind: str, body: Mapping[str, Any], deleted: bool) -> None:
@@ -180,7 +194,7 @@ class Reconciler:
                 resource_version=meta["resourceVersion"],
                 generation=meta.get("generation"),
                 fingerprint=fingerprint(body),
-                status=body.get("status") if kind == "Deployment" else None,
+                status=body.get("status") if kind in STATUS_KINDS else None,
             )
 
     def observe_pod(self, pod: Mapping[str, Any], initial: bool) -> None:

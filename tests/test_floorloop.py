@@ -1,0 +1,249 @@
+"""The floor loop with fake collaborators: wiring from Prometheus' signals to status.
+
+The fakes record what the loop writes; the policy itself is tested in test_floor.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from ccs_operator import floorloop, metrics
+from ccs_operator.floorloop import ACCOUNTING_WRITE_SECONDS, FloorLoop
+from ccs_operator.prom import FloorSignals, PrometheusSettings, PrometheusUnavailable, QueueLatency
+from ccs_operator.reconcile import ChildRecord
+
+pytestmark = pytest.mark.asyncio
+
+T0 = 1_700_000_000.0
+
+
+def body(name: str, floor_spec: dict[str, Any] | None = None, **status: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "serving.claudecode.io/v1alpha1",
+        "kind": "ClaudeCodeService",
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "uid": f"uid-{name}",
+            "generation": 1,
+            "resourceVersion": "1",
+            "creationTimestamp": "2023-11-01T00:00:00Z",
+        },
+        "spec": {
+            "model": {"name": "m", "repository": "/models"},
+            "replicas": {"min": 2, "max": 20},
+            "autoscaling": {"requestsPerSecond": 0, "floor": floor_spec or {}},
+        },
+        "status": {"floor": 2, "readyReplicas": 2, **status},
+    }
+
+
+class FakeKube:
+    def __init__(self, reconciler: FakeReconciler) -> None:
+        self.reconciler = reconciler
+        self.patches: list[tuple[str, dict[str, Any]]] = []
+
+    async def patch_service_status(
+        self, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        self.patches.append((name, dict(patch)))
+        written = copy.deepcopy(self.reconciler.services[(namespace, name)])
+        written["status"] = {**written.get("status", {}), **patch}
+        return written
+
+    async def external_metric(self, *args: Any) -> list[Any]:
+        return [{"value": "1"}]
+
+
+class FakeReconciler:
+    def __init__(self, *bodies: dict[str, Any]) -> None:
+        self.services = {(b["metadata"]["namespace"], b["metadata"]["name"]): b for b in bodies}
+        self.children: dict[tuple[str, str, str], ChildRecord] = {}
+        self.kube = FakeKube(self)
+        self.events: list[tuple[str, str, str]] = []
+        self.enqueued: list[tuple[str, str]] = []
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def lock(self, key: tuple[str, str]) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    def remember_service(self, written: Mapping[str, Any]) -> None:
+        meta = written["metadata"]
+        self.services[(meta["namespace"], meta["name"])] = dict(written)
+
+    def enqueue(self, key: tuple[str, str], delay: float = 0.2) -> None:
+        self.enqueued.append(key)
+
+    def post_event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        self.events.append((body["metadata"]["name"], reason, message))
+
+
+class FakePrometheus:
+    def __init__(self) -> None:
+        self.settings = PrometheusSettings("http://prometheus.test:9090")
+        self.signals: dict[tuple[str, str], FloorSignals] = {}
+        self.history: dict[tuple[str, str], float] = {}
+        self.down = False
+        self.history_queries: list[tuple[Any, ...]] = []
+
+    def floor_signals_all(self, window: str) -> dict[Any, FloorSignals]:
+        if self.down:
+            raise PrometheusUnavailable("http://prometheus.test:9090: connection refused")
+        return dict(self.signals)
+
+    def prewarm_history_all(self, period: int, lead: int, **kwargs: Any) -> dict[Any, float]:
+        self.history_queries.append((period, lead, kwargs))
+        return dict(self.history)
+
+    def queue_latency(self, *args: Any, **kwargs: Any) -> QueueLatency:
+        return QueueLatency(5.0)
+
+
+def serving(rate: float, latency_ms: float = 5.0) -> FloorSignals:
+    return FloorSignals(QueueLatency(latency_ms, latency_ms), rate, rate * 0.02, 0.0)
+
+
+def make(*bodies: dict[str, Any]) -> tuple[FloorLoop, FakeReconciler, FakePrometheus, list[float]]:
+    reconciler = FakeReconciler(*bodies)
+    prometheus = FakePrometheus()
+    clock = [T0]
+    loop = FloorLoop(reconciler, prometheus, clock=lambda: clock[0])  # type: ignore[arg-type]
+    return loop, reconciler, prometheus, clock
+
+
+def status(reconciler: FakeReconciler, name: str) -> dict[str, Any]:
+    return reconciler.services[("ns", name)]["status"]
+
+
+def condition(reconciler: FakeReconciler, name: str, type_: str) -> dict[str, Any]:
+    return next(c for c in status(reconciler, name)["conditions"] if c["type"] == type_)
+
+
+async def test_leading_signals_raise_the_floor_and_account_for_it() -> None:
+    loop, reconciler, prometheus, clock = make(body("svc"))
+    prometheus.signals[("ns", "svc")] = serving(300.0)
+    for _ in range(3):
+        await loop.tick()
+        clock[0] += 30
+    st = status(reconciler, "svc")
+    assert st["floor"] == 5
+    assert [h["reason"] for h in st["scalingHistory"]] == ["DemandForecast"] * 2
+    assert reconciler.enqueued  # the reconcile renders the new minReplicas
+    acc = st["floorAccounting"]
+    assert acc["serviceTimeMs"] == 20.0 and acc["prewarm"] == "Off"
+    assert 60 <= acc["capacityPerReplicaRps"] < 75
+    assert condition(reconciler, "svc", "FloorControllerActive")["status"] == "True"
+    assert any(reason == "FloorRaised" for _, reason, _ in reconciler.events)
+
+
+async def test_one_services_failure_never_stops_anothers(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop, reconciler, prometheus, _ = make(body("good"), body("bad"))
+    for name in ("good", "bad"):
+        prometheus.signals[("ns", name)] = serving(300.0)
+    real = floorloop.decide
+
+    def flaky(policy: Any, state: Any, observation: Any) -> Any:
+        if policy.max_replicas == 20 and observation.hpa_replicas == -1:
+            raise RuntimeError("boom")
+        return real(policy, state, observation)
+
+    monkeypatch.setattr(floorloop, "decide", flaky)
+    monkeypatch.setattr(
+        loop,
+        "_hpa_alone",
+        lambda ccs: -1 if ccs.name == "bad" else None,  # only "bad" hits the failure
+    )
+    before = metrics.FLOOR_ERRORS._value.get()
+    assert await loop.tick() == 2
+    assert status(reconciler, "good")["floor"] == 4
+    assert status(reconciler, "bad")["floor"] == 2  # held
+    assert metrics.FLOOR_ERRORS._value.get() == before + 1
+
+
+async def test_an_invalid_spec_is_skipped_and_the_others_go_on() -> None:
+    bad = body("bad", {"prewarm": {"enabled": True, "leadTimeSeconds": 0}})
+    loop, reconciler, prometheus, _ = make(body("good"), bad)
+    prometheus.signals[("ns", "good")] = serving(300.0)
+    assert await loop.tick() == 1
+    assert status(reconciler, "good")["floor"] == 4
+
+
+async def test_prometheus_down_holds_with_a_short_message() -> None:
+    loop, reconciler, prometheus, _ = make(body("svc", floor=6))
+    prometheus.down = True
+    await loop.tick()
+    active = condition(reconciler, "svc", "FloorControllerActive")
+    assert (active["status"], active["reason"]) == ("False", "PrometheusUnavailable")
+    assert "http://prometheus.test:9090" in active["message"]
+    assert len(active["message"]) < 160
+    assert status(reconciler, "svc")["floor"] == 6
+
+
+async def test_prewarm_blind_says_so_with_the_fix() -> None:
+    spec = {"prewarm": {"enabled": True}}
+    loop, reconciler, prometheus, _ = make(body("old", spec))
+    prometheus.signals[("ns", "old")] = serving(100.0)
+    await loop.tick()
+    available = condition(reconciler, "old", "MetricsAvailable")
+    assert (available["status"], available["reason"]) == ("False", "PrewarmHistoryMissing")
+    assert "retention" in available["message"]
+    assert status(reconciler, "old")["floorAccounting"]["prewarm"] == "NoHistory"
+    # The history query asks for two periods with the slack around the lead time.
+    period, lead, kwargs = prometheus.history_queries[0]
+    assert (period, lead) == (86_400, 300)
+    assert kwargs["periods"] == 2 and kwargs["slack_seconds"] > 0
+
+
+async def test_prewarm_young_service_is_learning_not_blind() -> None:
+    young = body("young", {"prewarm": {"enabled": True}})
+    young["metadata"]["creationTimestamp"] = "2023-11-14T21:00:00Z"  # an hour before T0
+    loop, reconciler, prometheus, _ = make(young)
+    prometheus.signals[("ns", "young")] = serving(100.0)
+    await loop.tick()
+    assert condition(reconciler, "young", "MetricsAvailable")["status"] == "True"
+    assert "pre-warm waits for arrival history" in condition(
+        reconciler, "young", "FloorControllerActive"
+    )["message"]
+
+
+async def test_prewarm_history_raises_the_floor_ahead() -> None:
+    loop, reconciler, prometheus, clock = make(body("svc", {"prewarm": {"enabled": True}}))
+    prometheus.signals[("ns", "svc")] = serving(100.0)
+    prometheus.history[("ns", "svc")] = 600.0
+    for _ in range(4):
+        await loop.tick()
+        clock[0] += 30
+    st = status(reconciler, "svc")
+    assert st["scalingHistory"][0]["reason"] == "PrewarmForRecurringPeak" and st["floor"] >= 8
+    assert st["floorAccounting"]["prewarm"] == "Active"
+
+
+async def test_accounting_alone_is_written_at_most_every_few_minutes() -> None:
+    loop, reconciler, prometheus, clock = make(body("svc"))
+    prometheus.signals[("ns", "svc")] = serving(300.0)
+    for _ in range(4):  # settle the floor
+        await loop.tick()
+        clock[0] += 30
+    reconciler.kube.patches.clear()
+    for i in range(20):  # 10 minutes of a wobbling rate that never moves the floor
+        prometheus.signals[("ns", "svc")] = serving(270.0 + (i % 2) * 10)
+        await loop.tick()
+        clock[0] += 30
+    written = [p for _, p in reconciler.kube.patches if "floorAccounting" in p]
+    assert 1 <= len(written) <= 600 / ACCOUNTING_WRITE_SECONDS + 1
+    assert all("floor" not in p for _, p in reconciler.kube.patches)
+
+
+async def test_deleted_services_leave_no_memory() -> None:
+    loop, reconciler, prometheus, _ = make(body("svc"))
+    prometheus.signals[("ns", "svc")] = serving(300.0)
+    await loop.tick()
+    assert ("ns", "svc") in loop.memory
+    del reconciler.services[("ns", "svc")]
+    await loop.tick()
+    assert ("ns", "svc") not in loop.memory
