@@ -35,7 +35,8 @@ from Prometheus and the API server; nothing else enters `decide`):
   current count is applied at once. The requests-per-second External metric is left out (it
   is served nowhere by default, so the HPA scales on CPU).
 - Floor: the real `ccs_operator.floor.decide` every 30 s; its floor is the HPA's
-  minReplicas from the next sync.
+  minReplicas from the next sync. Pre-warm's history is the relative rise of the same
+  arrival-rate signal on each of the last two days, as prom.py's query computes it.
 
 Compared in every run: the plain HPA at CPU targets 30..80% in steps of 5 (the cost /
 violations frontier), the floor on the default HPA (60%), and the floor with pre-warm.
@@ -54,7 +55,6 @@ import math
 import multiprocessing
 import random
 import statistics
-import subprocess
 import sys
 import time
 from collections import deque
@@ -76,8 +76,9 @@ from ccs_operator.floor import (
     PrewarmPolicy,
     decide,
 )
+from ccs_operator.prom import MIN_HISTORY_RATE
 from ccs_operator.queueing import erlang_c
-from results import write_section
+from results import commit, write_section
 
 RESULTS_HEADING = "## Warm floor simulation"
 TRACE_HEADING = "## Warm floor on a real trace"
@@ -569,7 +570,7 @@ def simulate(
                     arrival_rps=rate,
                     pending_requests=pending,
                     busy_instances=busy,
-                    prewarm_history_rps=history,
+                    prewarm_rise=history,
                     hpa_replicas=hpa_alone,
                 ),
             )
@@ -602,17 +603,18 @@ def simulate(
 
 
 def _history(log: list[float], prewarm: PrewarmPolicy) -> float | None:
-    """Like prom.py's history query: the max arrival rate over [now - k * period,
-    now - k * period + lead] widened by the slack on both sides, for k = 1..PREWARM_HISTORY_PERIODS;
-    the smallest, once every period has history."""
+    """Like prom.py's history query: for k = 1..PREWARM_HISTORY_PERIODS, the max arrival rate
+    over [now - k * period, now - k * period + lead + slack] over the rate at now - k *
+    period; the smallest ratio, once every period has history."""
     per = round(prewarm.period_seconds / FLOOR_INTERVAL_S)
     lead = max(1, round(prewarm.lead_time_seconds / FLOOR_INTERVAL_S))
     slack = round(PREWARM_SLACK_SECONDS / FLOOR_INTERVAL_S)
     found = []
     for k in range(1, PREWARM_HISTORY_PERIODS + 1):
-        start = len(log) - k * per - slack
+        start = len(log) - k * per
         if start >= 0:
-            found.append(max(log[start : start + lead + 2 * slack + 1]))
+            ahead = max(log[start : start + lead + slack + 1])
+            found.append(ahead / max(log[start], MIN_HISTORY_RATE))
     return min(found) if len(found) == PREWARM_HISTORY_PERIODS else None
 
 
@@ -724,17 +726,6 @@ def _fmt_ratio(value: float | None) -> str:
     return "inf" if math.isinf(value) else f"{value:.2f}x"
 
 
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True)
-        return out.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def report(
     runs: list[tuple[int, list[Result], list[str], str]],
     args: argparse.Namespace,
@@ -748,7 +739,7 @@ def report(
     lines = [
         heading,
         "",
-        f"Command: `{cmd}` at commit {_git_commit()} ({elapsed:.0f}s). Model: the docstring of "
+        f"Command: `{cmd}` at commit {commit()} ({elapsed:.0f}s). Model: the docstring of "
         "`bench/floor_sim.py`.",
         f"Inputs: {what}"
         f", {setup.service_ms:g} ms per request per instance, {setup.instances} instances per "

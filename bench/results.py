@@ -3,7 +3,20 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
+
+
+def commit() -> str:
+    """The commit a section is measured at; `+changes` when the tree has uncommitted work."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True)
+        return sha + ("+changes" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def write_section(path: Path, heading: str, section: str) -> None:

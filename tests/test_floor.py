@@ -70,7 +70,7 @@ def load(
         arrival_rps=rate,
         pending_requests=pending,
         busy_instances=rate * S,
-        prewarm_history_rps=history,
+        prewarm_rise=history,
         hpa_replicas=hpa,
     )
 
@@ -413,41 +413,61 @@ PREWARM = dataclasses.replace(
 
 
 def test_prewarm_raises_ahead_of_a_recurring_rise() -> None:
-    decisions, _ = run(PREWARM, FloorState(2), [100.0] * 4, history=600.0)
+    # The last two days rose 6x over the next lead time: pre-warm for 6x today's 100/s.
+    decisions, _ = run(PREWARM, FloorState(2), [100.0] * 4, history=6.0)
     assert decisions[0].reason == FloorReason.PREWARM_FOR_RECURRING_PEAK
     assert decisions[-1].floor == need(600.0)
     assert decisions[-1].accounting.prewarm == PrewarmState.ACTIVE
     # Off, or no history: nothing.
-    off, _ = run(LEAD, FloorState(2), [100.0] * 4, history=600.0)
+    off, _ = run(LEAD, FloorState(2), [100.0] * 4, history=6.0)
     assert off[-1].floor == need(100.0) or off[-1].floor == 2
     assert off[-1].accounting.prewarm == PrewarmState.OFF
     blind, _ = run(PREWARM, FloorState(2), [100.0] * 4)
     assert blind[-1].accounting.prewarm == PrewarmState.NO_HISTORY
 
 
+def test_prewarm_is_relative_to_todays_level() -> None:
+    # A weekend after weekdays: the same 2x rise, on half the load, pre-warms half as much.
+    weekday, _ = run(PREWARM, FloorState(2), [300.0] * 6, history=2.0)
+    weekend, _ = run(PREWARM, FloorState(2), [150.0] * 6, history=2.0)
+    assert weekday[-1].floor == need(600.0) and weekend[-1].floor == need(300.0)
+
+
 def test_prewarm_ignores_small_differences_between_periods() -> None:
-    decisions, _ = run(PREWARM, FloorState(2), [300.0] * 10, history=330.0)
+    decisions, _ = run(PREWARM, FloorState(2), [300.0] * 10, history=1.1)
     assert all(d.reason != FloorReason.PREWARM_FOR_RECURRING_PEAK for d in decisions)
 
 
 def test_prewarm_needs_a_measured_service_time() -> None:
-    d = decide(PREWARM, FloorState(2), FloorObservation(5.0, 2, T0, prewarm_history_rps=600.0))
+    d = decide(PREWARM, FloorState(2), FloorObservation(5.0, 2, T0, prewarm_rise=6.0))
     assert d.floor == 2 and d.accounting.prewarm == PrewarmState.UNSIZED
+
+
+def _rise(earlier: list[list[float]], i: int, ahead: int) -> float | None:
+    """prom.py's history for evaluation i: over the last two days, the highest rate in the
+    next `ahead` evaluations relative to the rate then; the smaller of the two."""
+    if len(earlier) < 2:
+        return None
+    ratios = []
+    for day in earlier[-2:]:
+        window = day[i : i + ahead + 1]
+        ratios.append(max(window) / max(day[i], 0.1))
+    return min(ratios)
 
 
 def _day(
     policy: FloorPolicy,
     state: FloorState,
     day: int,
-    history: list[float] | None,
+    earlier: list[list[float]],
     peak: bool,
     *,
     interval: float = 300.0,
 ) -> tuple[FloorState, list[float], float]:
     """One period of a service whose load is 100/s with (or without) a 900/s peak from
     09:00 to 10:00. Completions saturate at what the ready replicas serve, as Triton's
-    counters would. Returns the state, the arrival rates the floor saw (Prometheus'
-    history for later periods) and the replica-hours the floor held."""
+    counters would. `earlier` holds the arrival rates the floor saw on earlier days
+    (Prometheus' history). Returns the state, today's rates and the replica-hours held."""
     seen: list[float] = []
     replica_hours = 0.0
     per_day = int(DAY_SECONDS / interval)
@@ -458,8 +478,6 @@ def _day(
         offered = 900.0 if peak and 9 <= hour < 10 else 100.0
         ready = state.current_floor
         served = min(offered, ready * 2 / S)
-        ahead = range(i, min(per_day, i + 1 + int(lead // interval)))
-        forward = [history[j] for j in ahead] if history else []
         d, state = step(
             policy,
             state,
@@ -470,7 +488,7 @@ def _day(
                 arrival_rps=served,
                 pending_requests=0.0,
                 busy_instances=served * S,
-                prewarm_history_rps=max(forward) if forward else None,
+                prewarm_rise=_rise(earlier, i, int(lead // interval)),
             ),
         )
         seen.append(served)
@@ -479,7 +497,7 @@ def _day(
 
 
 @settings(max_examples=8, deadline=None)
-@given(st.integers(5, 9))
+@given(st.integers(6, 10))
 def test_prewarm_cannot_ratchet_over_many_periods(periods: int) -> None:
     """A peak that recurs every day: from the first day with history on, pre-warm costs the
     same replica-hours every day. History is what arrived (capped by what was served), never
@@ -492,15 +510,14 @@ def test_prewarm_cannot_ratchet_over_many_periods(periods: int) -> None:
     days: list[list[float]] = []
     hours: list[float] = []
     for day in range(periods):
-        # Prometheus' history: the smaller of the last two periods, once both exist.
-        history = (
-            [min(a, b) for a, b in zip(days[-1], days[-2], strict=True)] if len(days) > 1 else None
-        )
-        state, seen, used = _day(policy, state, day, history, peak=True)
+        state, seen, used = _day(policy, state, day, days, peak=True)
         days.append(seen)
         hours.append(used)
-    steady = hours[2:]
+    # Two days to learn (the first pre-warmed day still sees a capped rise), then flat:
+    # never growing day over day.
+    steady = hours[4:]
     assert max(steady) - min(steady) < 0.5, hours
+    assert all(later <= hours[3] + 0.5 for later in hours[4:]), hours
     # ...and pre-warm did pay: from day 3 the peak found its replicas ready.
     assert min(days[2][108:120]) == 900.0
 
@@ -512,23 +529,23 @@ def test_prewarm_gates_itself_when_the_pattern_stops_and_resumes_when_it_returns
     )
     state = FloorState(2)
     # History that keeps promising a peak that never comes.
-    promised = [900.0 if 9 <= i * 300 / 3600 < 10 else 100.0 for i in range(288)]
+    promised = [[900.0 if 9 <= i * 300 / 3600 < 10 else 100.0 for i in range(288)]] * 2
     states = []
     for day in range(6):
         state, _, _ = _day(policy, state, day, promised, peak=False)
         states.append(
             decide(
-                policy, state, load(100.0, 2, T0 + (day + 1) * DAY_SECONDS, history=900.0)
+                policy, state, load(100.0, 2, T0 + (day + 1) * DAY_SECONDS, history=9.0)
             ).accounting.prewarm
         )
     assert states[-1] == PrewarmState.GATED, states
     gated_hours = _day(policy, state, 6, promised, peak=False)[2]
-    baseline = _day(LEAD, FloorState(2), 0, None, peak=False)[2]
+    baseline = _day(LEAD, FloorState(2), 0, [], peak=False)[2]
     assert gated_hours == pytest.approx(baseline, abs=1.0)
     # The peak comes back: judged episodes turn into hits and pre-warm resumes.
     for day in range(7, 16):
         state, _, _ = _day(policy, state, day, promised, peak=True)
-    d = decide(policy, state, load(100.0, 2, T0 + 16 * DAY_SECONDS, history=900.0))
+    d = decide(policy, state, load(100.0, 2, T0 + 16 * DAY_SECONDS, history=9.0))
     assert d.accounting.prewarm == PrewarmState.ACTIVE
 
 
@@ -581,7 +598,7 @@ def observations(draw: st.DrawFn) -> FloorObservation:
         arrival_rps=rate,
         pending_requests=draw(st.one_of(st.none(), st.floats(0, 10_000))),
         busy_instances=draw(st.one_of(st.none(), st.floats(0, 500))),
-        prewarm_history_rps=draw(st.one_of(st.none(), st.floats(0, 10_000))),
+        prewarm_rise=draw(st.one_of(st.none(), st.floats(0, 100))),
         hpa_replicas=draw(st.one_of(st.none(), st.integers(0, 60))),
     )
 
@@ -599,7 +616,7 @@ def test_floor_always_within_spec(p: FloorPolicy, s: FloorState, o: FloorObserva
 @settings(max_examples=300, deadline=None)
 @given(policies(), states(), observations())
 def test_never_lowers_on_no_data(p: FloorPolicy, s: FloorState, o: FloorObservation) -> None:
-    o = FloorObservation(None, o.ready_replicas, o.now, prewarm_history_rps=o.prewarm_history_rps)
+    o = FloorObservation(None, o.ready_replicas, o.now, prewarm_rise=o.prewarm_rise)
     if p.enabled:
         assert decide(p, s, o).floor >= p.clamp(s.current_floor)
 

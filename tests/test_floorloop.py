@@ -214,7 +214,7 @@ async def test_prewarm_young_service_is_learning_not_blind() -> None:
 async def test_prewarm_history_raises_the_floor_ahead() -> None:
     loop, reconciler, prometheus, clock = make(body("svc", {"prewarm": {"enabled": True}}))
     prometheus.signals[("ns", "svc")] = serving(100.0)
-    prometheus.history[("ns", "svc")] = 600.0
+    prometheus.history[("ns", "svc")] = 6.0  # the last two days rose 6x from here
     for _ in range(4):
         await loop.tick()
         clock[0] += 30
@@ -247,3 +247,28 @@ async def test_deleted_services_leave_no_memory() -> None:
     del reconciler.services[("ns", "svc")]
     await loop.tick()
     assert ("ns", "svc") not in loop.memory
+
+
+def test_accounting_matches_the_crd_schema() -> None:
+    """What the loop writes to status.floorAccounting is what the CRD accepts."""
+    from pathlib import Path
+
+    import yaml
+
+    from ccs_operator.floor import FloorAccounting, PrewarmState
+    from ccs_operator.floorloop import accounting_status
+
+    crd = yaml.safe_load(
+        (Path(__file__).resolve().parent.parent / "crds" / "claudecodeservices.yaml").read_text()
+    )
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    properties = schema["properties"]["status"]["properties"]["floorAccounting"]["properties"]
+    for state in PrewarmState:
+        written = accounting_status(
+            FloorAccounting(0.02, 62.0, 0.62, 300.0, 0.1, 0.25, 1.5, 0.5, state, 0.75)
+        )
+        assert set(written) <= set(properties)
+        assert written["prewarm"] in properties["prewarm"]["enum"], properties["prewarm"]
+        for key, value in written.items():
+            expected = {"number": (int, float), "string": str}[properties[key]["type"]]
+            assert isinstance(value, expected), (key, value)

@@ -197,13 +197,18 @@ def test_group_floor_signals() -> None:
 def test_prewarm_history_query() -> None:
     q = prewarm_history_query(86_400, 600, slack_seconds=300)
     arrivals = arrival_rate_query()
-    one = f"max_over_time(({arrivals})[1200s:30s] offset 85500s)"
-    two = f"max_over_time(({arrivals})[1200s:30s] offset 171900s)"
-    # min of both periods, and only where both have data.
-    assert q == f"((({one}) < ({two})) or ({two})) and ({one})"
-    assert prewarm_history_query(86_400, 600, periods=1) == (
-        f"max_over_time(({arrivals})[600s:30s] offset 85800s)"
+
+    def rise(k: int) -> str:
+        ahead = f"max_over_time(({arrivals})[900s:30s] offset {k * 86_400 - 900}s)"
+        then = arrival_rate_query(offset_seconds=k * 86_400)
+        return f"({ahead}) / clamp_min({then}, 0.1)"
+
+    # The smaller rise of both periods, and only where both have data.
+    assert q == f"((({rise(1)}) < ({rise(2)})) or ({rise(2)})) and ({rise(1)})"
+    assert prewarm_history_query(86_400, 600, periods=1).startswith(
+        f"(max_over_time(({arrivals})[600s:30s] offset 85800s))"
     )
+    assert "[1m] offset 86400s" in arrival_rate_query(offset_seconds=86_400)
     for bad in (
         {"period_seconds": 600, "lead_time_seconds": 600},
         {"period_seconds": 600, "lead_time_seconds": 0},

@@ -355,26 +355,31 @@ def test_floor_signals_in_one_query(world: dict[str, Any]) -> None:
 
 
 def test_prewarm_history_from_tritons_arrival_series(world: dict[str, Any]) -> None:
-    """Period 10 s, lead 2 s. A pod serving 10/s that changes to 40/s: one period later the
-    history still says 10 (the older period had no rise); two periods later it says 40. A
-    service with one period of data has no history (both periods are required)."""
+    """Period 10 s, lead 4 s: at T, period k reads the highest rate over [T - 10k, T - 10k + 4]
+    relative to the rate at T - 10k. A pod serving 10/s rises to 40/s at t_b:
+    - at T = t_b + 9, one period back sits 1 s before the rise: a 4x rise;
+    - with two periods required, the older one (t_b - 11) saw no rise: the smaller is 1x;
+    - long after, at 40/s throughout: 1x;
+    - a service with only one period of data has no history at all."""
     client: PrometheusClient = world["client"]
     hist: TritonLikeCollector = world["hist"]
     t_s = world["hist_since"]
-    period, lead = 10, 2
-    args = {"slack_seconds": 0, "periods": 2, "window": "3s", "step": "1s"}
+    period, lead = 10, 4
+    args = {"slack_seconds": 0, "window": "2s", "step": "1s"}
     while time.time() < t_s + 2 * period + 6:
         time.sleep(0.5)
     t_b = time.time()
     hist.set_rates(0.0, 40.0)
-    while time.time() < t_b + 2 * period + 6:
+    while time.time() < t_b + 2 * period + 8:
         time.sleep(0.5)
     key = ServiceKey("h", "hist")
-    one_period = client.prewarm_history_all(period, lead, at=t_b + period + 6, **args)
-    assert one_period[key] == pytest.approx(10.0, rel=0.05)
-    both = client.prewarm_history_all(period, lead, at=t_b + 2 * period + 6, **args)
-    assert both[key] == pytest.approx(40.0, rel=0.05)
-    young = client.prewarm_history_all(period, lead, at=t_s + period + 1, **args)
+    one = client.prewarm_history_all(period, lead, periods=1, at=t_b + period - 1, **args)
+    assert one[key] == pytest.approx(4.0, rel=0.15)
+    both = client.prewarm_history_all(period, lead, periods=2, at=t_b + period - 1, **args)
+    assert both[key] == pytest.approx(1.0, rel=0.05)
+    steady = client.prewarm_history_all(period, lead, periods=2, at=t_b + 2 * period + 8, **args)
+    assert steady[key] == pytest.approx(1.0, rel=0.05)
+    young = client.prewarm_history_all(period, lead, periods=2, at=t_s + period + 1, **args)
     assert key not in young
 
 

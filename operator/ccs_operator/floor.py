@@ -17,10 +17,11 @@ queue to build arrives after the damage. This policy sizes the floor from signal
 
 Queue latency stays as feedback: above the target the floor rises in proportion to the
 excess (at most 2x the ready replicas), whatever the forecast said. Pre-warm adds, for
-recurring peaks, the arrival rate seen one period earlier over the next lead time, taken
-from Triton's own series in Prometheus (never from replica counts, which would include what
-pre-warm itself held); a ledger of what pre-warm would have covered versus what it would
-have wasted switches it off when the pattern does not recur, and on again when it does.
+recurring peaks, the rise of the arrival rate seen over the next lead time on each of the
+last two periods (a ratio, applied to today's rate), taken from Triton's own series in
+Prometheus (never from replica counts, which would include what pre-warm itself held). It
+acts only on a sizeable predicted rise, and each such episode is judged afterwards: while
+too few came true, pre-warm pauses itself, and it resumes when the pattern returns.
 
 Bounds and hysteresis: a raise adds at most `max(scale_up_step, current * max_raise_factor)`
 replicas per evaluation (no jump to max); lowering happens only to the highest need seen
@@ -80,9 +81,13 @@ MAX_FEEDBACK_RATIO = 1.5
 # Pre-warm history is the smaller of what arrived one and two periods earlier, so only a
 # pattern seen on both (a recurring peak, not yesterday's one-off burst) is pre-warmed.
 PREWARM_HISTORY_PERIODS = 2
-# Recurring peaks drift by minutes from one period to the next: the history window reaches
-# this far to both sides of [now, now + lead] one period earlier.
-PREWARM_SLACK_SECONDS = 600
+# Recurring peaks drift by minutes from one period to the next: the history window looks
+# this much further ahead than [now, now + lead] one period earlier (which covers a peak
+# that comes earlier as well as later, and holds nothing after yesterday's peak ended).
+PREWARM_SLACK_SECONDS = 300
+# A predicted rise is applied at most this many times over (history can be odd: a service
+# that was idle at this time yesterday and busy the day before).
+PREWARM_MAX_RISE = 10.0
 # Pre-warm is judged per episode (a stretch where it wants more than the rest of the policy):
 # a hit when the rest of the policy then rose by at least this share of the extra replicas
 # pre-warm predicted...
@@ -226,8 +231,9 @@ class FloorObservation:
     pending_requests: requests waiting in Triton's schedulers now.
     busy_instances: busy model-instance seconds per second (a batch's compute time counted
         once per batch); busy_instances / arrival_rps is the measured service time S.
-    prewarm_history_rps: the highest arrival rate one period earlier over [now, now + lead];
-        None when there is no such history.
+    prewarm_rise: how much the arrival rate rose over the next lead time on each of the
+        last periods, as a ratio to the rate at this time then (the smallest of the
+        periods); None when there is no such history.
     hpa_replicas: what the HPA alone would run (its CPU recommendation clamped to the spec);
         used for accountability only, never for the floor.
     """
@@ -238,7 +244,7 @@ class FloorObservation:
     arrival_rps: float | None = None
     pending_requests: float | None = None
     busy_instances: float | None = None
-    prewarm_history_rps: float | None = None
+    prewarm_rise: float | None = None
     hpa_replicas: int | None = None
 
 
@@ -264,9 +270,10 @@ class FloorState:
     # (due time, forecast rate) made one horizon ago, to score the forecast.
     predictions: tuple[tuple[float, float], ...] = ()
     forecast_error: float | None = None
-    # The open pre-warm episode: (what the rest of the policy wanted when it opened, the
-    # most pre-warm wanted, the most the rest of the policy then wanted), or None.
-    prewarm_episode: tuple[int, int, int] | None = None
+    # The pre-warm episode being judged: (when it opened, what the rest of the policy
+    # wanted then, the most pre-warm wanted, the most the rest of the policy wanted since),
+    # or None.
+    prewarm_episode: tuple[float, int, int, int] | None = None
     prewarm_hits: float = 0.0  # judged episodes that were hits (decayed)
     prewarm_misses: float = 0.0  # judged episodes that were misses (decayed)
     prewarm_judged_at: float | None = None
@@ -375,7 +382,8 @@ def decide(policy: FloorPolicy, state: FloorState, observation: FloorObservation
 
     service = state.service_seconds
     if rate is not None and busy is not None and rate >= MIN_RATE_FOR_SERVICE_TIME and busy > 0:
-        measured = busy / rate
+        # A measured service time outside [1 us, 1 h] per request is a broken counter.
+        measured = min(max(busy / rate, 1e-6), 3600.0)
         service = (
             measured
             if service is None
@@ -608,33 +616,37 @@ def _prewarm(
     Episodes are judged whether or not pre-warm is gated (what it *would* have done), so a
     pattern that comes back switches it on again."""
     pw = policy.prewarm
-    history = _usable(observation.prewarm_history_rps)
+    rise = _usable(observation.prewarm_rise)
     stored = m.state
-    if not pw.enabled or history is None:
+    if not pw.enabled or rise is None:
         return 0, "", stored
-    planned = m.replicas(history)
+    rise = min(rise, PREWARM_MAX_RISE)
+    planned = m.replicas(m.rate * rise)
     episode = state.prewarm_episode
     hits, misses = state.prewarm_hits, state.prewarm_misses
     if state.prewarm_judged_at is not None:
         decay = decay_for(max(m.now - state.prewarm_judged_at, 0.0), 3 * pw.period_seconds)
         hits, misses = hits * decay, misses * decay
     # Small differences from one period to the next are noise the headroom covers: only a
-    # sizeable predicted rise is pre-warmed (and judged).
-    if planned >= plan + max(PREWARM_MIN_RISE, PREWARM_MIN_RISE_SHARE * plan):
-        episode = (
-            (plan, planned, plan)
-            if episode is None
-            else (episode[0], max(episode[1], planned), max(episode[2], plan))
-        )
-    elif episode is not None:
-        # Closed: either the history passed (the peak did not come) or the rest of the
-        # policy caught up with it (it came). Judge by how far the policy's own plan rose.
-        base, wanted, reached = episode[0], episode[1], max(episode[2], plan)
-        if reached - base >= PREWARM_HIT_SHARE * (wanted - base):
-            hits += 1
-        else:
-            misses += 1
-        episode = None
+    # sizeable predicted rise is pre-warmed, and judged.
+    sizeable = planned >= plan + max(PREWARM_MIN_RISE, PREWARM_MIN_RISE_SHARE * plan)
+    # An episode is judged once the rise it predicted should have come and been seen: a
+    # lead time (plus the history's slack) and one horizon after it opened.
+    window = pw.lead_time_seconds + PREWARM_SLACK_SECONDS + policy.horizon_seconds
+    if episode is not None:
+        opened, base, wanted, reached = episode
+        if m.now - opened <= pw.lead_time_seconds + PREWARM_SLACK_SECONDS and sizeable:
+            wanted = max(wanted, planned)
+        episode = (opened, base, wanted, max(reached, plan))
+        if m.now - opened >= window:
+            # Judged by how far the rest of the policy's own plan rose meanwhile.
+            if episode[3] - base >= PREWARM_HIT_SHARE * (wanted - base):
+                hits += 1
+            else:
+                misses += 1
+            episode = None
+    elif sizeable:
+        episode = (m.now, plan, planned, plan)
     stored = dataclasses.replace(
         stored,
         prewarm_episode=episode,
@@ -642,10 +654,10 @@ def _prewarm(
         prewarm_misses=misses,
         prewarm_judged_at=m.now,
     )
-    if episode is None or _prewarm_gated(hits, misses):
+    if not sizeable or _prewarm_gated(hits, misses):
         return 0, "", stored
     message = (
-        f"{history:.1f}/s arrived within the next {pw.lead_time_seconds}s on each of the "
+        f"arrivals rose {rise:.1f}x within the next {pw.lead_time_seconds}s on each of the "
         f"last {PREWARM_HISTORY_PERIODS} periods: pre-warming {policy.clamp(planned)} replicas"
     )
     return planned, message, stored
@@ -787,7 +799,7 @@ def _finish(
     pw = policy.prewarm
     if not pw.enabled:
         prewarm = PrewarmState.OFF
-    elif _usable(observation.prewarm_history_rps) is None:
+    elif _usable(observation.prewarm_rise) is None:
         prewarm = PrewarmState.NO_HISTORY
     elif model is None:
         prewarm = PrewarmState.UNSIZED

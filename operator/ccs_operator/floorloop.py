@@ -293,7 +293,8 @@ class FloorLoop:
     async def _read_prewarm_history(
         self, services: list[tuple[ClaudeCodeService, int]]
     ) -> dict[ServiceKey, float]:
-        """Arrival rate one and two periods ago, per service; one query per (period, lead)."""
+        """The relative rise of the arrival rate one and two periods ago, per service; one
+        query per (period, lead)."""
         groups: dict[tuple[int, int], set[ServiceKey]] = defaultdict(set)
         for ccs, lead in services:
             prewarm = ccs.spec.autoscaling.floor.prewarm
@@ -351,7 +352,7 @@ class FloorLoop:
                 arrival_rps=signals.arrival_rps if signals else None,
                 pending_requests=signals.pending_requests if signals else None,
                 busy_instances=signals.busy_instances if signals else None,
-                prewarm_history_rps=prewarm_history,
+                prewarm_rise=prewarm_history,
                 hpa_replicas=self._hpa_alone(ccs),
             ),
         )

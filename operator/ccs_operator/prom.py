@@ -29,11 +29,14 @@ service). Only services with a user query override cost one query each.
   requests per execution counts each batch once. busy / arrivals is the service time S the
   floor sizes replicas with.
 
-Pre-warm history comes from the same arrival-rate series one and two periods earlier,
-over [now - k*period - slack, now - k*period + lead + slack] (a subquery at 30 s steps),
-and only where both periods have it: the smaller of the two, so that one unusual day is
-not pre-warmed again. Arrival rates do not depend on how many replicas ran, so pre-warm
-cannot feed on its own replicas (replica counts or the operator's own demand gauge would).
+Pre-warm history comes from the same arrival-rate series one and two periods earlier:
+the highest rate over [now - k*period, now - k*period + lead + slack] (a subquery at 30 s
+steps) relative to the rate at now - k*period, and only where both periods have it: the
+smaller of the two ratios, so that one unusual day is not pre-warmed again. A ratio, not a
+rate: the floor applies it to today's rate, so a quieter day (a weekend after weekdays)
+pre-warms for its own level, not for the busier days'. Arrival rates do not depend on how
+many replicas ran, so pre-warm cannot feed on its own replicas (replica counts or the
+operator's own demand gauge would).
 It needs nothing but Triton's series in Prometheus, kept for two periods (retention >= 2
 days for Day, >= 15 days for Week).
 
@@ -72,6 +75,9 @@ EXEC_COUNT_METRIC = "nv_inference_exec_count"
 PENDING_METRIC = "nv_inference_pending_request_count"
 DEFAULT_WINDOW = "1m"
 HISTORY_STEP = "30s"
+# A rate below this (requests/s) one period ago counts as this, so that a rise from nothing
+# is a large finite ratio rather than a division by zero.
+MIN_HISTORY_RATE = 0.1
 # Requests per second below which a service counts as idle; avoids 0/0 = NaN.
 _IDLE_RATE = 1e-9
 
@@ -270,14 +276,20 @@ def batch_queue_latency_query(
 
 
 def arrival_rate_query(
-    window: str = DEFAULT_WINDOW, matchers: Mapping[str, str] | None = None
+    window: str = DEFAULT_WINDOW,
+    matchers: Mapping[str, str] | None = None,
+    *,
+    offset_seconds: int = 0,
 ) -> str:
-    """Requests arriving per second (completed + failed) of every service. Services that
-    never failed have no failure series: they count 0 failures, not no data."""
+    """Requests arriving per second (completed + failed) of every service, `offset_seconds`
+    ago. Services that never failed have no failure series: they count 0 failures."""
     w = validate_window(window)
+    if offset_seconds < 0:
+        raise ValueError("offset_seconds must be >= 0")
     sel = _selector(matchers)
-    success = f"sum by (namespace, service) (rate({REQUEST_SUCCESS_METRIC}{sel}[{w}]))"
-    failure = f"sum by (namespace, service) (rate({REQUEST_FAILURE_METRIC}{sel}[{w}]))"
+    at = f" offset {offset_seconds}s" if offset_seconds else ""
+    success = f"sum by (namespace, service) (rate({REQUEST_SUCCESS_METRIC}{sel}[{w}]{at}))"
+    failure = f"sum by (namespace, service) (rate({REQUEST_FAILURE_METRIC}{sel}[{w}]{at}))"
     return f"{success} + ({failure} or 0 * {success})"
 
 
@@ -327,9 +339,11 @@ def prewarm_history_query(
     window: str = DEFAULT_WINDOW,
     step: str = HISTORY_STEP,
 ) -> str:
-    """Per service, the highest arrival rate over [now - k*period - slack,
-    now - k*period + lead + slack] for k = 1..periods: the smallest of those, only where
-    every period has data."""
+    """Per service, the relative rise of the arrival rate seen k periods ago (k = 1..periods)
+    over the next lead time: the highest rate over [now - k*period, now - k*period + lead +
+    slack] divided by the rate at now - k*period. The smallest of those, and only where
+    every period has data. Looking `slack` further ahead covers a peak that comes a little
+    earlier or later than before, without holding replicas after it."""
     if not 0 < lead_time_seconds < period_seconds:
         raise ValueError("need 0 < lead_time_seconds < period_seconds")
     if not 0 <= slack_seconds < period_seconds / 4:
@@ -338,12 +352,12 @@ def prewarm_history_query(
         raise ValueError("need periods >= 1")
     arrivals = arrival_rate_query(window)
     validate_window(step)
-    span = lead_time_seconds + 2 * slack_seconds
-    each = [
-        f"max_over_time(({arrivals})[{span}s:{step}]"
-        f" offset {k * period_seconds - lead_time_seconds - slack_seconds}s)"
-        for k in range(1, periods + 1)
-    ]
+    span = lead_time_seconds + slack_seconds
+    each = []
+    for k in range(1, periods + 1):
+        ahead = f"max_over_time(({arrivals})[{span}s:{step}] offset {k * period_seconds - span}s)"
+        then = arrival_rate_query(window, offset_seconds=k * period_seconds)
+        each.append(f"({ahead}) / clamp_min({then}, {MIN_HISTORY_RATE:g})")
     # ((a < b) or b) is min(a, b) where b exists; `and a` keeps only services with both.
     query = each[0]
     for other in each[1:]:
@@ -560,9 +574,9 @@ class PrometheusClient:
         step: str = HISTORY_STEP,
         at: float | None = None,
     ) -> dict[ServiceKey, float]:
-        """Arrival rate (req/s) one (and two) periods ago over the next lead time, per
-        service; services without that history are absent. One query per distinct
-        (period, lead) pair."""
+        """The relative rise of the arrival rate over the next lead time, one and two periods
+        ago (see prewarm_history_query), per service; services without that history are
+        absent. One query per distinct (period, lead) pair."""
         promql = prewarm_history_query(
             period_seconds,
             lead_time_seconds,
