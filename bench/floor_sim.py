@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import csv
+import dataclasses
 import itertools
 import json
 import math
@@ -735,7 +736,11 @@ def report(
     setup = _setup(args)
     multi = len(runs) > 1
     heading = TRACE_HEADING if args.trace else RESULTS_HEADING
-    what = f"trace {runs[0][3]}" if args.trace else f"{len(runs)} seeds x {args.days} days"
+    what = (
+        f"trace {args.trace.name} at {len(runs)} scale(s)"
+        if args.trace
+        else f"{len(runs)} seeds x {args.days} days"
+    )
     lines = [
         heading,
         "",
@@ -787,6 +792,18 @@ def report(
             f"{gpu:.2f}x | {bad:.2f}x | {'**met**' if met else '**missed**'} |"
         )
     lines.append("")
+    lines += [
+        "Per input (the floor's violations over the frontier's at its GPU-hours):",
+        "",
+        "| input | " + " | ".join(names) + " | GPU-hours of each vs HPA 60% |",
+        "|---|" + "---:|" * len(names) + "---:|",
+    ]
+    for (seed, _, _, name), comps in zip(runs, comparisons.values(), strict=True):
+        label = name if args.trace else f"seed {seed}"
+        cells = " | ".join(_fmt_ratio(c.ratio) for c in comps)
+        gpus = ", ".join(f"{c.gpu_hours / c.plain.gpu_hours:.2f}x" for c in comps)
+        lines.append(f"| {label} | {cells} | {gpus} |")
+    lines.append("")
     # The frontier itself, summed over seeds.
     lines += [
         "Every configuration, summed over " + ("all seeds" if multi else "the trace") + ":",
@@ -808,9 +825,11 @@ def report(
         lines += _per_day(runs)
     if args.trace:
         lines += [
-            f"Trace: {runs[0][3]}, replayed in steps of {args.dt:g}s"
-            + (f", scaled to a mean of {args.mean_rps:g} unit requests/s" if args.mean_rps else "")
-            + "; the first minutes are not counted while the replicas settle.",
+            f"Trace: {args.trace.name}, replayed in steps of {args.dt:g}s"
+            + (f", scaled to a mean of {args.mean_rps} unit requests/s" if args.mean_rps else "")
+            + "; the first sixth (at most 10 minutes) is not counted while the replicas "
+            "settle. Pre-warm has no earlier periods to learn from in a one-hour trace, so it "
+            "equals the floor alone there.",
             "",
         ]
     return lines
@@ -901,7 +920,10 @@ def _setup(args: argparse.Namespace) -> Setup:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--trace", type=Path, help="replay this CSV (timestamp[,weight] per request)")
-    p.add_argument("--mean-rps", type=float, help="scale the trace to this mean load")
+    p.add_argument(
+        "--mean-rps",
+        help="scale the trace to this mean load; a comma-separated list replays it at each",
+    )
     p.add_argument("--seeds", type=int, default=20, help="synthetic seeds (default 20)")
     p.add_argument("--first-seed", type=int, default=1)
     p.add_argument("--days", type=int, default=7, help="synthetic days per seed (default 7)")
@@ -930,15 +952,24 @@ def main(argv: list[str] | None = None) -> int:
     setup = _setup(args)
     if args.trace:
         try:
-            trace = load_trace(args.trace, args.dt, args.mean_rps)
-        except (OSError, TraceError) as exc:
-            print(f"floor_sim: {exc}", file=sys.stderr)
+            scales = [float(x) for x in args.mean_rps.split(",")] if args.mean_rps else [None]
+        except ValueError:
+            print(f"floor_sim: --mean-rps {args.mean_rps!r} is not a number list", file=sys.stderr)
             return 2
-        progress(
-            f"trace {trace.name}: {len(trace.work) * trace.dt / 3600:.1f}h, mean "
-            f"{sum(trace.work) / len(trace.work):.1f}/s, peak {max(trace.work):.1f}/s"
-        )
-        jobs = [Job(trace, 0, 0, 0.0, args.dt, setup)]
+        jobs = []
+        for n, scale in enumerate(scales):
+            try:
+                trace = load_trace(args.trace, args.dt, scale)
+            except (OSError, TraceError) as exc:
+                print(f"floor_sim: {exc}", file=sys.stderr)
+                return 2
+            if scale is not None:
+                trace = dataclasses.replace(trace, name=f"{trace.name} at {scale:g}/s")
+            progress(
+                f"trace {trace.name}: {len(trace.work) * trace.dt / 3600:.1f}h, mean "
+                f"{sum(trace.work) / len(trace.work):.1f}/s, peak {max(trace.work):.1f}/s"
+            )
+            jobs.append(Job(trace, n, 0, 0.0, args.dt, setup))
     else:
         jobs = [
             Job(None, seed, args.days, args.plateau_rps, args.dt, setup)

@@ -52,6 +52,11 @@ COUNTER_EXAMPLES = [
         {"evaluationIntervalSeconds": 60, "cooldownSeconds": 30},
         "cooldownSeconds must be 0 or at least",
     ),
+    (
+        "autoscaling.floor",
+        {"evaluationIntervalSeconds": 30, "prewarm": {"enabled": True, "leadTimeSeconds": 10}},
+        "leadTimeSeconds must be at least evaluationIntervalSeconds",
+    ),
     ("model.warmup", {"enabled": True, "batchSize": 64}, "warmup.batchSize must not exceed"),
     (
         "batching",

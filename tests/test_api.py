@@ -68,6 +68,18 @@ def test_crd_defaults_agree_with_api_defaults(spec: dict) -> None:
             {"autoscaling": {"floor": {"evaluationIntervalSeconds": 60, "cooldownSeconds": 30}}},
             "spec.autoscaling.floor", "cooldownSeconds",
         ),
+        (
+            {"autoscaling": {"floor": {"prewarm": {"leadTimeSeconds": 0}}}},
+            "spec.autoscaling.floor.prewarm.leadTimeSeconds", "greater than or equal to 1",
+        ),
+        (
+            {"autoscaling": {"floor": {"prewarm": {"leadTimeSeconds": 10}}}},
+            "spec.autoscaling.floor", "leadTimeSeconds must be at least evaluationIntervalSeconds",
+        ),
+        (
+            {"autoscaling": {"floor": {"burstCoverPercent": 100}}},
+            "spec.autoscaling.floor.burstCoverPercent", "less than or equal to 99",
+        ),
     ],
 )
 def test_invalid_spec_names_the_field(spec: dict, path: str, words: str) -> None:

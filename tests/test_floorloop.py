@@ -17,8 +17,6 @@ from ccs_operator.floorloop import ACCOUNTING_WRITE_SECONDS, FloorLoop
 from ccs_operator.prom import FloorSignals, PrometheusSettings, PrometheusUnavailable, QueueLatency
 from ccs_operator.reconcile import ChildRecord
 
-pytestmark = pytest.mark.asyncio
-
 T0 = 1_700_000_000.0
 
 
@@ -124,6 +122,7 @@ def condition(reconciler: FakeReconciler, name: str, type_: str) -> dict[str, An
     return next(c for c in status(reconciler, name)["conditions"] if c["type"] == type_)
 
 
+@pytest.mark.asyncio
 async def test_leading_signals_raise_the_floor_and_account_for_it() -> None:
     loop, reconciler, prometheus, clock = make(body("svc"))
     prometheus.signals[("ns", "svc")] = serving(300.0)
@@ -141,6 +140,7 @@ async def test_leading_signals_raise_the_floor_and_account_for_it() -> None:
     assert any(reason == "FloorRaised" for _, reason, _ in reconciler.events)
 
 
+@pytest.mark.asyncio
 async def test_one_services_failure_never_stops_anothers(monkeypatch: pytest.MonkeyPatch) -> None:
     loop, reconciler, prometheus, _ = make(body("good"), body("bad"))
     for name in ("good", "bad"):
@@ -165,6 +165,7 @@ async def test_one_services_failure_never_stops_anothers(monkeypatch: pytest.Mon
     assert metrics.FLOOR_ERRORS._value.get() == before + 1
 
 
+@pytest.mark.asyncio
 async def test_an_invalid_spec_is_skipped_and_the_others_go_on() -> None:
     bad = body("bad", {"prewarm": {"enabled": True, "leadTimeSeconds": 0}})
     loop, reconciler, prometheus, _ = make(body("good"), bad)
@@ -173,6 +174,7 @@ async def test_an_invalid_spec_is_skipped_and_the_others_go_on() -> None:
     assert status(reconciler, "good")["floor"] == 4
 
 
+@pytest.mark.asyncio
 async def test_prometheus_down_holds_with_a_short_message() -> None:
     loop, reconciler, prometheus, _ = make(body("svc", floor=6))
     prometheus.down = True
@@ -184,6 +186,7 @@ async def test_prometheus_down_holds_with_a_short_message() -> None:
     assert status(reconciler, "svc")["floor"] == 6
 
 
+@pytest.mark.asyncio
 async def test_prewarm_blind_says_so_with_the_fix() -> None:
     spec = {"prewarm": {"enabled": True}}
     loop, reconciler, prometheus, _ = make(body("old", spec))
@@ -199,6 +202,7 @@ async def test_prewarm_blind_says_so_with_the_fix() -> None:
     assert kwargs["periods"] == 2 and kwargs["slack_seconds"] > 0
 
 
+@pytest.mark.asyncio
 async def test_prewarm_young_service_is_learning_not_blind() -> None:
     young = body("young", {"prewarm": {"enabled": True}})
     young["metadata"]["creationTimestamp"] = "2023-11-14T21:00:00Z"  # an hour before T0
@@ -211,6 +215,7 @@ async def test_prewarm_young_service_is_learning_not_blind() -> None:
     )["message"]
 
 
+@pytest.mark.asyncio
 async def test_prewarm_history_raises_the_floor_ahead() -> None:
     loop, reconciler, prometheus, clock = make(body("svc", {"prewarm": {"enabled": True}}))
     prometheus.signals[("ns", "svc")] = serving(100.0)
@@ -223,6 +228,7 @@ async def test_prewarm_history_raises_the_floor_ahead() -> None:
     assert st["floorAccounting"]["prewarm"] == "Active"
 
 
+@pytest.mark.asyncio
 async def test_accounting_alone_is_written_at_most_every_few_minutes() -> None:
     loop, reconciler, prometheus, clock = make(body("svc"))
     prometheus.signals[("ns", "svc")] = serving(300.0)
@@ -239,6 +245,7 @@ async def test_accounting_alone_is_written_at_most_every_few_minutes() -> None:
     assert all("floor" not in p for _, p in reconciler.kube.patches)
 
 
+@pytest.mark.asyncio
 async def test_deleted_services_leave_no_memory() -> None:
     loop, reconciler, prometheus, _ = make(body("svc"))
     prometheus.signals[("ns", "svc")] = serving(300.0)

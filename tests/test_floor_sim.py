@@ -1,0 +1,116 @@
+"""bench/floor_sim.py as a user runs it: any request CSV replays, --json has the agreed shape,
+and the pieces the comparison rests on (the frontier, the HPA model) behave."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import floor_sim  # noqa: E402
+
+
+def _write(path: Path, header: str, rows: list[str]) -> Path:
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "floor_sim.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_trace_json_has_every_configuration(tmp_path: Path) -> None:
+    # 20 minutes of requests: a steady trickle with a burst, timestamps in seconds, weights.
+    rows = [f"{t / 10:.1f},{2 if 600 <= t / 10 < 660 else 1}" for t in range(0, 12_000, 3)]
+    trace = _write(tmp_path / "t.csv", "timestamp,weight", rows)
+    done = _run("--trace", str(trace), "--mean-rps", "150", "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    configs = out["configurations"]
+    hpa = [c for c in configs if c["kind"] == "hpa"]
+    assert sorted(c["hpa_cpu_target"] for c in hpa) == list(range(30, 81, 5))
+    assert {c["kind"] for c in configs} == {"hpa", "floor", "floor+prewarm"}
+    for c in configs:
+        assert set(c) >= {"name", "kind", "hpa_cpu_target", "requests", "violating", "gpu_hours"}
+        assert c["requests"] > 0 and 0 <= c["violating"] <= c["requests"] and c["gpu_hours"] > 0
+    # Every configuration saw the same requests (the scaled trace, after the warm-up).
+    assert len({round(c["requests"]) for c in configs}) == 1
+    assert "frontier_comparison" in out
+
+
+def test_iso_timestamps_and_header_case(tmp_path: Path) -> None:
+    rows = [
+        f"2023-11-16 18:{m:02d}:{s:02d}.5000000,7,9" for m in range(20) for s in range(0, 60, 2)
+    ]
+    trace = _write(tmp_path / "azure.csv", "TIMESTAMP,ContextTokens,GeneratedTokens", rows)
+    loaded = floor_sim.load_trace(trace, 1.0, 100.0)
+    assert len(loaded.work) == pytest.approx(20 * 60, abs=2)
+    assert sum(loaded.work) / len(loaded.work) == pytest.approx(100.0)
+    done = _run("--trace", str(trace), "--json")
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("header", "rows", "message"),
+    [
+        ("time,weight", ["1,1"], "column named timestamp"),
+        ("timestamp", ["yesterday"], "row 2"),
+        ("timestamp,weight", ["1,heavy"], "weight 'heavy'"),
+        ("timestamp,weight", ["1,-1"], "weight must be"),
+        ("timestamp", [], "no requests"),
+    ],
+)
+def test_bad_traces_are_refused_with_the_row(
+    tmp_path: Path, header: str, rows: list[str], message: str
+) -> None:
+    trace = _write(tmp_path / "bad.csv", header, rows)
+    done = _run("--trace", str(trace), "--json")
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_frontier_interpolates_between_pareto_points() -> None:
+    points = [(10.0, 100.0), (20.0, 40.0), (15.0, 90.0), (30.0, 50.0), (40.0, 10.0)]
+    # (30, 50) is beaten by (20, 40): not on the frontier.
+    assert floor_sim.pareto(points) == [(10.0, 100.0), (15.0, 90.0), (20.0, 40.0), (40.0, 10.0)]
+    assert floor_sim.frontier_at(points, 30.0) == pytest.approx(25.0)
+    assert floor_sim.frontier_at(points, 15.0) == 90.0
+    assert floor_sim.frontier_at(points, 5.0) is None
+    assert floor_sim.frontier_at(points, 50.0) is None
+
+
+def test_hpa_counts_unready_pods_as_idle_and_respects_its_limits() -> None:
+    hpa = floor_sim.Hpa(target=0.5, spec_min=2, spec_max=20)
+    # 4 pods, 2 ready at 100%: with the 2 starting pods at 0% the ratio is 1.0, no change.
+    assert hpa.recommend(current=4, ready=2, utilisation=1.0) == 4
+    assert hpa.recommend(current=4, ready=4, utilisation=1.0) == 8
+    assert hpa.recommend(current=4, ready=4, utilisation=0.52) == 4  # within tolerance
+    # Scale-up: at most max(2x, +4) per 30 s; a floor above the count is applied at once.
+    assert hpa.sync(0.0, 2, 2, 1.5, floor=2) == 6
+    assert hpa.sync(15.0, 6, 6, 1.5, floor=2) == 6  # the 30 s window already used
+    assert hpa.sync(30.0, 6, 6, 1.0, floor=12) == 12
+    # Scale-down: only after 300 s of lower recommendations, then one pod per minute.
+    assert hpa.sync(45.0, 12, 12, 0.1, floor=2) == 12
+    assert hpa.sync(400.0, 12, 12, 0.1, floor=2) == 11
+    assert hpa.sync(415.0, 11, 11, 0.1, floor=2) == 11
+
+
+def test_idle_service_has_no_violations_and_min_replicas() -> None:
+    trace = floor_sim.Trace("idle", 5.0, [0.0] * 2000)
+    setup = floor_sim.Setup()
+    for config in floor_sim.configurations()[::6]:
+        result = floor_sim.simulate(trace, config, setup, seed=1)
+        assert result.violating == 0
+        assert result.gpu_hours == pytest.approx(setup.min_replicas * 2000 * 5 / 3600)
