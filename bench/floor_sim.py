@@ -373,7 +373,7 @@ class Setup:
     min_replicas: int = 2
     max_replicas: int = 20
     hpa_lag_s: float = 30.0
-    burst_cover: float = 0.9
+    burst_cover: float = 0.75
 
 
 @dataclass(frozen=True)
@@ -937,7 +937,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-replicas", type=int, default=2)
     p.add_argument("--max-replicas", type=int, default=20)
     p.add_argument("--hpa-lag-s", type=float, default=30.0)
-    p.add_argument("--burst-cover", type=float, default=0.9)
+    p.add_argument("--burst-cover", type=float, default=0.75)
     p.add_argument("--workers", type=int, default=max(1, (multiprocessing.cpu_count() or 1)))
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     p.add_argument("--write", type=Path, help="update this RESULTS.md's section")

@@ -130,12 +130,12 @@ async def test_leading_signals_raise_the_floor_and_account_for_it() -> None:
         await loop.tick()
         clock[0] += 30
     st = status(reconciler, "svc")
-    assert st["floor"] == 5
+    assert st["floor"] == 6
     assert [h["reason"] for h in st["scalingHistory"]] == ["DemandForecast"] * 2
     assert reconciler.enqueued  # the reconcile renders the new minReplicas
     acc = st["floorAccounting"]
     assert acc["serviceTimeMs"] == 20.0 and acc["prewarm"] == "Off"
-    assert 60 <= acc["capacityPerReplicaRps"] < 75
+    assert 50 <= acc["capacityPerReplicaRps"] < 60 and acc["modelCorrection"] == 1.0
     assert condition(reconciler, "svc", "FloorControllerActive")["status"] == "True"
     assert any(reason == "FloorRaised" for _, reason, _ in reconciler.events)
 
@@ -272,7 +272,7 @@ def test_accounting_matches_the_crd_schema() -> None:
     properties = schema["properties"]["status"]["properties"]["floorAccounting"]["properties"]
     for state in PrewarmState:
         written = accounting_status(
-            FloorAccounting(0.02, 62.0, 0.62, 300.0, 0.1, 0.25, 1.5, 0.5, state, 0.75)
+            FloorAccounting(0.02, 62.0, 0.62, 300.0, 0.1, 0.25, 1.2, 1.5, 0.5, state, 0.75)
         )
         assert set(written) <= set(properties)
         assert written["prewarm"] in properties["prewarm"]["enum"], properties["prewarm"]

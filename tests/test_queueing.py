@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ccs_operator.queueing import (
+    DEFAULT_TAIL_PROBABILITY,
     MAX_UTILISATION,
     MIN_UTILISATION,
     erlang_c,
@@ -36,12 +37,14 @@ def test_tail_and_quantile_agree() -> None:
 
 
 def test_safe_utilisation_meets_the_tail_target() -> None:
-    rho = safe_utilisation(2, 0.02, 0.1)
+    rho = safe_utilisation(2, 0.02, 0.1, tail=0.01)
     assert 0.55 < rho < 0.7
     assert wait_tail(2, 0.02, rho * 100, 0.1) <= 0.01 + 1e-6
     assert wait_tail(2, 0.02, (rho + 0.02) * 100, 0.1) > 0.01
+    # The default plans with a margin under p99.
+    assert DEFAULT_TAIL_PROBABILITY < 0.01 and safe_utilisation(2, 0.02, 0.1) < rho
     # More servers per queue pool better; a looser target allows more; capped for safety.
-    assert safe_utilisation(8, 0.02, 0.1) > rho
+    assert safe_utilisation(8, 0.02, 0.1) > safe_utilisation(2, 0.02, 0.1)
     assert safe_utilisation(2, 0.02, 10.0) == MAX_UTILISATION
     with pytest.raises(ValueError):
         safe_utilisation(2, 0.0, 0.1)
@@ -50,7 +53,8 @@ def test_safe_utilisation_meets_the_tail_target() -> None:
 def test_replicas_for() -> None:
     assert replicas_for(0.0, servers=2, service_s=0.02, target_s=0.1) == 0
     assert replicas_for(math.inf, servers=2, service_s=0.02, target_s=0.1) == 0
-    assert replicas_for(300.0, servers=2, service_s=0.02, target_s=0.1) == 5
+    assert replicas_for(300.0, servers=2, service_s=0.02, target_s=0.1, tail=0.01) == 5
+    assert replicas_for(300.0, servers=2, service_s=0.02, target_s=0.1) == 6
 
 
 @settings(max_examples=200, deadline=None)
@@ -67,7 +71,7 @@ def test_the_replicas_it_asks_for_meet_the_target(
     assert n >= 1
     rho = safe_utilisation(servers, service, target)
     if rho > MIN_UTILISATION:  # at the minimum the target is out of reach by design
-        assert wait_tail(servers, service, rate / n, target) <= 0.01 + 1e-6
+        assert wait_tail(servers, service, rate / n, target) <= DEFAULT_TAIL_PROBABILITY + 1e-6
     # ...and not wastefully: one fewer would break the planned utilisation.
     if n > 1:
         assert rate * service / (servers * (n - 1)) > rho - 1e-9

@@ -215,7 +215,7 @@ class Floor(_Model):
     evaluation_interval_seconds: int = Field(default=30, ge=5, le=3600)
     scale_up_step: int = Field(default=1, ge=1, le=100)
     cooldown_seconds: int = Field(default=300, ge=0, le=86_400)
-    burst_cover_percent: int = Field(default=90, ge=0, le=99)
+    burst_cover_percent: int = Field(default=75, ge=0, le=99)
     prewarm: Prewarm = Prewarm()
 
     @model_validator(mode="after")

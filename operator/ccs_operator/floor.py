@@ -13,10 +13,14 @@ queue to build arrives after the damage. This policy sizes the floor from signal
 - headroom that covers a chosen share (`burst_cover`) of the service's own observed rises
   of the arrival rate over one horizon (a decayed histogram, `forecast.Rises`);
 - replicas sized with the M/M/c tail of `queueing.py`: the fewest replicas at which at most
-  1% of requests would wait longer than the target.
+  0.4% of requests would wait longer than the target (a margin under the p99 target for
+  the forecast's errors).
 
-Queue latency stays as feedback: above the target the floor rises in proportion to the
-excess (at most 2x the ready replicas), whatever the forecast said. Pre-warm adds, for
+Queue latency stays as feedback, twice: above the target the floor rises in proportion to
+the excess (at most 1.5x the ready replicas), whatever the forecast said; and a breach the
+plan did not foresee (the replicas were as many as it asked for) teaches the model a
+correction factor on the plan (arrivals burstier than Poisson within a scrape), which
+decays back while the queue stays quiet. Pre-warm adds, for
 recurring peaks, the rise of the arrival rate seen over the next lead time on each of the
 last two periods (a ratio, applied to today's rate), taken from Triton's own series in
 Prometheus (never from replica counts, which would include what pre-warm itself held). It
@@ -76,6 +80,11 @@ IDLE_RATE = 1e-6
 # Burst memory and accountability figures decay with these half-lives.
 RISES_HALF_LIFE_SECONDS = 6 * 3600
 ACCOUNTING_HALF_LIFE_SECONDS = DAY_SECONDS
+# A breach the plan did not foresee multiplies the plan's correction by this, up to the
+# maximum; quiet evaluations let it decay back to 1 with this half-life.
+CORRECTION_STEP = 1.05
+MAX_CORRECTION = 4.0
+CORRECTION_HALF_LIFE_SECONDS = 3600.0
 # Latency feedback raises to at most this multiple of the ready replicas per evaluation.
 MAX_FEEDBACK_RATIO = 1.5
 # Pre-warm history is the smaller of what arrived one and two periods earlier, so only a
@@ -160,7 +169,7 @@ class FloorPolicy:
     # How far ahead to look: the measured p95 cold start plus one evaluation.
     horizon_seconds: float = float(DEFAULT_LEAD_TIME_SECONDS)
     # Share of the service's own observed rises over one horizon the headroom covers.
-    burst_cover: float = 0.9
+    burst_cover: float = 0.75
     tail_probability: float = DEFAULT_TAIL_PROBABILITY
     # A raise adds at most max(scale_up_step, ceil(current * max_raise_factor)) replicas.
     max_raise_factor: float = 1.0
@@ -262,6 +271,10 @@ class FloorState:
     # Measured service time S (busy instance-seconds per request), smoothed.
     service_seconds: float | None = None
     holt: Holt | None = None
+    # What the queue taught the model: the plan is multiplied by this (>= 1). It grows when
+    # the queue breaches although the plan said the replicas were enough (arrivals burstier
+    # than the queueing model assumes) and decays back while the queue stays quiet.
+    correction: float = 1.0
     # (time, arrival rate) over the last horizon, to measure rises over one horizon.
     arrivals: tuple[tuple[float, float], ...] = ()
     rises: Rises = field(default_factory=Rises)
@@ -297,6 +310,7 @@ class FloorAccounting:
     forecast_rps: float | None
     forecast_error: float | None  # mean absolute error / actual, over recent forecasts
     headroom: float  # relative headroom in use
+    correction: float  # what the queue taught the sizing model (1 = the model was right)
     replica_hours_above_hpa: float  # decayed over about a day
     breach_minutes: float  # decayed over about a day
     prewarm: PrewarmState
@@ -516,8 +530,16 @@ def _leading(
     ready = max(observation.ready_replicas, 0)
     target = policy.target_ms
     watermark = target * policy.lower_watermark_ratio
-    need = m.replicas(m.demand_rate)
-    ahead = max(m.demand_rate, m.forecast) * (1 + m.headroom)
+    correction = state.correction
+    if latency is not None and latency > target:
+        if ready >= m.replicas(max(m.demand_rate, m.forecast) * (1 + m.headroom) * correction):
+            correction = min(correction * CORRECTION_STEP, MAX_CORRECTION)
+    elif latency is not None and latency < watermark and state.last_seen_at is not None:
+        keep = decay_for(max(now - state.last_seen_at, 0.0), CORRECTION_HALF_LIFE_SECONDS)
+        correction = 1 + (correction - 1) * keep
+    m.state = dataclasses.replace(m.state, correction=correction)
+    need = m.replicas(m.demand_rate * correction)
+    ahead = max(m.demand_rate, m.forecast) * (1 + m.headroom) * correction
     plan = m.replicas(ahead)
     reason = FloorReason.DEMAND_FORECAST
     message = (
@@ -544,6 +566,7 @@ def _leading(
             )
 
     prewarm, prewarm_message, stored = _prewarm(policy, state, observation, m, plan, need)
+    stored = dataclasses.replace(stored, correction=correction)
     wanted = policy.clamp(max(plan, prewarm))
     if wanted > policy.clamp(plan):
         reason, message = FloorReason.PREWARM_FOR_RECURRING_PEAK, prewarm_message
@@ -814,6 +837,7 @@ def _finish(
         forecast_rps=model.forecast if model else None,
         forecast_error=state.forecast_error,
         headroom=model.headroom if model else 0.0,
+        correction=state.correction,
         replica_hours_above_hpa=held / 3600,
         breach_minutes=breach / 60,
         prewarm=prewarm,

@@ -630,6 +630,7 @@ def accounting_status(acc: FloorAccounting) -> dict[str, Any]:
         "forecastRps": _round(acc.forecast_rps, 2),
         "forecastErrorPercent": _round(acc.forecast_error and acc.forecast_error * 100, 1),
         "headroomPercent": round(acc.headroom * 100),
+        "modelCorrection": _round(acc.correction, 2),
         "replicaHoursAboveHpa": _round(acc.replica_hours_above_hpa, 2),
         "breachMinutes": _round(acc.breach_minutes, 2),
         "prewarm": acc.prewarm.value,

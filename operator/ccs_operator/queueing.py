@@ -22,8 +22,9 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
-# The floor plans against the p99 of queue wait: at most 1% of requests over the target.
-DEFAULT_TAIL_PROBABILITY = 0.01
+# The floor plans for at most 0.4% of requests over the queue-wait target: a margin under
+# the p99 the target is read against, for the forecast's errors.
+DEFAULT_TAIL_PROBABILITY = 0.004
 # Never plan above this utilisation, whatever the model says: real arrivals are burstier
 # than Poisson within a scrape interval.
 MAX_UTILISATION = 0.95
