@@ -83,7 +83,9 @@ from results import commit, write_section
 
 RESULTS_HEADING = "## Warm floor simulation"
 TRACE_HEADING = "## Warm floor on a real trace"
-HPA_TARGETS = tuple(range(30, 81, 5))
+# 30..80% in steps of 5, and below that, so that a floor that spends more than a 30% HPA
+# (bursty traces) still has an equal-cost point to be compared against.
+HPA_TARGETS = tuple(range(15, 81, 5))
 DEFAULT_HPA_TARGET = 60
 HPA_SYNC_S = 15.0
 HPA_TOLERANCE = 0.10
@@ -678,10 +680,10 @@ def run_all(
             progress(f"  {n}/{len(jobs)} done (seed {job.seed})")
         return out
     with multiprocessing.get_context("fork").Pool(workers) as pool:
-        for n, item in enumerate(pool.imap_unordered(run_job, jobs), 1):
+        for n, item in enumerate(pool.imap(run_job, jobs), 1):
             out.append(item)
-            progress(f"  {n}/{len(jobs)} done (seed {item[0]})")
-    return sorted(out, key=lambda item: item[0])
+            progress(f"  {n}/{len(jobs)} done ({item[3]}, seed {item[0]})")
+    return out
 
 
 # --- report ------------------------------------------------------------------------------
@@ -737,7 +739,7 @@ def report(
     multi = len(runs) > 1
     heading = TRACE_HEADING if args.trace else RESULTS_HEADING
     what = (
-        f"trace {args.trace.name} at {len(runs)} scale(s)"
+        f"trace {args.trace.name}, {len(runs)} runs (scales x seeds)"
         if args.trace
         else f"{len(runs)} seeds x {args.days} days"
     )
@@ -756,22 +758,23 @@ def report(
         f"{FLOOR_INTERVAL_S:.0f}s), on the default HPA (CPU {DEFAULT_HPA_TARGET}%).",
         "",
         "Goal: the floor's SLO violations <= 0.5x the plain-HPA frontier at equal GPU-hours "
-        "(median over seeds). The frontier is the plain HPA swept over CPU targets "
+        "(median over inputs: seeds, and trace scales). The frontier is the plain HPA swept "
+        "over CPU targets "
         f"{HPA_TARGETS[0]}..{HPA_TARGETS[-1]}% in the same run, interpolated between its "
         "Pareto points at the floor's own GPU-hours; `outside` means the floor spent more or "
-        "less than any swept target, so no equal-cost comparison exists for that seed.",
+        "less than any swept target, so no equal-cost comparison exists for that input.",
         "",
     ]
-    comparisons = {seed: compare(results) for seed, results, _, _ in runs}
-    names = [c.name for c in next(iter(comparisons.values()))]
+    comparisons = [compare(results) for _, results, _, _ in runs]
+    names = [c.name for c in comparisons[0]]
     lines += [
-        "| configuration | vs frontier: median | p10..p90 | worst | seeds outside "
+        "| configuration | vs frontier: median | p10..p90 | worst | inputs outside "
         "| GPU-hours vs HPA 60% (median) | violations vs HPA 60% (median) | met |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     verdicts = {}
     for name in names:
-        rows = [next(c for c in comps if c.name == name) for comps in comparisons.values()]
+        rows = [next(c for c in comps if c.name == name) for comps in comparisons]
         ratios = [r.ratio for r in rows if r.ratio is not None]
         outside = sum(r.ratio is None for r in rows)
         gpu = statistics.median(r.gpu_hours / r.plain.gpu_hours for r in rows)
@@ -798,8 +801,8 @@ def report(
         "| input | " + " | ".join(names) + " | GPU-hours of each vs HPA 60% |",
         "|---|" + "---:|" * len(names) + "---:|",
     ]
-    for (seed, _, _, name), comps in zip(runs, comparisons.values(), strict=True):
-        label = name if args.trace else f"seed {seed}"
+    for (seed, _, _, name), comps in zip(runs, comparisons, strict=True):
+        label = f"{name}, seed {seed}" if args.trace else f"seed {seed}"
         cells = " | ".join(_fmt_ratio(c.ratio) for c in comps)
         gpus = ", ".join(f"{c.gpu_hours / c.plain.gpu_hours:.2f}x" for c in comps)
         lines.append(f"| {label} | {cells} | {gpus} |")
@@ -924,7 +927,11 @@ def main(argv: list[str] | None = None) -> int:
         "--mean-rps",
         help="scale the trace to this mean load; a comma-separated list replays it at each",
     )
-    p.add_argument("--seeds", type=int, default=20, help="synthetic seeds (default 20)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        help="seeds (default 20 synthetic; 5 per trace scale: CPU noise and cold starts)",
+    )
     p.add_argument("--first-seed", type=int, default=1)
     p.add_argument("--days", type=int, default=7, help="synthetic days per seed (default 7)")
     p.add_argument("--plateau-rps", type=float, default=300.0, help="synthetic day plateau")
@@ -944,6 +951,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.dt is None:
         args.dt = 1.0 if args.trace else 5.0
+    if args.seeds is None:
+        args.seeds = 5 if args.trace else 20
 
     def progress(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -957,7 +966,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"floor_sim: --mean-rps {args.mean_rps!r} is not a number list", file=sys.stderr)
             return 2
         jobs = []
-        for n, scale in enumerate(scales):
+        for scale in scales:
             try:
                 trace = load_trace(args.trace, args.dt, scale)
             except (OSError, TraceError) as exc:
@@ -969,7 +978,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"trace {trace.name}: {len(trace.work) * trace.dt / 3600:.1f}h, mean "
                 f"{sum(trace.work) / len(trace.work):.1f}/s, peak {max(trace.work):.1f}/s"
             )
-            jobs.append(Job(trace, n, 0, 0.0, args.dt, setup))
+            seeds = range(args.first_seed, args.first_seed + args.seeds)
+            jobs += [Job(trace, seed, 0, 0.0, args.dt, setup) for seed in seeds]
     else:
         jobs = [
             Job(None, seed, args.days, args.plateau_rps, args.dt, setup)

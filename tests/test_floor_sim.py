@@ -36,12 +36,12 @@ def test_trace_json_has_every_configuration(tmp_path: Path) -> None:
     # 20 minutes of requests: a steady trickle with a burst, timestamps in seconds, weights.
     rows = [f"{t / 10:.1f},{2 if 600 <= t / 10 < 660 else 1}" for t in range(0, 12_000, 3)]
     trace = _write(tmp_path / "t.csv", "timestamp,weight", rows)
-    done = _run("--trace", str(trace), "--mean-rps", "150", "--json")
+    done = _run("--trace", str(trace), "--mean-rps", "150", "--seeds", "1", "--json")
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     configs = out["configurations"]
     hpa = [c for c in configs if c["kind"] == "hpa"]
-    assert sorted(c["hpa_cpu_target"] for c in hpa) == list(range(30, 81, 5))
+    assert set(range(30, 81, 5)) <= {c["hpa_cpu_target"] for c in hpa}
     assert {c["kind"] for c in configs} == {"hpa", "floor", "floor+prewarm"}
     for c in configs:
         assert set(c) >= {"name", "kind", "hpa_cpu_target", "requests", "violating", "gpu_hours"}
@@ -59,7 +59,7 @@ def test_iso_timestamps_and_header_case(tmp_path: Path) -> None:
     loaded = floor_sim.load_trace(trace, 1.0, 100.0)
     assert len(loaded.work) == pytest.approx(20 * 60, abs=2)
     assert sum(loaded.work) / len(loaded.work) == pytest.approx(100.0)
-    done = _run("--trace", str(trace), "--json")
+    done = _run("--trace", str(trace), "--seeds", "1", "--json")
     assert done.returncode == 0, done.stderr
 
 
