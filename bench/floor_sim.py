@@ -131,6 +131,8 @@ class Trace:
     dt: float
     work: list[float]  # unit requests per second in each step
     events: list[str] = field(default_factory=list)
+    # (kind, start, end) seconds: where violations are attributed ("burst", "peak").
+    windows: list[tuple[str, float, float]] = field(default_factory=list)
     warmup_s: float = 0.0  # not counted (the first replicas settle)
 
     @property
@@ -145,6 +147,7 @@ def synthetic_trace(days: int, seed: int, plateau_rps: float, dt: float) -> Trac
     steps_per_day = int(DAY_SECONDS / dt)
     work: list[float] = []
     events: list[str] = []
+    windows: list[tuple[str, float, float]] = []
     noise = 0.0
     for day in range(days):
         weekend = day % 7 in (5, 6)
@@ -171,6 +174,10 @@ def synthetic_trace(days: int, seed: int, plateau_rps: float, dt: float) -> Trac
             bursts.append((start, rng.uniform(180, 720), rng.uniform(0.3, 1.0)))
         for start, dur, height in sorted(bursts):
             events.append(f"day {day + 1} burst {_hhmm(start)} +{height:.0%} {dur / 60:.0f}m")
+        # A violation counts toward an event from its start until a cold start after it ends.
+        base = day * DAY_SECONDS
+        for kind, spans in (("peak", recurring), ("burst", bursts)):
+            windows += [(kind, base + a - 60, base + a + d + 240) for a, d, _ in spans]
         for i in range(steps_per_day):
             t = i * dt
             value = _diurnal(t / 3600)
@@ -180,7 +187,7 @@ def synthetic_trace(days: int, seed: int, plateau_rps: float, dt: float) -> Trac
                 value += height * _diurnal(start / 3600) * _pulse(t, start, dur, edge=30)
             noise = 0.995 * noise + rng.gauss(0, 0.005)
             work.append(max(0.0, level * value * (1 + noise)))
-    return Trace(f"synthetic seed {seed}", dt, work, events)
+    return Trace(f"synthetic seed {seed}", dt, work, events, sorted(windows, key=lambda w: w[1]))
 
 
 def _pulse(t: float, start: float, duration: float, edge: float) -> float:
@@ -398,6 +405,7 @@ class Result:
     day_gpu_hours: list[float] = field(default_factory=list)
     floor_changes: int = 0
     prewarm_gated_share: float = 0.0
+    violating_by_kind: dict[str, float] = field(default_factory=dict)
 
 
 def _policy(setup: Setup, config: Config, horizon: int) -> FloorPolicy:
@@ -469,6 +477,7 @@ def simulate(
     # Per step: (completions, busy instance-seconds, pending at the end, worst p99).
     steps: deque[tuple[float, float, float]] = deque(maxlen=window_steps + 8)
     pending_now = 0.0
+    kinds = _step_kinds(trace)
 
     for i, work in enumerate(trace.work):
         now = i * dt
@@ -513,6 +522,8 @@ def simulate(
                 if len(p.window) > summary_steps:
                     p.window.popleft()
         if counted:
+            kind = kinds[i]
+            res.violating_by_kind[kind] = res.violating_by_kind.get(kind, 0.0) + late
             res.requests += arrivals
             res.violating += late
             res.day_requests[day] += arrivals
@@ -603,6 +614,17 @@ def simulate(
                 del pods[desired:]
     res.prewarm_gated_share = gated / evaluations if evaluations else 0.0
     return res
+
+
+def _step_kinds(trace: Trace) -> list[str]:
+    """The event each step belongs to (recurring peaks win over bursts), else "elsewhere"."""
+    kinds = ["elsewhere"] * len(trace.work)
+    for wanted in ("burst", "peak"):
+        for kind, start, end in trace.windows:
+            if kind == wanted:
+                first, last = max(0, math.ceil(start / trace.dt)), int(end / trace.dt)
+                kinds[first : last + 1] = [kind] * len(kinds[first : last + 1])
+    return kinds
 
 
 def _history(log: list[float], prewarm: PrewarmPolicy) -> float | None:
@@ -824,6 +846,40 @@ def report(
     for name, (req, bad, gpu) in totals.items():
         lines.append(f"| {name} | {req:,.0f} | {bad:,.0f} | {bad / req:.3%} | {gpu:,.1f} |")
     lines.append("")
+    if not args.trace:
+        lines += _attribution(runs)
+        lines += [
+            "What limits it: each synthetic day holds 3 to 8 unannounced bursts of 3 to 12 "
+            "minutes with 30 s edges, against cold starts of about 180 s. No signal the "
+            "operator reads announces them, so only standing headroom covers their first "
+            "minutes, and a lower CPU target buys standing headroom as well; the table above "
+            "shows the share of violations they carry. Pre-warm can act only on the recurring "
+            "peaks, and only on days whose two previous days both had them (weekdays after "
+            "weekdays). The floor's defaults (burst cover 75%, a 0.4% planning tail) were "
+            "chosen on seeds 1 to 6 and the public trace; seeds 7 to 20 were not looked at "
+            "while choosing.",
+            "",
+        ]
+    else:
+        by_scale: dict[str, list[float]] = {}
+        for (_, _, _, name), comps in zip(runs, comparisons, strict=True):
+            floor = next(c for c in comps if c.name == "HPA + floor")
+            if floor.ratio is not None:
+                by_scale.setdefault(name, []).append(floor.ratio)
+        medians = ", ".join(
+            f"{n.split(' at ')[-1]} {statistics.median(v):.2f}x" for n, v in by_scale.items()
+        )
+        lines += [
+            "The floor against the frontier, median over seeds at each scale: "
+            + medians
+            + ". The code trace is on/off at the scale of seconds (batch clients send "
+            "hundreds of requests at once, then nothing for minutes): bursts far shorter than "
+            "a cold start, which no one-minute rate announces. Where the floor loses (the "
+            "smallest scale, a few replicas), it lowers between bursts and meets the next one "
+            "short; the plain HPA's slow scale-down (one pod a minute after five minutes) holds "
+            "its replicas longer at a similar cost.",
+            "",
+        ]
     if not args.trace and args.days > 1:
         lines += _per_day(runs)
     if args.trace:
@@ -835,6 +891,40 @@ def report(
             "equals the floor alone there.",
             "",
         ]
+    return lines
+
+
+def _attribution(runs: list[tuple[int, list[Result], list[str], str]]) -> list[str]:
+    """Where the violations fall, for the floor and for the plain HPA that spent about as
+    much: what a floor can forecast (recurring peaks) and what no signal announces."""
+    totals: dict[str, dict[str, float]] = {}
+    gpu: dict[str, float] = {}
+    for _, results, _, _ in runs:
+        for r in results:
+            t = totals.setdefault(r.name, {})
+            for kind, value in r.violating_by_kind.items():
+                t[kind] = t.get(kind, 0.0) + value
+            gpu[r.name] = gpu.get(r.name, 0.0) + r.gpu_hours
+    floor = next(n for n in totals if n == "HPA + floor")
+    hpas = [n for n in totals if n.startswith("plain HPA")]
+    near = min(hpas, key=lambda n: abs(gpu[n] - gpu[floor]))
+    lines = [
+        "Where the violations fall, summed over seeds (from an event's start to a cold start "
+        "after its end; recurring peaks can be forecast from history, unannounced bursts "
+        "cannot), for the floor and for the plain HPA with the nearest GPU-hours:",
+        "",
+        "| configuration | GPU-hours | in unannounced bursts | in recurring peaks | elsewhere |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in (near, floor, "HPA + floor + pre-warm"):
+        t = totals[name]
+        total = sum(t.values()) or 1.0
+        cells = " | ".join(
+            f"{t.get(k, 0.0):,.0f} ({t.get(k, 0.0) / total:.0%})"
+            for k in ("burst", "peak", "elsewhere")
+        )
+        lines.append(f"| {name} | {gpu[name]:,.0f} | {cells} |")
+    lines.append("")
     return lines
 
 
@@ -875,7 +965,11 @@ def as_json(runs: list[tuple[int, list[Result], list[str], str]]) -> dict[str, o
                 "seed": seed,
                 "trace": name,
                 "configurations": [
-                    {k: v for k, v in asdict(r).items() if not k.startswith("day_")}
+                    {
+                        k: v
+                        for k, v in asdict(r).items()
+                        if not k.startswith("day_") and k != "violating_by_kind"
+                    }
                     for r in results
                 ],
             }
