@@ -270,6 +270,7 @@ def load_trace(
 class Pod:
     created: float
     ready_at: float
+    number: int = 0  # unique within a run: its cold start is recorded once
     backlog: float = 0.0  # unit requests queued beyond what the instances are serving
     # (arrivals, arrivals * p99 wait) per step over the summary window, for the p99 signal
     window: deque[tuple[float, float]] = field(default_factory=deque)
@@ -456,13 +457,14 @@ def simulate(
         setup.max_replicas,
         max(setup.min_replicas, math.ceil(first / (serving.capacity * 0.5))),
     )
-    pods = [Pod(-1e9, -1e9) for _ in range(start_pods)]
+    pods = [Pod(-1e9, -1e9, n) for n in range(start_pods)]
+    numbers = itertools.count(start_pods)
     hpa = Hpa(config.hpa_cpu_target / 100, setup.min_replicas, setup.max_replicas)
     use_floor = config.kind != "hpa"
     state: FloorState | None = None
     floor = setup.min_replicas
     cold = ColdStartWindow()
-    measured: set[int] = set()
+    measured: set[int] = set(range(start_pods))  # the warm start's pods are not cold starts
     lag_steps = max(1, round(setup.hpa_lag_s / dt))
     cpu_log: deque[float | None] = deque(maxlen=lag_steps + round(15 / dt) + 1)
     window_steps = max(1, round(RATE_WINDOW_S / dt))
@@ -485,10 +487,9 @@ def simulate(
         counted = now >= trace.warmup_s
         ready = [p for p in pods if p.ready_at <= now]
         for p in ready:
-            key = id(p)
-            if key not in measured:
-                measured.add(key)
-                cold.add(ColdStart(str(key), p.ready_at - p.created, None, None, None))
+            if p.number not in measured:
+                measured.add(p.number)
+                cold.add(ColdStart(str(p.number), p.ready_at - p.created, None, None, None))
         arrivals = work * dt
         completions = 0.0
         late = 0.0
@@ -606,7 +607,7 @@ def simulate(
             desired = hpa.sync(now, current, len(ready), utilisation, floor)
             if desired > current:
                 pods.extend(
-                    Pod(now, now + cold_start()) for _ in range(desired - current)
+                    Pod(now, now + cold_start(), next(numbers)) for _ in range(desired - current)
                 )
             elif desired < current:
                 # The ReplicaSet deletes not-ready pods first, then the newest.

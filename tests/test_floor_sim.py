@@ -114,3 +114,14 @@ def test_idle_service_has_no_violations_and_min_replicas() -> None:
         result = floor_sim.simulate(trace, config, setup, seed=1)
         assert result.violating == 0
         assert result.gpu_hours == pytest.approx(setup.min_replicas * 2000 * 5 / 3600)
+
+
+def test_runs_are_reproducible() -> None:
+    """The same seed gives the same figures: a result that moves between identical runs
+    cannot be compared with anything."""
+    trace = floor_sim.synthetic_trace(1, 3, 300.0, 5.0)
+    config = floor_sim.Config("HPA + floor", "floor", 60)
+    a = floor_sim.simulate(trace, config, floor_sim.Setup(), seed=3)
+    b = floor_sim.simulate(trace, config, floor_sim.Setup(), seed=3)
+    assert (a.violating, a.gpu_hours) == (b.violating, b.gpu_hours)
+    assert a.floor_changes == b.floor_changes
