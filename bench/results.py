@@ -8,12 +8,17 @@ from pathlib import Path
 
 
 def commit() -> str:
-    """The commit a section is measured at; `+changes` when the tree has uncommitted work."""
+    """The commit a section is measured at; `+changes` when the tree has uncommitted work
+    (other than RESULTS.md itself, which the benchmarks write)."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", ".", ":!bench/RESULTS.md"],
+            capture_output=True,
+            text=True,
+        )
         return sha + ("+changes" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
