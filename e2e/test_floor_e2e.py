@@ -199,6 +199,40 @@ def _until(check: Callable[[], bool], timeout: float, what: str) -> float:
     return time.monotonic() - started
 
 
+def _scrape_target(triton: LocalTriton, namespace: str, name: str) -> ScrapeTarget:
+    """The Triton as a ServiceMonitor's relabelling would label its pod."""
+    return ScrapeTarget(
+        triton.metrics_url.removeprefix("http://").removesuffix("/metrics"),
+        {"namespace": namespace, "service": name, "pod": f"{name}-0"},
+    )
+
+
+def _serve(
+    start_operator: Callable[..., OperatorProcess],
+    services: Services,
+    prometheus: PrometheusServer,
+    namespace: str,
+    name: str,
+    spec: dict[str, Any],
+) -> dict[str, Any]:
+    """Operator reading this Prometheus, the service applied, Ready, its metrics present."""
+    start_operator(
+        namespace,
+        CCS_PROMETHEUS_URL=prometheus.url,
+        CCS_FLOOR_WINDOW="5s",
+        CCS_RESYNC_SECONDS="30",
+    )
+    services.apply(namespace, {**sample(name), "spec": spec})
+    services.wait_ready(namespace, name)
+    return services.wait(
+        namespace,
+        name,
+        lambda b: (condition(b, "MetricsAvailable") or {}).get("status") == "True",
+        timeout=60,
+        what="MetricsAvailable True",
+    )
+
+
 def test_floor_rises_under_load_holds_without_prometheus_and_steps_down(
     cluster: Cluster,
     solo_namespace: str,
@@ -207,32 +241,13 @@ def test_floor_rises_under_load_holds_without_prometheus_and_steps_down(
     triton: LocalTriton,
 ) -> None:
     namespace = solo_namespace
-    target = ScrapeTarget(
-        triton.metrics_url.removeprefix("http://").removesuffix("/metrics"),
-        {"namespace": namespace, "service": NAME, "pod": f"{NAME}-0"},
-    )
-    prometheus = PrometheusServer([target], scrape_interval="1s")
+    prometheus = PrometheusServer([_scrape_target(triton, namespace, NAME)], scrape_interval="1s")
     with prometheus:
         prometheus.wait_for_targets_up()
-        start_operator(
-            namespace,
-            CCS_PROMETHEUS_URL=prometheus.url,
-            CCS_FLOOR_WINDOW="5s",
-            CCS_RESYNC_SECONDS="30",
-        )
-        services.apply(namespace, {**sample(NAME), "spec": _spec()})
-        body = services.wait_ready(namespace, NAME)
-        assert _hpa_min(cluster, namespace) == 1
-
         # Idle: the series exist and read 0 ms, so the floor is active and stays at min.
-        body = services.wait(
-            namespace,
-            NAME,
-            lambda b: (condition(b, "MetricsAvailable") or {}).get("status") == "True",
-            timeout=60,
-            what="MetricsAvailable True",
-        )
+        body = _serve(start_operator, services, prometheus, namespace, NAME, _spec())
         assert body["status"]["floor"] == 1
+        assert _hpa_min(cluster, namespace) == 1
 
         watch = BreachWatch(prometheus.url, namespace, lambda: _hpa_min(cluster, namespace))
         with watch, Load(triton.grpc_url) as load:
@@ -426,27 +441,10 @@ def test_floor_leads_a_load_ramp(
     ramp_triton: LocalTriton,
 ) -> None:
     namespace = solo_namespace
-    target = ScrapeTarget(
-        ramp_triton.metrics_url.removeprefix("http://").removesuffix("/metrics"),
-        {"namespace": namespace, "service": RAMP, "pod": f"{RAMP}-0"},
-    )
+    target = _scrape_target(ramp_triton, namespace, RAMP)
     with PrometheusServer([target], scrape_interval="1s") as prometheus:
         prometheus.wait_for_targets_up()
-        start_operator(
-            namespace,
-            CCS_PROMETHEUS_URL=prometheus.url,
-            CCS_FLOOR_WINDOW="5s",
-            CCS_RESYNC_SECONDS="30",
-        )
-        services.apply(namespace, {**sample(RAMP), "spec": _ramp_spec()})
-        services.wait_ready(namespace, RAMP)
-        services.wait(
-            namespace,
-            RAMP,
-            lambda b: (condition(b, "MetricsAvailable") or {}).get("status") == "True",
-            timeout=60,
-            what="MetricsAvailable True",
-        )
+        _serve(start_operator, services, prometheus, namespace, RAMP, _ramp_spec())
         probe = PrometheusClient(PrometheusSettings(url=prometheus.url))
         raised_at: float | None = None
         breach_at: float | None = None

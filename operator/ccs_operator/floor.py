@@ -472,16 +472,17 @@ class _Model:
 
         # The rise over one horizon, relative to at least one replica's worth of load.
         past = [r for t, r in state.arrivals if t <= now - horizon + 1e-6]
+        interval = max(1.0, now - state.arrivals[-1][0] if state.arrivals else horizon)
         rises = state.rises
         if past:
             base = max(past[-1], self.capacity)
-            interval = now - state.arrivals[-1][0] if state.arrivals else horizon
-            decay = decay_for(max(interval, 1.0), RISES_HALF_LIFE_SECONDS)
+            decay = decay_for(interval, RISES_HALF_LIFE_SECONDS)
             rises = rises.add(max(0.0, rate - past[-1]) / base, decay)
         self.headroom = rises.quantile(policy.burst_cover)
-        arrivals = (*state.arrivals, (now, rate))
-        keep_after = now - horizon - 2 * max(1.0, _interval(state.arrivals, now, horizon))
-        arrivals = tuple((t, r) for t, r in arrivals if t >= keep_after)
+        # Keep one horizon of samples, and a little more so one is always a horizon old.
+        arrivals = tuple(
+            (t, r) for t, r in (*state.arrivals, (now, rate)) if t >= now - horizon - 2 * interval
+        )
 
         # Score the forecast made one horizon ago against what arrived.
         error = state.forecast_error
@@ -514,10 +515,6 @@ class _Model:
         )
 
 
-def _interval(arrivals: tuple[tuple[float, float], ...], now: float, default: float) -> float:
-    return now - arrivals[-1][0] if arrivals else default
-
-
 def _leading(
     policy: FloorPolicy,
     state: FloorState,
@@ -530,17 +527,17 @@ def _leading(
     ready = max(observation.ready_replicas, 0)
     target = policy.target_ms
     watermark = target * policy.lower_watermark_ratio
+    uncorrected = max(m.demand_rate, m.forecast) * (1 + m.headroom)
     correction = state.correction
     if latency is not None and latency > target:
-        if ready >= m.replicas(max(m.demand_rate, m.forecast) * (1 + m.headroom) * correction):
+        if ready >= m.replicas(uncorrected * correction):
             correction = min(correction * CORRECTION_STEP, MAX_CORRECTION)
     elif latency is not None and latency < watermark and state.last_seen_at is not None:
         keep = decay_for(max(now - state.last_seen_at, 0.0), CORRECTION_HALF_LIFE_SECONDS)
         correction = 1 + (correction - 1) * keep
     m.state = dataclasses.replace(m.state, correction=correction)
     need = m.replicas(m.demand_rate * correction)
-    ahead = max(m.demand_rate, m.forecast) * (1 + m.headroom) * correction
-    plan = m.replicas(ahead)
+    plan = m.replicas(uncorrected * correction)
     reason = FloorReason.DEMAND_FORECAST
     message = (
         f"arrivals {m.rate:.1f}/s, forecast {m.forecast:.1f}/s in "
@@ -565,8 +562,7 @@ def _leading(
                 f"{plan} replicas"
             )
 
-    prewarm, prewarm_message, stored = _prewarm(policy, state, observation, m, plan, need)
-    stored = dataclasses.replace(stored, correction=correction)
+    prewarm, prewarm_message, stored = _prewarm(policy, state, observation, m, plan)
     wanted = policy.clamp(max(plan, prewarm))
     if wanted > policy.clamp(plan):
         reason, message = FloorReason.PREWARM_FOR_RECURRING_PEAK, prewarm_message
@@ -632,7 +628,6 @@ def _prewarm(
     observation: FloorObservation,
     m: _Model,
     plan: int,
-    need: int,
 ) -> tuple[int, str, FloorState]:
     """Pre-warm's floor (0 for none) and why, with its episode record updated in the state.
 
