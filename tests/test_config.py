@@ -21,12 +21,14 @@ def test_environment_is_read_with_prefix() -> None:
             "CCS_METRICS_PORT": "9100",
             "CCS_LEADER_ELECTION": "false",
             "CCS_PROMETHEUS_URL": "http://prom:9090",
+            "CCS_RECONCILE_WORKERS": "3",
             "METRICS_PORT": "1",  # unprefixed variables are not ours
         }
     )
     assert config.namespaces == ("a", "b")
     assert config.log_format == "json" and config.metrics_port == 9100
     assert not config.leader_election and config.prometheus_url == "http://prom:9090"
+    assert config.reconcile_workers == 3
 
 
 @pytest.mark.parametrize(
@@ -37,6 +39,7 @@ def test_environment_is_read_with_prefix() -> None:
         ({"CCS_LEADER_ELECTION": "maybe"}, "CCS_LEADER_ELECTION"),
         ({"CCS_METRICS_PORT": "8081"}, "must differ"),
         ({"CCS_RESYNC_SECONDS": "1"}, "CCS_RESYNC_SECONDS"),
+        ({"CCS_RECONCILE_WORKERS": "0"}, "CCS_RECONCILE_WORKERS"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict, words: str) -> None:

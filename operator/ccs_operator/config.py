@@ -65,6 +65,8 @@ class OperatorConfig:
     lease_namespace: str = "default"
     lease_duration_seconds: int = 15
     api_workers: int = 16
+    # Services reconciled at once (the work queue's workers); more wait in the queue.
+    reconcile_workers: int = 8
     request_timeout_seconds: float = 30.0
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     prometheus_bearer_token: str | None = field(default=None, repr=False)
@@ -99,6 +101,7 @@ class OperatorConfig:
             or cls.lease_namespace,
             lease_duration_seconds=_int(env, "LEASE_DURATION_SECONDS", cls.lease_duration_seconds),
             api_workers=_int(env, "API_WORKERS", cls.api_workers),
+            reconcile_workers=_int(env, "RECONCILE_WORKERS", cls.reconcile_workers),
             request_timeout_seconds=_float(env, "REQUEST_TIMEOUT_SECONDS", 30.0),
             prometheus_url=env.get(ENV_PREFIX + "PROMETHEUS_URL") or cls.prometheus_url,
             prometheus_bearer_token=env.get(ENV_PREFIX + "PROMETHEUS_BEARER_TOKEN") or None,
@@ -132,5 +135,7 @@ class OperatorConfig:
             raise ConfigError(
                 f"{ENV_PREFIX}FLOOR_WINDOW must be a duration like 1m, got {self.floor_window!r}"
             )
+        if not 1 <= self.reconcile_workers <= 256:
+            raise ConfigError(f"{ENV_PREFIX}RECONCILE_WORKERS must be between 1 and 256")
         if self.lease_duration_seconds < 5:
             raise ConfigError(f"{ENV_PREFIX}LEASE_DURATION_SECONDS must be >= 5")

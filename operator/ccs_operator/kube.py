@@ -27,11 +27,13 @@ log = logging.getLogger(__name__)
 
 
 class KubeError(Exception):
-    """An API call failed; `status` is the HTTP status (0 for transport errors)."""
+    """An API call failed; `status` is the HTTP status (0 for transport errors) and
+    `retry_after` the server's Retry-After in seconds, when it sent one."""
 
-    def __init__(self, message: str, status: int = 0) -> None:
+    def __init__(self, message: str, status: int = 0, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
 
 
 class Transient(KubeError):
@@ -48,6 +50,21 @@ class NotFound(KubeError):
 
 class Conflict(KubeError):
     pass
+
+
+class Fenced(KubeError):
+    """This process lost its leadership: it must not write anything any more."""
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header in seconds (the API server sends delta-seconds)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
 
 
 @dataclass(frozen=True)
@@ -75,14 +92,20 @@ CHILD_TYPES: dict[str, ResourceType] = {
 SERVICE_TYPE = ResourceType(f"{API_GROUP}/{API_VERSION}", "ClaudeCodeService", PLURAL)
 
 
-def _error(method: str, path: str, status: int, body: bytes | str | None) -> KubeError:
+def _error(
+    method: str,
+    path: str,
+    status: int,
+    body: bytes | str | None,
+    retry_after: str | None = None,
+) -> KubeError:
     """Map an HTTP error to the exception the reconcile acts on."""
     try:
         message = str(json.loads(body or b"{}").get("message") or f"HTTP {status}")
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, AttributeError):
         message = f"HTTP {status}"
     if status in (0, 429, 500, 502, 503, 504):
-        return Transient(f"{method} {path}: {message}", status)
+        return Transient(f"{method} {path}: {message}", status, retry_after_seconds(retry_after))
     if status == 404:
         return NotFound(f"{method} {path}: not found", status)
     if status == 409:
@@ -100,6 +123,11 @@ class KubeClient:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
         self._timeout = timeout_seconds
         self._served_cache: dict[str, tuple[float, bool]] = {}
+        self.fenced = False
+
+    def fence(self) -> None:
+        """Refuse every write from now on (leadership lost): reads still work."""
+        self.fenced = True
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -113,6 +141,9 @@ class KubeClient:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> Any:
+        if self.fenced and method != "GET":
+            raise Fenced(f"{method} {path}: not sent, this operator is no longer the leader")
+
         def call() -> Any:
             serialized = self._api.param_serialize(
                 method=method,
@@ -125,14 +156,19 @@ class KubeClient:
             response = self._api.call_api(*serialized, _request_timeout=self._timeout)
             data = response.read()
             if not 200 <= response.status < 300:
-                raise _error(method, path, response.status, data)
+                raise _error(
+                    method, path, response.status, data, response.getheader("Retry-After")
+                )
             return json.loads(data) if data else None
 
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, call)
         except k8s.ApiException as exc:
-            raise _error(method, path, exc.status or 0, exc.body) from exc
+            headers = exc.headers or {}
+            raise _error(
+                method, path, exc.status or 0, exc.body, headers.get("Retry-After")
+            ) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise Transient(f"{method} {path}: {exc}") from exc
 
@@ -175,14 +211,22 @@ class KubeClient:
             return None
         return result
 
-    async def patch_service_status(
-        self, namespace: str, name: str, patch: Mapping[str, Any]
+    async def apply_service_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], manager: str
     ) -> dict[str, Any]:
+        """Server-side apply of the part of .status that `manager` owns: fields it omits
+        and owned alone are removed, fields and conditions of other managers are kept."""
         result: dict[str, Any] = await self._call(
             "PATCH",
             SERVICE_TYPE.path(namespace, name) + "/status",
-            body={"status": dict(patch)},
-            content_type="application/merge-patch+json",
+            body={
+                "apiVersion": SERVICE_TYPE.api_version,
+                "kind": SERVICE_TYPE.kind,
+                "metadata": {"name": name, "namespace": namespace},
+                "status": dict(status),
+            },
+            query=[("fieldManager", manager), ("force", "true")],
+            content_type="application/apply-patch+yaml",
         )
         return result
 
@@ -236,24 +280,30 @@ class KubeClient:
         self._served_cache.clear()
 
 
+EVENT_CORRELATION_SECONDS = 600.0
+EVENT_CACHE_SIZE = 4096
+
+
 class EventRecorder:
     """Posts Kubernetes Events about services, fire-and-forget, from any task of the loop.
 
     kopf.event only works inside kopf's per-object handler context; the floor loop and the
     reconciles it queues run outside it. One path for every event keeps them all visible in
     `kubectl describe ccs`. A failed post is logged, never raised: an event is not worth
-    failing a reconcile for.
+    failing a reconcile for. Like client-go's event correlator, the same event about the same
+    object within ten minutes bumps the existing Event's count instead of adding another.
     """
 
-    def __init__(self, kube: KubeClient) -> None:
+    def __init__(self, kube: KubeClient, clock: Any = time.monotonic) -> None:
         self.kube = kube
         self.instance = socket.gethostname()
+        self.clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
+        # (namespace, uid, type, reason, message) -> (event name, count, last seen)
+        self._seen: dict[tuple[str, ...], tuple[str, int, float]] = {}
 
     def __call__(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._post(self._event(body, type_, reason, message))
-        )
+        task = asyncio.get_running_loop().create_task(self._record(body, type_, reason, message))
         self._tasks.add(task)  # keep a reference until done (asyncio holds tasks weakly)
         task.add_done_callback(self._tasks.discard)
 
@@ -285,12 +335,46 @@ class EventRecorder:
             "count": 1,
         }
 
-    async def _post(self, event: dict[str, Any]) -> None:
+    async def _record(
+        self, body: Mapping[str, Any], type_: str, reason: str, message: str
+    ) -> None:
+        event = self._event(body, type_, reason, message)
         namespace = event["metadata"]["namespace"]
+        key = (namespace, str(event["involvedObject"]["uid"]), type_, reason, event["message"])
+        now = self.clock()
+        seen = self._seen.get(key)
         try:
-            await self.kube._call("POST", f"/api/v1/namespaces/{namespace}/events", body=event)
+            if seen is not None and now - seen[2] < EVENT_CORRELATION_SECONDS:
+                name, count = seen[0], seen[1] + 1
+                self._seen[key] = (name, count, now)
+                try:
+                    await self.kube._call(
+                        "PATCH",
+                        f"/api/v1/namespaces/{namespace}/events/{name}",
+                        body={"count": count, "lastTimestamp": event["lastTimestamp"]},
+                        content_type="application/merge-patch+json",
+                    )
+                    return
+                except NotFound:
+                    pass  # expired on the server: post a new one
+            posted = await self.kube._call(
+                "POST", f"/api/v1/namespaces/{namespace}/events", body=event
+            )
         except KubeError as exc:
-            log.info("event %s on %s not posted: %s", event["reason"], namespace, exc)
+            log.info("event %s on %s not posted: %s", reason, namespace, exc)
+            return
+        self._remember(key, str((posted or {}).get("metadata", {}).get("name", "")), now)
+
+    def _remember(self, key: tuple[str, ...], name: str, now: float) -> None:
+        if not name:
+            return
+        self._seen[key] = (name, 1, now)
+        if len(self._seen) > EVENT_CACHE_SIZE:
+            expired = [k for k, v in self._seen.items() if now - v[2] >= EVENT_CORRELATION_SECONDS]
+            for old in expired:
+                del self._seen[old]
+            while len(self._seen) > EVENT_CACHE_SIZE:
+                del self._seen[next(iter(self._seen))]
 
     async def drain(self) -> None:
         """Wait for events still being posted (at shutdown)."""

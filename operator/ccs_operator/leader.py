@@ -14,6 +14,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -52,12 +53,16 @@ class LeaseElector:
         self.identity = identity or default_identity()
         self.lease_seconds = lease_seconds
         self.retry_seconds = max(1.0, lease_seconds / 5)
+        # No lease call may outlive a third of the lease: a hung renew is a failed renew.
+        self.request_timeout = max(1.0, lease_seconds / 3)
         self._observed: _Observed | None = None
 
     def _try_acquire_or_renew(self) -> bool:
         """One attempt (blocking I/O); True while we hold the lease."""
         try:
-            lease = self._api.read_namespaced_lease(self.name, self.namespace)
+            lease = self._api.read_namespaced_lease(
+                self.name, self.namespace, _request_timeout=self.request_timeout
+            )
         except k8s.ApiException as exc:
             if exc.status != 404:
                 raise
@@ -66,7 +71,9 @@ class LeaseElector:
                 spec=self._spec(transitions=0, acquire=True),
             )
             try:
-                self._api.create_namespaced_lease(self.namespace, body)
+                self._api.create_namespaced_lease(
+                    self.namespace, body, _request_timeout=self.request_timeout
+                )
             except k8s.ApiException as create_exc:
                 if create_exc.status == 409:
                     return False  # another candidate created it first
@@ -90,7 +97,9 @@ class LeaseElector:
         )
         try:
             # The resourceVersion in `lease` makes this a compare-and-swap.
-            self._api.replace_namespaced_lease(self.name, self.namespace, lease)
+            self._api.replace_namespaced_lease(
+                self.name, self.namespace, lease, _request_timeout=self.request_timeout
+            )
         except k8s.ApiException as exc:
             if exc.status == 409:
                 return False
@@ -108,10 +117,20 @@ class LeaseElector:
         )
 
     async def _attempt(self) -> bool:
+        """One try; any failure (API error, refused connection, urllib3's MaxRetryError or
+        ProtocolError, a hung call) is a failed try, never an exception."""
         try:
-            return await asyncio.to_thread(self._try_acquire_or_renew)
-        except (k8s.ApiException, OSError) as exc:
-            log.warning("leader election: lease %s/%s: %s", self.namespace, self.name, exc)
+            return await asyncio.wait_for(
+                asyncio.to_thread(self._try_acquire_or_renew), timeout=self.request_timeout + 1
+            )
+        except Exception as exc:
+            log.warning(
+                "leader election: lease %s/%s: %s: %s",
+                self.namespace,
+                self.name,
+                type(exc).__name__,
+                exc,
+            )
             return False
 
     async def acquire(self, stop: asyncio.Event) -> bool:
@@ -130,32 +149,48 @@ class LeaseElector:
                 await asyncio.wait_for(stop.wait(), timeout=self.retry_seconds)
         return False
 
-    async def keep(self, lost: asyncio.Event, stop: asyncio.Event) -> None:
-        """Renew until stopped; set `lost` if the lease cannot be renewed before it expires."""
+    async def keep(
+        self,
+        lost: asyncio.Event,
+        stop: asyncio.Event,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
+        """Renew until stopped; when the lease cannot be renewed within the renew deadline
+        (two thirds of the lease, so before another candidate may take it), call `on_lost`
+        (which must stop all writing at once) and set `lost`. If this task ends for any
+        other reason than `stop`, that counts as lost too: nobody renews any more."""
         last_renewed = time.monotonic()
         renew_every = self.lease_seconds / 3
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=renew_every)
-                return
-            except TimeoutError:
-                pass
-            if await self._attempt():
-                last_renewed = time.monotonic()
-            elif time.monotonic() - last_renewed > self.lease_seconds * 2 / 3:
-                log.error("leader election: lost lease %s/%s", self.namespace, self.name)
+        deadline = self.lease_seconds * 2 / 3
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=renew_every)
+                    return
+                if await self._attempt():
+                    last_renewed = time.monotonic()
+                elif time.monotonic() - last_renewed > deadline:
+                    log.error("leader election: lost lease %s/%s", self.namespace, self.name)
+                    return
+        finally:
+            if not stop.is_set():
+                if on_lost is not None:
+                    on_lost()
                 lost.set()
-                return
 
     def release(self) -> None:
         """Hand the lease over at once on a clean shutdown instead of waiting for expiry."""
         try:
-            lease = self._api.read_namespaced_lease(self.name, self.namespace)
+            lease = self._api.read_namespaced_lease(
+                self.name, self.namespace, _request_timeout=self.request_timeout
+            )
             spec = lease.spec
             if spec is None or spec.holder_identity != self.identity:
                 return
             spec.holder_identity = None
             spec.lease_duration_seconds = 1
-            self._api.replace_namespaced_lease(self.name, self.namespace, lease)
-        except (k8s.ApiException, OSError) as exc:
+            self._api.replace_namespaced_lease(
+                self.name, self.namespace, lease, _request_timeout=self.request_timeout
+            )
+        except Exception as exc:
             log.warning("leader election: could not release lease: %s", exc)

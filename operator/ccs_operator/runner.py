@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -52,6 +53,10 @@ def configure_logging(config: OperatorConfig) -> None:
     # The kubernetes client logs every request body at DEBUG; keep it quiet.
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # kopf logs every handled event at INFO ("Handler ... succeeded"): one line per watch
+    # event of every child; the operator's own log says what it did.
+    if config.log_level != "DEBUG":
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
 def _api_client(config: OperatorConfig) -> kubernetes.client.ApiClient:
@@ -65,15 +70,26 @@ def _api_client(config: OperatorConfig) -> kubernetes.client.ApiClient:
 
 
 class Health:
-    """/healthz: the event loop answers, and once leading, kopf's tasks are alive."""
+    """/healthz: the event loop answers, and once leading, every task that must run does:
+    kopf, the reconcile workers, the resync, the floor loop and the lease keeper."""
 
     def __init__(self) -> None:
         self.operator_task: asyncio.Task[Any] | None = None
+        self.tasks: dict[str, Callable[[], bool]] = {}
         self.role = "standby"
 
-    async def handle(self, _: web.Request) -> web.Response:
+    def problem(self) -> str | None:
         if self.operator_task is not None and self.operator_task.done():
-            return web.json_response({"status": "operator stopped"}, status=500)
+            return "operator stopped"
+        for name, alive in self.tasks.items():
+            if not alive():
+                return f"{name} stopped"
+        return None
+
+    async def handle(self, _: web.Request) -> web.Response:
+        problem = self.problem()
+        if problem is not None:
+            return web.json_response({"status": problem, "role": self.role}, status=500)
         return web.json_response({"status": "ok", "role": self.role})
 
     async def serve(self, port: int) -> web.AppRunner:
@@ -112,7 +128,12 @@ async def serve(config: OperatorConfig) -> int:
     health.role = "leader"
 
     events = EventRecorder(kube)
-    reconciler = Reconciler(kube, RenderSettings(loader_image=config.loader_image), events)
+    reconciler = Reconciler(
+        kube,
+        RenderSettings(loader_image=config.loader_image),
+        events,
+        workers=config.reconcile_workers,
+    )
     prometheus = PrometheusClient(
         PrometheusSettings(
             url=config.prometheus_url,
@@ -140,9 +161,23 @@ async def serve(config: OperatorConfig) -> int:
         )
     )
     health.operator_task = operator
+    health.tasks["reconcile workers"] = lambda: not reconciler.workers.tasks or (
+        reconciler.workers.alive()
+    )
+    health.tasks["background loops"] = lambda: not any(t.done() for t in reconciler.background)
+
+    def fence() -> None:
+        # Leadership is gone: another operator may already act. Stop writing at once, before
+        # kopf and the loops wind down.
+        kube.fence()
+        reconciler.workers.fenced = True
+        health.role = "lost"
+
     # kopf installs its own SIGTERM/SIGINT handlers once it starts; ours cover the rest.
     watchers = [asyncio.create_task(stop.wait()), asyncio.create_task(lost.wait())]
-    keeper = asyncio.create_task(elector.keep(lost, stop)) if elector else None
+    keeper = asyncio.create_task(elector.keep(lost, stop, on_lost=fence)) if elector else None
+    if keeper is not None:
+        health.tasks["lease keeper"] = lambda: not keeper.done()
     await asyncio.wait([operator, *watchers], return_when=asyncio.FIRST_COMPLETED)
     # kopf ending with an error (it re-raises a failed root task) is a crash: exit non-zero
     # so the kubelet restarts the pod. kopf handles SIGTERM itself and then ends cleanly.
