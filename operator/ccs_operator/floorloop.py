@@ -50,7 +50,14 @@ from .prom import (
     p99_queue_latency_query,
 )
 from .reconcile import Reconciler
-from .status import FLOOR_ACTIVE, METRICS_AVAILABLE, Condition, merge_conditions, timestamp
+from .status import (
+    FLOOR_ACTIVE,
+    FLOOR_STATUS,
+    METRICS_AVAILABLE,
+    Condition,
+    merge_conditions,
+    timestamp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +67,7 @@ HISTORY_LENGTH = 20
 ACCOUNTING_WRITE_SECONDS = 300.0
 # The External metric the HPA scales on is checked this often per service (an API call each).
 EXTERNAL_METRIC_CHECK_SECONDS = 300.0
+EXTERNAL_METRIC_PARALLELISM = 8
 
 
 @dataclass
@@ -264,31 +272,37 @@ class FloorLoop:
         return lead if lead is not None else self._horizon(ccs, body)
 
     async def _check_external_metrics(self, services: list[ClaudeCodeService], now: float) -> None:
-        """Whether the HPA can read its requests-per-second External metric, per service."""
-        for ccs in services:
+        """Whether the HPA can read its requests-per-second External metric, per service;
+        the reads run side by side (bounded), never one after another."""
+        limit = asyncio.Semaphore(EXTERNAL_METRIC_PARALLELISM)
+
+        async def check(ccs: ClaudeCodeService) -> None:
             memory = self.memory[_key(ccs)]
             if ccs.spec.autoscaling.requests_per_second <= 0:
                 memory.external_problem = None
-                continue
+                return
             if (
                 memory.external_checked_at is not None
                 and now - memory.external_checked_at < EXTERNAL_METRIC_CHECK_SECONDS
             ):
-                continue
+                return
             memory.external_checked_at = now
             selector = {"service": ccs.name}
             try:
-                items = await self.reconciler.kube.external_metric(
-                    ccs.namespace, EXTERNAL_RPS_METRIC, selector
-                )
+                async with limit:
+                    items = await self.reconciler.kube.external_metric(
+                        ccs.namespace, EXTERNAL_RPS_METRIC, selector
+                    )
             except Transient as exc:
                 memory.external_checked_at = None  # ask again next interval
                 log.info("external metrics API of %s/%s unreachable: %s", *_key(ccs), exc)
-                continue
+                return
             except KubeError as exc:
                 items = None
                 log.info("external metric of %s/%s unreadable: %s", *_key(ccs), exc)
             memory.external_problem = _external_metric_problem(ccs, items)
+
+        await asyncio.gather(*(check(ccs) for ccs in services))
 
     async def _read_prewarm_history(
         self, services: list[tuple[ClaudeCodeService, int]]
@@ -468,9 +482,12 @@ class FloorLoop:
                 patch["scalingHistory"] = history[-HISTORY_LENGTH:]
             if not patch:
                 return
+            # What changed decides whether to write; what is written is the whole part of
+            # status this writer owns, server-side applied with its own field manager.
+            ours = FLOOR_STATUS.part({**current, **patch})
             try:
-                written = await self.reconciler.kube.patch_service_status(
-                    ccs.namespace, ccs.name, patch
+                written = await self.reconciler.kube.apply_service_status(
+                    ccs.namespace, ccs.name, ours, FLOOR_STATUS.manager
                 )
             except KubeError as exc:
                 log.warning("floor of %s/%s not stored: %s", *key, exc)

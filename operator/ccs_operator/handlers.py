@@ -1,4 +1,10 @@
-"""kopf wiring only: every handler hands its object to the Reconciler or the floor loop."""
+"""kopf wiring only: every handler puts a service's key on the reconciler's work queue.
+
+kopf is used for what it does well (watching, with relists and reconnects); the decision of
+what to do lives in one level-based reconcile behind one rate-limited queue. No kopf state
+handlers (create/update/resume) are registered, so kopf writes nothing to the services: no
+finalizers, no last-handled annotations.
+"""
 
 from __future__ import annotations
 
@@ -13,15 +19,27 @@ from .api import API_GROUP, API_VERSION, PLURAL
 from .config import OperatorConfig
 from .floorloop import FloorLoop
 from .kube import CHILD_TYPES
-from .reconcile import InvalidSpec, Reconciler, RetryLater, controller_name
+from .reconcile import Reconciler, child_changed, controller_name
 
 # Children whose CRD may be removed while the operator runs. kopf stops the whole operator
 # when a watch of a vanished resource answers 404, so these are not watched: their drift
 # is repaired by the periodic resync, and a removed CRD only switches monitoring off.
 OPTIONAL_CRD_KINDS = frozenset({"ServiceMonitor"})
 MANAGED_BY = {"app.kubernetes.io/managed-by": "ccs-operator"}
+MANAGED_BY_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
 FINALIZER = f"{API_GROUP}/finalizer"
 ANNOTATION_PREFIX = f"operator.{API_GROUP}"
+
+
+def watched_children() -> list[tuple[str, str, str, str]]:
+    """(kind, group, version, plural) of every child kind the operator watches."""
+    watched = []
+    for child in CHILD_TYPES.values():
+        if child.kind in OPTIONAL_CRD_KINDS:
+            continue
+        group, _, version = child.api_version.rpartition("/")
+        watched.append((child.kind, group, version, child.plural))
+    return watched
 
 
 def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
@@ -40,7 +58,13 @@ def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.execution.max_workers = config.api_workers
-    settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
+    settings.queueing.error_delays = (1, 2, 5, 10, 30, 60)
+    # Filter on the server: the operator lists and watches only the children and pods it
+    # manages, never every Pod and ConfigMap of the cluster (handler `labels=` filters only
+    # on the client, after the whole stream was received and kept).
+    for _, group, _, plural in watched_children():
+        settings.watching.label_selectors[group, plural] = MANAGED_BY_SELECTOR
+    settings.watching.label_selectors["", "pods"] = MANAGED_BY_SELECTOR
 
 
 def build_registry(
@@ -62,6 +86,7 @@ def build_registry(
     async def _settings(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings, config)
         loop = asyncio.get_running_loop()
+        reconciler.workers.start()
         # The periodic resync is ours, not a kopf timer: kopf puts a finalizer on every
         # object it runs timers for, which blocks `kubectl delete` (and namespace deletion)
         # whenever the operator is not running. Nothing outside the cluster needs cleaning,
@@ -69,39 +94,29 @@ def build_registry(
         background.append(loop.create_task(reconciler.resync(stop, config.resync_seconds)))
         if floor_loop is not None:
             background.append(loop.create_task(floor_loop.run(stop)))
+        reconciler.background = background
 
     @kopf.on.cleanup(registry=registry)
     async def _stop_background(**_: Any) -> None:
         stop.set()
+        await reconciler.workers.stop()
         await asyncio.gather(*background, return_exceptions=True)
 
     # Event handlers are async: kopf runs sync handlers in worker threads, where the
-    # reconciler's asyncio scheduling (enqueue, debounced status writes) has no loop.
+    # reconciler's asyncio scheduling (the work queue) has no loop.
     @kopf.on.event(*resource, registry=registry)
-    async def _remember(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def _service_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
         if event.get("type") == "DELETED":
-            meta = body["metadata"]
-            reconciler.forget_service((meta["namespace"], meta["name"]))
-        else:
-            reconciler.remember_service(body)
+            reconciler.forget_service(key, meta.get("uid"))
+            return
+        known = reconciler.services.get(key)
+        if reconciler.remember_service(body) and needs_reconcile(known, body):
+            reconciler.queue.add(key)
 
-    @kopf.on.resume(*resource, registry=registry)
-    @kopf.on.create(*resource, registry=registry)
-    @kopf.on.update(*resource, registry=registry)
-    async def _reconcile(body: kopf.Body, **_: Any) -> None:
-        reconciler.remember_service(body)
-        try:
-            await reconciler.reconcile(body)
-        except InvalidSpec as exc:
-            raise kopf.PermanentError(str(exc)) from exc
-        except RetryLater as exc:
-            raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
-
-    for child in CHILD_TYPES.values():
-        if child.kind in OPTIONAL_CRD_KINDS:
-            continue
-        group, _, version = child.api_version.rpartition("/")
-        _watch_child(registry, reconciler, child.kind, group, version, child.plural)
+    for kind, group, version, plural in watched_children():
+        _watch_child(registry, reconciler, kind, group, version, plural)
 
     @kopf.on.event("", "v1", "pods", labels=MANAGED_BY, registry=registry, id="cold-start")
     async def _pod_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
@@ -109,6 +124,20 @@ def build_registry(
             reconciler.observe_pod(body, initial=event.get("type") is None)
 
     return registry
+
+
+def needs_reconcile(known: Mapping[str, Any] | None, body: Mapping[str, Any]) -> bool:
+    """Whether a service's event asks for a reconcile: it is new to us, or something other
+    than status changed (a status write of ours, or of the floor loop, is not a reason)."""
+    if known is None:
+        return True
+    old, new = known.get("metadata") or {}, body.get("metadata") or {}
+    if old.get("uid") != new.get("uid"):
+        return True
+    return any(
+        old.get(field) != new.get(field)
+        for field in ("generation", "labels", "annotations", "deletionTimestamp")
+    )
 
 
 def _watch_child(
@@ -134,10 +163,9 @@ def _watch_child(
         deleted = event.get("type") == "DELETED"
         known = reconciler.children.get((kind, meta["namespace"], meta["name"]))
         reconciler.remember_child(kind, body, deleted=deleted)
-        if event.get("type") is None:
-            return  # the initial listing: nothing happened, the cache is just filled
-        changed_by_someone = (
-            deleted or known is None or known.resource_version != meta["resourceVersion"]
-        )
-        if changed_by_someone:
-            reconciler.enqueue((meta["namespace"], owner))
+        now = reconciler.children.get((kind, meta["namespace"], meta["name"]))
+        if event.get("type") is None and known is None:
+            return  # the first listing at start: the cache is just filled
+        # A relist (after a watch gap or 410 Gone) that shows a change counts as one.
+        if child_changed(kind, known, now):
+            reconciler.queue.add((meta["namespace"], owner))

@@ -1,8 +1,10 @@
 """One level-based reconcile: make a service's children match its spec, then report status.
 
-Create, update, resume, periodic resync and child events all end here. The reconcile renders
-the full desired set (pure), refuses to touch objects it does not own, server-side applies the
-rest, and writes status once, only if it changed.
+Every trigger (the service's own events, child events, pod readiness, floor changes, the
+periodic resync) only adds the service's key to one rate-limited work queue; workers take keys
+from it and run the reconcile, one worker per key at a time. The reconcile renders the full
+desired set (pure), refuses to touch objects it does not own, server-side applies the rest,
+and writes status once, only if it changed. Every error is retried with backoff.
 """
 
 from __future__ import annotations
@@ -19,20 +21,28 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from . import metrics
-from .api import KIND, ClaudeCodeService, SpecError, parse_service
+from .api import API_GROUP, KIND, ClaudeCodeService, SpecError, parse_service
 from .coldstart import ColdStartWindow, pod_cold_start
-from .kube import CHILD_TYPES, KubeClient, KubeError, NotFound, Rejected, Transient
+from .kube import (
+    FIELD_MANAGER,
+    KubeClient,
+    KubeError,
+    NotFound,
+    Rejected,
+    Transient,
+)
 from .render import SERVICE_LABEL, ChildNames, RenderSettings, render_children
 from .status import (
     DEGRADED,
     MONITORING,
     READY,
+    RECONCILE_STATUS,
     ApplyOutcome,
     Condition,
     build_status,
     merge_conditions,
-    status_patch,
 )
+from .workqueue import Permanent, Requeue, Result, Workers, WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +54,29 @@ class EventSink(Protocol):
     def __call__(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None: ...
 
 
-class RetryLater(Exception):
-    """The API server was unreachable or overloaded; the caller retries after `delay`."""
+class RetryLater(Requeue):
+    """The API server was unreachable or overloaded; retried with backoff, never sooner than
+    the server's Retry-After (`after`)."""
 
-    def __init__(self, message: str, delay: float = 10.0) -> None:
-        super().__init__(message)
-        self.delay = delay
+    @classmethod
+    def of(cls, what: str, exc: KubeError) -> RetryLater:
+        return cls(f"{what}: {exc}", after=exc.retry_after)
+
+
+# How long a deleted service's uid is remembered, so that a late copy of it (a status write
+# in flight, a stale watch event) never brings it back into the cache.
+TOMBSTONE_SECONDS = 600.0
 
 
 # Children whose status the operator reads from its watch cache.
 STATUS_KINDS = frozenset({"Deployment", "HorizontalPodAutoscaler"})
 
 
-class InvalidSpec(Exception):
+class NamespaceTerminating(Permanent):
+    """The service's namespace is being deleted; its children are not re-created."""
+
+
+class InvalidSpec(Permanent):
     """The spec cannot be rendered; nothing was applied and status says why."""
 
 
@@ -71,6 +91,11 @@ class ChildRecord:
     # Deployments: the status the reconcile reports readiness from; HPAs: the status the
     # floor's accounting reads what the HPA alone would run from.
     status: Mapping[str, Any] | None = None
+    # The digest of the manifest our last apply sent (stamped on the child), and what other
+    # writers did after it (see `foreign_writes`): after a restart, a child whose digest
+    # matches and that nobody else touched since is not applied again.
+    applied_digest: str | None = None
+    foreign: tuple[frozenset[str] | None, ...] | None = None
 
     def workload(self) -> dict[str, Any]:
         """The slice of a Deployment that status.build_status reads."""
@@ -82,18 +107,127 @@ def fingerprint(body: Mapping[str, Any]) -> str:
     spec, data. Status and bookkeeping (resourceVersion, managedFields) are left out, so a
     controller's status write does not count as a change."""
     meta = body.get("metadata") or {}
+    spec = body.get("spec")
+    if body.get("kind") == "Deployment" and isinstance(spec, Mapping):
+        # The HPA owns the replica count; its scaling is not a change to anything we apply.
+        spec = {k: v for k, v in spec.items() if k != "replicas"}
     content = {
         "labels": meta.get("labels"),
         "annotations": meta.get("annotations"),
         "ownerReferences": meta.get("ownerReferences"),
-        "spec": body.get("spec"),
+        "spec": spec,
         "data": body.get("data"),
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
+# Readiness the reconcile reports from a Deployment's status; other status churn is no reason
+# to reconcile.
+_READINESS_FIELDS = (
+    "observedGeneration",
+    "replicas",
+    "readyReplicas",
+    "updatedReplicas",
+    "availableReplicas",
+)
+
+
+def _readiness(status: Mapping[str, Any] | None) -> tuple[Any, ...]:
+    status = status or {}
+    conditions = tuple(
+        sorted(
+            (str(c.get("type")), str(c.get("status")), str(c.get("reason")))
+            for c in status.get("conditions") or ()
+        )
+    )
+    return (*(status.get(f) for f in _READINESS_FIELDS), conditions)
+
+
+def child_changed(kind: str, before: ChildRecord | None, after: ChildRecord | None) -> bool:
+    """Whether a child's watch event asks for its owner's reconcile: it appeared, went away,
+    someone changed what we apply (drift), or, for the Deployment, its readiness moved. An
+    HPA's status or the replicas it sets are no reason: nothing we render depends on them."""
+    if before is None or after is None or before.uid != after.uid:
+        return True
+    if before.fingerprint != after.fingerprint:
+        return True
+    if kind == "Deployment":
+        return before.generation != after.generation or _readiness(before.status) != _readiness(
+            after.status
+        )
+    return False
+
+
 def manifest_digest(manifest: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
+
+
+DIGEST_ANNOTATION = f"{API_GROUP}/applied-digest"
+# Writes by other managers to these subresources never touch what we apply.
+_SUBRESOURCES_NOT_OURS = frozenset({"status", "scale"})
+
+
+def stamped(manifest: Mapping[str, Any], digest: str) -> dict[str, Any]:
+    """The manifest with the digest of itself as an annotation (read back after restarts)."""
+    meta = dict(manifest["metadata"])
+    meta["annotations"] = {**(meta.get("annotations") or {}), DIGEST_ANNOTATION: digest}
+    return {**manifest, "metadata": meta}
+
+
+def foreign_writes(body: Mapping[str, Any]) -> tuple[frozenset[str] | None, ...] | None:
+    """What managers other than ours wrote after our last apply, from managedFields: per
+    write, the metadata label/annotation keys it touched, or None when it touched more
+    (spec, data, owners). None overall when no apply of ours is recorded."""
+    entries = (body.get("metadata") or {}).get("managedFields") or ()
+    ours = [
+        str(e.get("time") or "")
+        for e in entries
+        if e.get("manager") == FIELD_MANAGER
+        and e.get("operation") == "Apply"
+        and not e.get("subresource")
+    ]
+    if not ours:
+        return None
+    our_time = max(ours)
+    writes: list[frozenset[str] | None] = []
+    for entry in entries:
+        if entry.get("manager") == FIELD_MANAGER or entry.get("subresource") in (
+            _SUBRESOURCES_NOT_OURS
+        ):
+            continue
+        if str(entry.get("time") or "") < our_time:
+            continue  # our later (forced) apply took back every field we set
+        writes.append(_metadata_keys_only(entry.get("fieldsV1") or {}))
+    return tuple(writes)
+
+
+def _metadata_keys_only(fields: Mapping[str, Any]) -> frozenset[str] | None:
+    keys: set[str] = set()
+    for top, sub in fields.items():
+        if top == "f:status":
+            continue
+        if top != "f:metadata" or not isinstance(sub, Mapping):
+            return None
+        for part, inner in sub.items():
+            if part == ".":
+                continue
+            if part not in ("f:labels", "f:annotations") or not isinstance(inner, Mapping):
+                return None
+            keys.update(k[2:] for k in inner if k.startswith("f:"))
+    return frozenset(keys)
+
+
+def untouched_since_apply(
+    manifest: Mapping[str, Any], digest: str, applied_digest: Any, foreign: Any
+) -> bool:
+    """Whether a live child is still what our apply of `digest` left: it carries that digest
+    and no other writer touched a field of it we set (writes of labels or annotations we do
+    not set, like the Deployment controller's revision, do not count)."""
+    if applied_digest != digest or foreign is None:
+        return False
+    meta = manifest.get("metadata") or {}
+    ours = {*(meta.get("labels") or {}), *(meta.get("annotations") or {})}
+    return all(keys is not None and not keys & ours for keys in foreign)
 
 
 def controller_uid(body: Mapping[str, Any]) -> str | None:
@@ -127,6 +261,9 @@ class Reconciler:
         settings: RenderSettings,
         post_event: EventSink,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        workers: int = 8,
+        queue: WorkQueue[ServiceKey] | None = None,
     ) -> None:
         self.kube = kube
         self.settings = settings
@@ -141,25 +278,66 @@ class Reconciler:
         # read back before an apply is skipped.
         self.watched_kinds: set[str] = set()
         self.cold_starts: dict[ServiceKey, ColdStartWindow] = {}
+        # Services whose window holds a sample of a replica that turned Ready while we ran
+        # (not only ones listed at start): their summary replaces the stored one.
+        self._fresh_cold_starts: set[ServiceKey] = set()
+        # Children known to be absent (deleted by us, or looked for and not found).
+        self.absent: set[ChildKey] = set()
+        self.tombstones: dict[str, float] = {}  # uid -> monotonic time of deletion
+        # Services whose next reconcile reads every child from the server instead of
+        # trusting the watch cache (the resync's pass: a watch gap, a relist after 410
+        # Gone, may have hidden a deletion or an edit).
+        self.verify: set[ServiceKey] = set()
         self._locks: dict[ServiceKey, asyncio.Lock] = {}
-        self._queued: dict[ServiceKey, asyncio.Task[None]] = {}
-        self._cold_start_writes: dict[ServiceKey, asyncio.Task[None]] = {}
+        self.queue: WorkQueue[ServiceKey] = queue or WorkQueue()
+        # Long-running tasks (resync, floor loop) the health check watches.
+        self.background: list[asyncio.Task[None]] = []
+        self.workers = Workers(
+            self.queue, self.reconcile_key, workers=workers, on_result=_count_result
+        )
 
     # -- caches fed by watch events -------------------------------------------------------
-    def remember_service(self, body: Mapping[str, Any]) -> None:
-        """Keep the newest copy of a service (watch events and our own writes race)."""
+    def remember_service(self, body: Mapping[str, Any]) -> bool:
+        """Keep the newest copy of a service (watch events and our own writes race); False
+        when the copy was ignored (older, or of a deleted service)."""
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
+        if self._buried(meta.get("uid")):
+            return False
         known = self.services.get(key)
-        if known is None or not _older(meta, known["metadata"]):
-            self.services[key] = dict(body)
+        kept = known is None or not _older(meta, known["metadata"])
+        if kept:
+            # managedFields are often the largest part of a body and nothing reads them.
+            self.services[key] = {
+                **body,
+                "metadata": {k: v for k, v in meta.items() if k != "managedFields"},
+            }
             _export_conditions(key, (body.get("status") or {}).get("conditions") or ())
         metrics.SERVICES.set(len(self.services))
+        return kept
 
-    def forget_service(self, key: ServiceKey) -> None:
-        self.services.pop(key, None)
+    def _buried(self, uid: Any) -> bool:
+        if not self.tombstones:
+            return False
+        now = time.monotonic()
+        for old in [u for u, at in self.tombstones.items() if now - at > TOMBSTONE_SECONDS]:
+            del self.tombstones[old]
+        return uid is not None and str(uid) in self.tombstones
+
+    def forget_service(self, key: ServiceKey, uid: str | None = None) -> None:
+        """The service was deleted: drop everything held for it, and ignore late copies."""
+        known = self.services.pop(key, None)
+        uid = uid or ((known or {}).get("metadata") or {}).get("uid")
+        if uid:
+            self.tombstones[str(uid)] = time.monotonic()
         metrics.SERVICES.set(len(self.services))
         self.cold_starts.pop(key, None)
+        self._fresh_cold_starts.discard(key)
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked():
+            del self._locks[key]
+        self.queue.discard(key)
+        self.absent = {child for child in self.absent if child[1:] != key}
         for gauge in (
             metrics.FLOOR,
             metrics.FLOOR_MAX,
@@ -195,10 +373,13 @@ class Reconciler:
                 generation=meta.get("generation"),
                 fingerprint=fingerprint(body),
                 status=body.get("status") if kind in STATUS_KINDS else None,
+                applied_digest=(meta.get("annotations") or {}).get(DIGEST_ANNOTATION),
+                foreign=foreign_writes(body),
             )
 
     def observe_pod(self, pod: Mapping[str, Any], initial: bool) -> None:
-        """Count a serving pod's cold start once it is Ready; store the summary in status.
+        """Count a serving pod's cold start once it is Ready; the reconcile stores the
+        summary in status.
 
         `initial` marks the watch's first listing (an operator start): those pods are
         counted, but a summary already in status (with more history than the live pods
@@ -217,51 +398,39 @@ class Reconciler:
         summary = window.summary() or {}
         metrics.COLD_START_P50.labels(*key).set(summary.get("p50Seconds", 0))
         metrics.COLD_START_P95.labels(*key).set(summary.get("p95Seconds", 0))
-        stored = ((self.services.get(key) or {}).get("status") or {}).get("coldStart")
-        if initial and stored and stored.get("samples", 0) > len(window):
-            return
-        if key not in self._cold_start_writes or self._cold_start_writes[key].done():
-            self._cold_start_writes[key] = asyncio.get_running_loop().create_task(
-                self._write_cold_start(key)
-            )
+        if not initial:
+            self._fresh_cold_starts.add(key)
+        # Pods of one scale-up turn Ready together: one reconcile (one status write) for all.
+        self.enqueue(key, delay=COLD_START_SETTLE_SECONDS)
 
-    async def _write_cold_start(self, key: ServiceKey, settle: float = 1.0) -> None:
-        # Pods of one scale-up turn Ready together: one status write for the lot.
-        await asyncio.sleep(settle)
+    def _cold_start_summary(self, key: ServiceKey, stored: Any) -> Any:
+        """The coldStart status: the window's summary, unless the stored one has more history
+        and nothing new was seen since the operator started."""
         window = self.cold_starts.get(key)
-        async with self.lock(key):
-            body = self.services.get(key)
-            if body is None or window is None:
-                return
-            current = dict(body.get("status") or {})
-            try:
-                await self._write_status(body, current, {**current, "coldStart": window.summary()})
-            except RetryLater as exc:
-                log.info("cold start of %s/%s not stored yet: %s", *key, exc)
+        if window is None or not len(window):
+            return stored
+        if key not in self._fresh_cold_starts and stored and stored.get("samples", 0) > len(
+            window
+        ):
+            return stored
+        return window.summary()
 
     # -- scheduling -----------------------------------------------------------------------
     def lock(self, key: ServiceKey) -> asyncio.Lock:
         """Serialises everything that writes a service's status (reconcile, floor loop)."""
         return self._locks.setdefault(key, asyncio.Lock())
 
-    def enqueue(self, key: ServiceKey, delay: float = 0.2) -> None:
-        """Reconcile a service soon; repeated requests coalesce into one reconcile."""
-        if key in self._queued and not self._queued[key].done():
-            return
+    def enqueue(self, key: ServiceKey, delay: float = 0.0) -> None:
+        """Reconcile a service soon; requests for a key already queued coalesce into one."""
+        self.queue.add_after(key, delay)
 
-        async def run() -> None:
-            # Let a burst of events for the same service settle into one reconcile.
-            await asyncio.sleep(delay)
-            self._queued.pop(key, None)
-            body = self.services.get(key)
-            if body is None:
-                return
-            try:
-                await self.reconcile(body)
-            except (RetryLater, InvalidSpec) as exc:
-                log.info("deferred reconcile of %s/%s: %s", *key, exc)
-
-        self._queued[key] = asyncio.get_running_loop().create_task(run())
+    async def reconcile_key(self, key: ServiceKey) -> Result | None:
+        """What the work queue's workers run: reconcile the cached copy of a service."""
+        body = self.services.get(key)
+        if body is None:
+            return None  # deleted: its children go with it (owner references)
+        await self.reconcile(body)
+        return None
 
     async def resync(self, stop: asyncio.Event, interval: float) -> None:
         """Drift-repair backstop: every service is reconciled once per `interval`, spread
@@ -274,7 +443,8 @@ class Reconciler:
                 if stop.is_set():
                     return
                 if key is not None and key in self.services:
-                    self.enqueue(key, delay=0.0)
+                    self.verify.add(key)
+                    self.queue.add(key)
 
     # -- the reconcile --------------------------------------------------------------------
     async def reconcile(self, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -283,17 +453,9 @@ class Reconciler:
         async with self.lock(key):
             started = time.perf_counter()
             try:
-                status = await self._reconcile_locked(self.services.get(key, body))
-            except InvalidSpec:
-                metrics.RECONCILES.labels("invalid").inc()
-                raise
-            except RetryLater:
-                metrics.RECONCILES.labels("retry").inc()
-                raise
+                return await self._reconcile_locked(self.services.get(key, body))
             finally:
                 metrics.RECONCILE_DURATION.observe(time.perf_counter() - started)
-            metrics.RECONCILES.labels("ok").inc()
-            return status
 
     async def _reconcile_locked(self, body: Mapping[str, Any]) -> dict[str, Any]:
         meta = body["metadata"]
@@ -330,6 +492,9 @@ class Reconciler:
                 problem=outcome.problem,
                 monitoring=self._monitoring_condition(ccs, sm_crd),
             )
+        if deployment is None and not collisions:
+            # An apply was refused before the Deployment's turn: report what runs, not 0.
+            deployment = await self._known_deployment(ccs)
 
         new_status = build_status(
             current,
@@ -339,14 +504,31 @@ class Reconciler:
             endpoint=endpoints(ccs),
             now=self.clock(),
         )
+        cold_start = self._cold_start_summary((ccs.namespace, ccs.name), current.get("coldStart"))
+        if cold_start is not None:
+            new_status["coldStart"] = cold_start
         await self._write_status(body, current, new_status)
         return new_status
+
+    async def _known_deployment(self, ccs: ClaudeCodeService) -> dict[str, Any] | None:
+        name = ChildNames.of(ccs.name).deployment
+        known = self.children.get(("Deployment", ccs.namespace, name))
+        if known is not None and known.owner_uid == ccs.uid:
+            return known.workload()
+        try:
+            live = await self.kube.get("Deployment", ccs.namespace, name)
+        except KubeError as exc:
+            log.info("Deployment of %s/%s unreadable: %s", ccs.namespace, ccs.name, exc)
+            return None
+        if live is None or controller_uid(live) != ccs.uid:
+            return None
+        return live
 
     async def _served_or_retry(self) -> bool:
         try:
             return await self.kube.served("monitoring.coreos.com/v1", "servicemonitors")
         except Transient as exc:
-            raise RetryLater(f"API discovery failed: {exc}") from exc
+            raise RetryLater.of("API discovery", exc) from exc
         except KubeError as exc:
             log.warning("cannot discover ServiceMonitor support, assuming absent: %s", exc)
             return False
@@ -381,7 +563,7 @@ class Reconciler:
             try:
                 live = await self.kube.get(kind, ccs.namespace, name)
             except Transient as exc:
-                raise RetryLater(str(exc)) from exc
+                raise RetryLater.of(f"reading {kind} {name}", exc) from exc
             if live is not None and controller_uid(live) != ccs.uid:
                 owner = controller_name(live)
                 whose = f"ClaudeCodeService {owner}" if owner else "nobody we know"
@@ -395,17 +577,22 @@ class Reconciler:
     ) -> tuple[ApplyOutcome, dict[str, Any] | None]:
         deployment = None
         started = self.clock()
+        verify = (ccs.namespace, ccs.name) in self.verify
+        self.verify.discard((ccs.namespace, ccs.name))
         for manifest in desired:
             kind = manifest["kind"]
             name = manifest["metadata"]["name"]
             key = (kind, ccs.namespace, name)
             previous = self.children.get(key)
             digest = manifest_digest(manifest)
-            if previous is not None and await self._unchanged(key, digest, previous):
+            manifest = stamped(manifest, digest)
+            if verify and kind in self.watched_kinds:
+                previous = await self._read_back(key)
+            if await self._unchanged(key, digest, manifest, previous):
                 # Same manifest as our last apply, and nobody changed the child since: the
                 # apply would be a no-op, so it is not sent.
                 metrics.APPLIES_SKIPPED.labels(kind).inc()
-                if kind == "Deployment":
+                if kind == "Deployment" and previous is not None:
                     deployment = previous.workload()
                 continue
             metrics.APPLY_REQUESTS.labels(kind).inc()
@@ -413,25 +600,31 @@ class Reconciler:
                 live = await self.kube.apply(manifest)
             except NotFound as exc:
                 if kind != "ServiceMonitor":
-                    raise RetryLater(f"applying {kind} {name}: {exc}") from exc
+                    raise RetryLater.of(f"applying {kind} {name}", exc) from exc
                 # The CRD went away since discovery was cached: monitoring is off, not broken.
                 self.kube.forget_discovery()
                 monitoring = self._monitoring_condition(ccs, sm_crd=False)
                 return ApplyOutcome(monitoring=monitoring), deployment
             except Transient as exc:
                 metrics.RECONCILE_ERRORS.labels("Transient").inc()
-                raise RetryLater(f"applying {kind} {name}: {exc}") from exc
+                raise RetryLater.of(f"applying {kind} {name}", exc) from exc
             except (Rejected, KubeError) as exc:
+                if exc.status == 403 and "being terminated" in str(exc):
+                    # The namespace is being deleted: so is this service, soon. Nothing to
+                    # report (events are refused there too) and nothing to retry.
+                    raise NamespaceTerminating(str(exc)) from exc
                 metrics.RECONCILE_ERRORS.labels("ApplyRejected").inc()
+                log.warning("apply of %s %s/%s refused: %s", kind, ccs.namespace, name, exc)
                 message = (
-                    f"the API server refused {kind} {ccs.namespace}/{name}: {exc}; "
-                    "the other children are left as they were"
+                    f"the API server refused {kind} {name}: {_first_sentence(str(exc))}; "
+                    "fix the spec field it names, the other children are left as they were"
                 )
                 self.post_event(body, "Warning", "ApplyRejected", message)
                 return ApplyOutcome(problem=Condition(DEGRADED, True, "ApplyRejected", message)), (
                     deployment
                 )
             self.remember_child(kind, live, deleted=False)
+            self.absent.discard(key)
             self.applied[key] = (digest, self.children[key].fingerprint)
             verb = _what_changed(previous, live, since=started)
             if verb is not None:
@@ -442,29 +635,113 @@ class Reconciler:
         await self._prune_service_monitor(ccs, desired)
         return ApplyOutcome(), deployment
 
-    async def _unchanged(self, key: ChildKey, digest: str, known: ChildRecord) -> bool:
-        """Whether the child still is exactly what our last apply of `digest` left."""
-        applied = self.applied.get(key)
-        if applied is None or applied[0] != digest:
-            return False
-        if key[0] in self.watched_kinds:
-            return applied[1] == known.fingerprint  # the watch updates the fingerprint
-        try:  # not watched: one read instead of a write
+    async def _read_back(self, key: ChildKey) -> ChildRecord | None:
+        """Refresh the cache of one child from the server (a read, never a write)."""
+        try:
             live = await self.kube.get(*key)
         except Transient as exc:
-            raise RetryLater(str(exc)) from exc
-        return live is not None and fingerprint(live) == applied[1]
+            raise RetryLater.of(f"reading {key[0]} {key[2]}", exc) from exc
+        if live is None:
+            self.children.pop(key, None)
+            return None
+        self.remember_child(key[0], live, deleted=False)
+        return self.children[key]
+
+    async def _unchanged(
+        self,
+        key: ChildKey,
+        digest: str,
+        manifest: Mapping[str, Any],
+        known: ChildRecord | None,
+    ) -> bool:
+        """Whether the child still is exactly what our last apply of `digest` left: known from
+        this process's own apply, or, after a restart, from the digest stamped on the child
+        and its managedFields."""
+        applied = self.applied.get(key)
+        if applied is not None and applied[0] != digest:
+            return False
+        watched = key[0] in self.watched_kinds
+        if watched:
+            if known is None:
+                return False
+            fresh = applied is None
+            live_fingerprint = known.fingerprint
+            same = (
+                untouched_since_apply(manifest, digest, known.applied_digest, known.foreign)
+                if fresh
+                else applied is not None and applied[1] == live_fingerprint
+            )
+        else:
+            if key in self.absent:
+                return False
+            try:  # not watched: one read instead of a write
+                live = await self.kube.get(*key)
+            except Transient as exc:
+                raise RetryLater.of(f"reading {key[0]} {key[2]}", exc) from exc
+            if live is None:
+                return False
+            live_fingerprint = fingerprint(live)
+            same = (
+                applied[1] == live_fingerprint
+                if applied is not None
+                else untouched_since_apply(
+                    manifest,
+                    digest,
+                    (live["metadata"].get("annotations") or {}).get(DIGEST_ANNOTATION),
+                    foreign_writes(live),
+                )
+            )
+            if same and known is None:
+                self.remember_child(key[0], live, deleted=False)
+        if same and applied is None:
+            self.applied[key] = (digest, live_fingerprint)
+        return same
 
     async def _prune_service_monitor(
         self, ccs: ClaudeCodeService, desired: list[dict[str, Any]]
     ) -> None:
-        """A ServiceMonitor switched off in the spec is deleted (only if it is ours)."""
-        if any(m["kind"] == "ServiceMonitor" for m in desired):
+        """A ServiceMonitor switched off in the spec is deleted, once, and only if it is ours.
+
+        Only the spec decides: a discovery answer that the CRD is not served (true, or a
+        transient miss right after an API server restart) deletes nothing; if the CRD is
+        really gone, its objects went with it.
+        """
+        if ccs.spec.monitoring.service_monitor or any(
+            m["kind"] == "ServiceMonitor" for m in desired
+        ):
             return
         name = ChildNames.of(ccs.name).service_monitor
-        known = self.children.get(("ServiceMonitor", ccs.namespace, name))
+        key = ("ServiceMonitor", ccs.namespace, name)
+        if key in self.absent:
+            return
+        known = self.children.get(key)
+        if known is None:
+            # Not applied by this process: switched off while the operator was down?
+            try:
+                live = await self.kube.get("ServiceMonitor", ccs.namespace, name)
+            except NotFound:
+                live = None  # the CRD itself is not served
+            if live is not None and controller_uid(live) == ccs.uid:
+                known = ChildRecord(
+                    uid=live["metadata"]["uid"],
+                    owner_uid=ccs.uid,
+                    resource_version=live["metadata"]["resourceVersion"],
+                    generation=live["metadata"].get("generation"),
+                )
         if known is not None and known.owner_uid == ccs.uid:
             await self.kube.delete("ServiceMonitor", ccs.namespace, name, known.uid)
+            self.post_event(
+                {"metadata": {"namespace": ccs.namespace, "name": ccs.name, "uid": ccs.uid}},
+                "Normal",
+                "Deleted",
+                f"Deleted ServiceMonitor {name}: spec.monitoring.serviceMonitor is false",
+            )
+        self.remember_child_gone(key)
+
+    def remember_child_gone(self, key: ChildKey) -> None:
+        self.children.pop(key, None)
+        self.applied.pop(key, None)
+        self.absent.add(key)
 
     async def _report_invalid(
         self, body: Mapping[str, Any], current: dict[str, Any], exc: SpecError
@@ -492,17 +769,18 @@ class Reconciler:
     async def _write_status(
         self, body: Mapping[str, Any], current: dict[str, Any], new_status: dict[str, Any]
     ) -> bool:
-        patch = status_patch(current, new_status)
-        if not patch:
+        ours = RECONCILE_STATUS.part(new_status)
+        if RECONCILE_STATUS.part(current) == ours:
             return False
         meta = body["metadata"]
         try:
-            written = await self.kube.patch_service_status(meta["namespace"], meta["name"], patch)
+            written = await self.kube.apply_service_status(
+                meta["namespace"], meta["name"], ours, RECONCILE_STATUS.manager
+            )
+        except NotFound:
+            return False  # deleted meanwhile
         except Transient as exc:
-            raise RetryLater(f"writing status: {exc}") from exc
-        except KubeError as exc:
-            log.warning("status of %s/%s not written: %s", meta["namespace"], meta["name"], exc)
-            return False
+            raise RetryLater.of("writing status", exc) from exc
         metrics.STATUS_WRITES.inc()
         self.remember_service(written)
         self._announce_transitions(body, current, new_status)
@@ -527,6 +805,19 @@ class Reconciler:
                     condition["reason"],
                     condition["message"],
                 )
+
+
+COLD_START_SETTLE_SECONDS = 1.0
+
+
+def _count_result(key: ServiceKey, outcome: str, delay: float | None) -> None:
+    metrics.RECONCILES.labels(outcome).inc()
+
+
+def _first_sentence(message: str, limit: int = 200) -> str:
+    """The API server's reason in one short sentence (details stay in the log)."""
+    first = message.split("; ")[0].strip()
+    return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
 def _export_conditions(key: ServiceKey, conditions: Any) -> None:
@@ -567,5 +858,3 @@ def _what_changed(
         return "Updated" if meta["generation"] != previous.generation else None
     return "Updated" if meta["resourceVersion"] != previous.resource_version else None
 
-
-CHILD_KINDS = tuple(CHILD_TYPES)

@@ -7,7 +7,7 @@ when its status flips, and `phase` is derived from the conditions, never stored 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +17,49 @@ DEGRADED = "Degraded"
 MONITORING = "MonitoringConfigured"
 FLOOR_ACTIVE = "FloorControllerActive"
 METRICS_AVAILABLE = "MetricsAvailable"
+
+
+@dataclass(frozen=True)
+class StatusOwner:
+    """The part of .status one writer owns: it server-side applies exactly these fields and
+    conditions (with its own field manager), so two writers never overwrite each other."""
+
+    manager: str
+    fields: frozenset[str]
+    conditions: frozenset[str]
+
+    def part(self, status: Mapping[str, Any] | None) -> dict[str, Any]:
+        status = status or {}
+        owned = {k: v for k, v in status.items() if k in self.fields and v is not None}
+        conditions = [
+            c for c in status.get("conditions") or () if c.get("type") in self.conditions
+        ]
+        if conditions:
+            owned["conditions"] = sorted(conditions, key=lambda c: str(c.get("type")))
+        return owned
+
+
+RECONCILE_STATUS = StatusOwner(
+    "ccs-operator",
+    frozenset(
+        {"phase", "observedGeneration", "replicas", "readyReplicas", "endpoint", "coldStart"}
+    ),
+    frozenset({READY, PROGRESSING, DEGRADED, MONITORING}),
+)
+FLOOR_STATUS = StatusOwner(
+    "ccs-operator-floor",
+    frozenset(
+        {
+            "floor",
+            "floorReason",
+            "floorLastChangeTime",
+            "queueLatencyMs",
+            "floorAccounting",
+            "scalingHistory",
+        }
+    ),
+    frozenset({FLOOR_ACTIVE, METRICS_AVAILABLE}),
+)
 
 # Fields of .status that the reconcile owns; the floor loop owns the floor* fields.
 RECONCILE_FIELDS = ("phase", "observedGeneration", "replicas", "readyReplicas", "endpoint")
@@ -82,7 +125,6 @@ class ApplyOutcome:
 
     problem: Condition | None = None  # set: the children are not all as desired
     monitoring: Condition | None = None
-    notes: tuple[str, ...] = field(default_factory=tuple)
 
 
 def workload_conditions(deployment: Mapping[str, Any] | None) -> tuple[Condition, Condition]:
@@ -139,6 +181,15 @@ def build_status(
     current = dict(current or {})
     ready, progressing = workload_conditions(deployment)
     degraded = outcome.problem or Condition(DEGRADED, False, "AsExpected", "all children applied")
+    if outcome.problem is None and progressing.reason == "PodsCannotBeCreated":
+        # Pods refused at admission (a missing PriorityClass or ServiceAccount, a quota)
+        # never appear by waiting: that is a degraded service, not one in progress.
+        degraded = Condition(
+            DEGRADED,
+            True,
+            "PodsCannotBeCreated",
+            f"{progressing.message}; fix what it names (spec or namespace), pods follow",
+        )
     if outcome.problem is not None and ready.status is not True:
         ready = Condition(READY, False, outcome.problem.reason, outcome.problem.message)
     updates = [ready, progressing, degraded]
@@ -157,8 +208,3 @@ def build_status(
     }
     return {k: v for k, v in status.items() if v is not None}
 
-
-def status_patch(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> dict[str, Any]:
-    """Top-level status fields that differ (a JSON merge patch); empty when nothing changed."""
-    current = current or {}
-    return {k: v for k, v in desired.items() if current.get(k) != v}
