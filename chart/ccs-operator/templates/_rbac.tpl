@@ -3,11 +3,12 @@ Least privilege: exactly the calls the operator makes, nothing else (no Secrets,
 no delete of its children: the garbage collector removes them through owner references).
 */}}
 {{- define "ccs-operator.rules" -}}
-# The ClaudeCodeServices: kopf lists and watches them (the operator works from that cache)
-# and patches its finalizer and annotations; the operator writes their status.
+# The ClaudeCodeServices: kopf lists and watches them (the operator works from that cache;
+# it registers no state handlers, so it never writes them); the operator server-side applies
+# their status.
 - apiGroups: [serving.claudecode.io]
   resources: [claudecodeservices]
-  verbs: [list, watch, patch]
+  verbs: [list, watch]
 - apiGroups: [serving.claudecode.io]
   resources: [claudecodeservices/status]
   verbs: [patch]
@@ -40,8 +41,8 @@ no delete of its children: the garbage collector removes them through owner refe
 - apiGroups: [external.metrics.k8s.io]
   resources: [requests_per_second]
   verbs: [list]
-# Events on the services (kopf posts them through the core API).
+# Events on the services: posted, and a repeat bumps the existing Event's count (patch).
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, patch]
 {{- end }}
