@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -61,6 +62,30 @@ class OperatorProcess:
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._stopping = threading.Event()
+
+    def supervise(self) -> OperatorProcess:
+        """Restart the process whenever it exits non-zero, as the kubelet does for the
+        chart's Deployment (an operator that lost its Lease exits 1 and must come back)."""
+
+        def watch() -> None:
+            while not self._stopping.is_set():
+                process = self.process
+                if process is None:
+                    return
+                code = process.wait()
+                if self._stopping.is_set() or code == 0:
+                    return
+                time.sleep(1.0)
+                if self._stopping.is_set():
+                    return
+                self.restarts += 1
+                with contextlib.suppress(Exception):
+                    self.start()
+
+        threading.Thread(target=watch, daemon=True, name="operator-supervisor").start()
+        return self
 
     def start(self) -> OperatorProcess:
         log = self.log_path.open("ab")
@@ -112,6 +137,7 @@ class OperatorProcess:
             self.process.wait(timeout=10)
 
     def stop(self, timeout: float = 30) -> int | None:
+        self._stopping.set()
         if self.process is None:
             return None
         if self.process.poll() is None:
@@ -154,6 +180,7 @@ def operator(cluster: Cluster, ccs_crd: None, operator_logs: Path) -> Iterator[O
         lease="ccs-e2e-session",
         CCS_RESYNC_SECONDS="60",
     ).start()
+    process.supervise()
     yield process
     process.stop()
 

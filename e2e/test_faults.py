@@ -17,7 +17,6 @@ Prometheus stopped and started.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import threading
@@ -28,7 +27,6 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from e2e.fixtures import Cluster
 from e2e.operator_fixtures import GROUP, PLURAL, VERSION, OperatorProcess, Services, sample
@@ -48,22 +46,19 @@ MANAGED = "app.kubernetes.io/managed-by=ccs-operator"
 
 @pytest.fixture
 def release_services(cluster: Cluster, solo_namespace: str) -> Iterator[None]:
-    """After the test its operators are gone: drop kopf's finalizers from the services so
-    the namespace can be deleted (set up after solo_namespace, so torn down before it)."""
+    """After each fault test: no service carries a finalizer (the operator keeps nothing
+    outside the cluster, so nothing may block `kubectl delete` or namespace deletion when
+    no operator runs). A check, never a cleanup: stripping them would hide a regression."""
     yield
     with cluster.api_client() as api_client:
         custom = client.CustomObjectsApi(api_client)
         listed = custom.list_namespaced_custom_object(GROUP, VERSION, solo_namespace, PLURAL)
-        for item in listed.get("items", ()):
-            with contextlib.suppress(ApiException):
-                custom.patch_namespaced_custom_object(
-                    GROUP,
-                    VERSION,
-                    solo_namespace,
-                    PLURAL,
-                    item["metadata"]["name"],
-                    {"metadata": {"finalizers": None}},
-                )
+    held = {
+        item["metadata"]["name"]: item["metadata"]["finalizers"]
+        for item in listed.get("items", ())
+        if item["metadata"].get("finalizers")
+    }
+    assert not held, f"services left with finalizers: {held}"
 
 
 def light(name: str, **spec: Any) -> dict[str, Any]:
@@ -166,7 +161,9 @@ def _survives_restart(
     start_operator: Callable[..., OperatorProcess],
     restart: Callable[[], None],
 ) -> None:
-    operator = start_operator(namespace, CCS_RESYNC_SECONDS="30")
+    # A lease long enough to ride out the restart (its renew deadline is two thirds of it);
+    # with a shorter one the operator must step down: see the lease test below.
+    operator = start_operator(namespace, CCS_RESYNC_SECONDS="30", CCS_LEASE_DURATION_SECONDS="45")
     services.apply(namespace, light("before"))
     services.wait_ready(namespace, "before")
     restart()
@@ -194,6 +191,40 @@ def test_apiserver_restart_under_a_running_operator(
     if cluster.local is None:
         pytest.skip("restarts the local provider's API server")
     _survives_restart(cluster, solo_namespace, services, start_operator, cluster.restart_apiserver)
+
+
+def test_a_leader_that_cannot_renew_stops_writing_and_exits(
+    cluster: Cluster,
+    solo_namespace: str,
+    services: Services,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    """The API server refuses connections for longer than the renew deadline: the leader
+    must stop acting at once and exit non-zero (the kubelet restarts it), never go on
+    believing it leads while a standby takes over. A fresh process then converges."""
+    if cluster.local is None:
+        pytest.skip("restarts the local provider's API server")
+    lease = f"faults-renew-{solo_namespace}"
+    leader = start_operator(solo_namespace, lease=lease, CCS_LEASE_DURATION_SECONDS="5")
+    services.apply(solo_namespace, light("renew"))
+    services.wait_ready(solo_namespace, "renew")
+    assert leader.health()["role"] == "leader"
+    cluster.restart_apiserver()  # refused for several seconds: past the 3.3 s deadline
+    assert leader.process is not None
+    try:
+        code = leader.process.wait(timeout=60)
+    except Exception as exc:  # still running: it kept acting on a lease it could not renew
+        raise AssertionError(f"the leader did not step down:\n{leader.log_tail()}") from exc
+    assert code == 1, leader.log_tail()
+    log = leader.log_path.read_text(errors="replace")
+    assert "lost lease" in log and "lost leadership" in log
+    # Like the kubelet: a fresh process takes the lease and acts.
+    start_operator(solo_namespace, lease=lease, CCS_LEASE_DURATION_SECONDS="5")
+    services.patch(solo_namespace, "renew", {"spec": {"replicas": {"max": 5}}})
+    services.wait_ready(solo_namespace, "renew", timeout=120)
+    hpa = _list(cluster, solo_namespace, "hpa")
+    assert [h["spec"]["maxReplicas"] for h in hpa] == [5]
+    assert_one_set_each(cluster, solo_namespace)
 
 
 def test_etcd_restart_under_a_running_operator(

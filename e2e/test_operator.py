@@ -238,41 +238,82 @@ def test_name_collision_is_degraded_and_applies_nothing(
     services.wait_ready(op_namespace, "taken", timeout=120)
 
 
+# Writes the operator sends: server-side applies of children, writes of its services.
+CHILD_RESOURCES = frozenset(
+    {"configmaps", "deployments", "services", "horizontalpodautoscalers", "servicemonitors"}
+)
+
+
+def apiserver_writes(cluster: Cluster) -> dict[str, float]:
+    """The API server's own count of the writes an operator makes, by verb and resource:
+    APPLY of child kinds, and any write of claudecodeservices (status included); accepted
+    ones only (2xx), so another operator's refused retries into a namespace being deleted
+    by an earlier test do not count. The operator's own counters catch refused ones."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = cluster.kubectl("get", "--raw", "/metrics").stdout
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "apiserver_request":
+            continue
+        for point in family.samples:
+            if not point.name.endswith("_total"):
+                continue
+            verb, resource = point.labels.get("verb"), point.labels.get("resource")
+            if not str(point.labels.get("code", "")).startswith("2"):
+                continue
+            ours = (verb == "APPLY" and resource in CHILD_RESOURCES) or (
+                resource == "claudecodeservices" and verb in ("APPLY", "PATCH", "UPDATE")
+            )
+            if ours:
+                key = f"{verb} {resource}/{point.labels.get('subresource') or ''}"
+                counts[key] = counts.get(key, 0.0) + point.value
+    return counts
+
+
 def test_noop_resync_writes_nothing(
     cluster: Cluster,
     solo_namespace: str,
     services: Services,
     start_operator: Callable[..., OperatorProcess],
 ) -> None:
-    start_operator(solo_namespace, CCS_RESYNC_SECONDS="10")
+    """Counted by the API server itself (a no-op server-side apply changes neither
+    managedFields times nor resourceVersions, so those cannot tell)."""
+    from e2e.test_faults import metric
+
+    before_create = apiserver_writes(cluster)
+    operator = start_operator(solo_namespace, CCS_RESYNC_SECONDS="10")
     services.apply(solo_namespace, sample("quiet"))
     services.wait_ready(solo_namespace, "quiet")
     time.sleep(3)  # let the rollout's last status updates land
+    after_create = apiserver_writes(cluster)
+    # Positive control: the counter sees this operator's writes.
+    applied = sum(v for k, v in after_create.items() if k.startswith("APPLY")) - sum(
+        v for k, v in before_create.items() if k.startswith("APPLY")
+    )
+    assert applied >= 5, after_create
 
-    def snapshot() -> dict[str, Any]:
-        children = _children(cluster, solo_namespace, "quiet")
-        ours = {
-            kind: [
-                f["time"]
-                for f in child["metadata"]["managedFields"]
-                if f["manager"] == "ccs-operator"
-            ]
-            for kind, child in children.items()
-        }
-        rvs = {
-            kind: child["metadata"]["resourceVersion"]
-            for kind, child in children.items()
-            if kind in ("configmap", "service", "servicemonitor")
-        }
-        return {
-            "ours": ours,
-            "rvs": rvs,
-            "ccs": services.get(solo_namespace, "quiet")["metadata"]["resourceVersion"],
-        }
+    resyncs_before = metric(operator, "ccs_reconcile_total")
+    sent_before = metric(operator, "ccs_apply_requests_total") + metric(
+        operator, "ccs_status_writes_total"
+    )
+    time.sleep(25)  # two resync periods and more
+    assert metric(operator, "ccs_reconcile_total") >= resyncs_before + 2  # the resyncs ran
+    assert apiserver_writes(cluster) == after_create
+    sent = metric(operator, "ccs_apply_requests_total")
+    assert sent + metric(operator, "ccs_status_writes_total") == sent_before
 
-    before = snapshot()
-    time.sleep(25)  # two resync periods
-    assert snapshot() == before
+    # A restarted operator applies nothing either: the children still carry the digest of
+    # what was applied, and nobody else wrote to them.
+    operator.stop()
+    restarted = start_operator(solo_namespace, CCS_RESYNC_SECONDS="10")
+    deadline = time.monotonic() + 60
+    while metric(restarted, "ccs_apply_skipped_total") < 5:
+        assert time.monotonic() < deadline, "the restarted operator never reconciled"
+        time.sleep(0.5)
+    applies = {k: v for k, v in apiserver_writes(cluster).items() if k.startswith("APPLY")}
+    assert applies == {k: v for k, v in after_create.items() if k.startswith("APPLY")}
+    assert metric(restarted, "ccs_apply_requests_total") == 0
 
 
 def test_operator_killed_mid_reconcile_converges_without_duplicates(
@@ -281,21 +322,26 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
     services: Services,
     start_operator: Callable[..., OperatorProcess],
 ) -> None:
+    """Child names are deterministic, so duplicates of them cannot exist: what can go wrong
+    is an interrupted set (a child missing, an orphan, a second owner) or a spurious rollout
+    (a second ReplicaSet). The kill must land while work is half done."""
+    from e2e.test_faults import _list, _ready, assert_one_set_each, metric
+
     first = start_operator(solo_namespace, lease="ccs-e2e-kill")
     names = [f"svc-{i}" for i in range(10)]
     for name in names:
         services.apply(solo_namespace, sample(name, replicas={"min": 1, "max": 2}))
-    time.sleep(1.0)
+    deadline = time.monotonic() + 60
+    while metric(first, "ccs_apply_requests_total") < 1:
+        assert time.monotonic() < deadline, "the operator never started applying"
+        time.sleep(0.05)
     first.kill()
+    ready_at_kill = sum(1 for b in _list(cluster, solo_namespace, "ccs") if _ready(b))
+    assert ready_at_kill < len(names), "the kill came too late to interrupt anything"
     start_operator(solo_namespace, lease="ccs-e2e-kill", CCS_LEASE_DURATION_SECONDS="5")
     for name in names:
         services.wait_ready(solo_namespace, name, timeout=120)
-    for kind in ("deployments", "services", "configmaps", "hpa"):
-        listed = yaml.safe_load(
-            cluster.kubectl("get", kind, "-n", solo_namespace, "-o", "yaml").stdout
-        )["items"]
-        ours = [i for i in listed if i["metadata"].get("ownerReferences")]
-        assert len(ours) == len(names), kind
+    assert_one_set_each(cluster, solo_namespace)
 
 
 def test_operator_exposes_metrics_and_health(operator: OperatorProcess) -> None:

@@ -1,0 +1,160 @@
+"""The controller layer in-process against the real local API server (not a subprocess):
+what the fakes of tests/test_controller.py assume about the server, checked on the server.
+
+- Status is server-side applied with one field manager per writer, so the reconcile and the
+  floor loop each own their conditions: a write of one, even from a stale view, never
+  removes what the other wrote.
+- After a restart, a fresh controller that lists the children (as its watches do) applies
+  nothing: the digest stamped on each child and its real managedFields (the Deployment
+  controller's revision annotation, the HPA's status writes) say nothing drifted; a hand
+  edit is applied back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from ccs_operator.handlers import MANAGED_BY_SELECTOR
+from ccs_operator.kube import CHILD_TYPES, KubeClient
+from ccs_operator.reconcile import Reconciler
+from ccs_operator.render import RenderSettings
+from ccs_operator.status import FLOOR_STATUS, RECONCILE_STATUS
+from e2e.fixtures import Cluster
+from e2e.operator_fixtures import GROUP, PLURAL, VERSION, Services, sample
+
+pytestmark = pytest.mark.cluster
+
+
+class Counting(KubeClient):
+    """The real client, counting the applies it sends."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        super().__init__(api_client, workers=4)
+        self.applies: list[str] = []
+
+    async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        self.applies.append(manifest["kind"])
+        return await super().apply(manifest)
+
+
+def _no_events(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    pass
+
+
+async def _controller(cluster: Cluster, namespace: str) -> tuple[Reconciler, Counting]:
+    """A fresh controller whose child cache is filled as its watches' first listing would."""
+    kube = Counting(cluster.api_client())
+    reconciler = Reconciler(kube, RenderSettings(), _no_events)
+    for kind, resource in CHILD_TYPES.items():
+        if kind == "ServiceMonitor":
+            continue  # not watched by the operator: read on demand
+        reconciler.watched_kinds.add(kind)
+        listed = await kube._call(
+            "GET",
+            resource.path(namespace),
+            query=[("labelSelector", MANAGED_BY_SELECTOR)],
+        )
+        for item in listed.get("items", ()):
+            item.setdefault("kind", kind)
+            reconciler.remember_child(kind, item, deleted=False)
+    return reconciler, kube
+
+
+def _service(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    with cluster.api_client() as api_client:
+        return dict(
+            client.CustomObjectsApi(api_client).get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name
+            )
+        )
+
+
+@pytest.mark.asyncio
+async def test_each_status_writer_owns_its_conditions_on_the_server(
+    cluster: Cluster, solo_namespace: str, services: Services, ccs_crd: None
+) -> None:
+    services.apply(solo_namespace, sample("owners"))
+    reconciler, kube = await _controller(cluster, solo_namespace)
+    try:
+        body = _service(cluster, solo_namespace, "owners")
+        reconciler.remember_service(body)
+        await reconciler.reconcile(body)
+        stale = copy.deepcopy(body)  # the floor loop's view, from before the reconcile
+        floor_part = {
+            "floor": 2,
+            "floorReason": "Steady",
+            "conditions": [
+                {
+                    "type": "FloorControllerActive",
+                    "status": "True",
+                    "reason": "Evaluating",
+                    "message": "evaluating",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                }
+            ],
+        }
+        assert not FLOOR_STATUS.part(stale.get("status")).get("conditions")
+        await kube.apply_service_status(solo_namespace, "owners", floor_part, FLOOR_STATUS.manager)
+        live = _service(cluster, solo_namespace, "owners")
+        types = {c["type"] for c in live["status"]["conditions"]}
+        assert {"Ready", "Degraded", "FloorControllerActive"} <= types
+        # And the other way round: the reconcile's next write keeps the floor's part.
+        changed = RECONCILE_STATUS.part(live["status"])
+        changed["phase"] = "Progressing"
+        await kube.apply_service_status(solo_namespace, "owners", changed, RECONCILE_STATUS.manager)
+        live = _service(cluster, solo_namespace, "owners")
+        assert live["status"]["floor"] == 2
+        assert "FloorControllerActive" in {c["type"] for c in live["status"]["conditions"]}
+        managers = {
+            f["manager"]
+            for f in live["metadata"]["managedFields"]
+            if f.get("subresource") == "status"
+        }
+        assert {RECONCILE_STATUS.manager, FLOOR_STATUS.manager} <= managers
+    finally:
+        kube.close()
+
+
+@pytest.mark.asyncio
+async def test_a_restarted_controller_applies_only_what_drifted(
+    cluster: Cluster, solo_namespace: str, services: Services, ccs_crd: None
+) -> None:
+    services.apply(solo_namespace, sample("restart"))
+    first, kube = await _controller(cluster, solo_namespace)
+    try:
+        body = _service(cluster, solo_namespace, "restart")
+        first.remember_service(body)
+        await first.reconcile(body)
+        assert len(kube.applies) == 5  # positive control: the first pass applies everything
+    finally:
+        kube.close()
+    # Let the Deployment controller and the HPA controller write what they write.
+    await asyncio.sleep(6)
+
+    fresh, kube = await _controller(cluster, solo_namespace)
+    try:
+        body = _service(cluster, solo_namespace, "restart")
+        fresh.remember_service(body)
+        await fresh.reconcile(body)
+        assert kube.applies == []
+    finally:
+        kube.close()
+
+    cluster.kubectl(
+        "patch", "configmap", "restart-model-config", "-n", solo_namespace, "--type=merge",
+        "-p", '{"data": {"config.pbtxt": "tampered"}}',
+    )  # fmt: skip
+    again, kube = await _controller(cluster, solo_namespace)
+    try:
+        body = _service(cluster, solo_namespace, "restart")
+        again.remember_service(body)
+        await again.reconcile(body)
+        assert kube.applies == ["ConfigMap"]
+    finally:
+        kube.close()
