@@ -121,40 +121,32 @@ async def test_each_status_writer_owns_its_conditions_on_the_server(
         kube.close()
 
 
+async def _applies_of_a_fresh_controller(cluster: Cluster, namespace: str, name: str) -> list[str]:
+    """Start a fresh controller (as after a restart), reconcile one service once, and
+    return the kinds it applied."""
+    reconciler, kube = await _controller(cluster, namespace)
+    try:
+        body = _service(cluster, namespace, name)
+        reconciler.remember_service(body)
+        await reconciler.reconcile(body)
+        return kube.applies
+    finally:
+        kube.close()
+
+
 @pytest.mark.asyncio
 async def test_a_restarted_controller_applies_only_what_drifted(
     cluster: Cluster, solo_namespace: str, services: Services, ccs_crd: None
 ) -> None:
     services.apply(solo_namespace, sample("restart"))
-    first, kube = await _controller(cluster, solo_namespace)
-    try:
-        body = _service(cluster, solo_namespace, "restart")
-        first.remember_service(body)
-        await first.reconcile(body)
-        assert len(kube.applies) == 5  # positive control: the first pass applies everything
-    finally:
-        kube.close()
+    # Positive control: the first pass applies everything.
+    assert len(await _applies_of_a_fresh_controller(cluster, solo_namespace, "restart")) == 5
     # Let the Deployment controller and the HPA controller write what they write.
     await asyncio.sleep(6)
-
-    fresh, kube = await _controller(cluster, solo_namespace)
-    try:
-        body = _service(cluster, solo_namespace, "restart")
-        fresh.remember_service(body)
-        await fresh.reconcile(body)
-        assert kube.applies == []
-    finally:
-        kube.close()
-
+    assert await _applies_of_a_fresh_controller(cluster, solo_namespace, "restart") == []
     cluster.kubectl(
         "patch", "configmap", "restart-model-config", "-n", solo_namespace, "--type=merge",
         "-p", '{"data": {"config.pbtxt": "tampered"}}',
     )  # fmt: skip
-    again, kube = await _controller(cluster, solo_namespace)
-    try:
-        body = _service(cluster, solo_namespace, "restart")
-        again.remember_service(body)
-        await again.reconcile(body)
-        assert kube.applies == ["ConfigMap"]
-    finally:
-        kube.close()
+    applied = await _applies_of_a_fresh_controller(cluster, solo_namespace, "restart")
+    assert applied == ["ConfigMap"]

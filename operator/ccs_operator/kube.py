@@ -204,13 +204,6 @@ class KubeClient:
                 body={"preconditions": {"uid": uid}, "propagationPolicy": "Background"},
             )
 
-    async def get_service(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            result: dict[str, Any] = await self._call("GET", SERVICE_TYPE.path(namespace, name))
-        except NotFound:
-            return None
-        return result
-
     async def apply_service_status(
         self, namespace: str, name: str, status: Mapping[str, Any], manager: str
     ) -> dict[str, Any]:
