@@ -671,7 +671,7 @@ def run_size(
             f"{result.storm_restored}/{result.drifted} drifted HPAs restored"
         )
     finally:
-        # Delete while the operator still runs: it removes its finalizers from the services.
+        # Delete while the operator still runs, as a user would.
         if operator.process is None or operator.process.poll() is not None:
             operator = Operator(provider.kubeconfig, op_ns, log_dir, **env).start()
         gone = kube.delete_namespace(op_ns)
@@ -757,8 +757,39 @@ def report(results: list[Result], args: argparse.Namespace, cmd: str, elapsed: f
             f"| {r.n} | {r.intervals:.1f} | {r.prom_queries:.0f} | {r.op_queries:.0f} | "
             f"{per:.2f} | {r.decisions:.0f} | {r.lag_mean:.2f} | {r.lag_p99:g} |"
         )
-    lines.append("")
+    lines += ["", "Goals, each judged on this run:", "", *goal_verdicts(results), ""]
     return "\n".join(lines)
+
+
+def goal_verdicts(results: list[Result]) -> list[str]:
+    """One line per goal clause of the controller issue: met or missed, with the figure."""
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**missed**"
+
+    lines = []
+    for r in results:
+        ratio = r.op_p99 / r.par_p99 if r.par_p99 > 0 else float("nan")
+        storm = sum(r.storm_writes.values())
+        only_drifted = storm <= r.drifted and r.storm_restored == r.drifted
+        lines.append(
+            f"- N={r.n}: time to Ready p99 <= 1.5x the parallel raw apply: "
+            f"{verdict(ratio <= 1.5)} ({ratio:.2f}x); idle writes 0: "
+            f"{verdict(not r.idle_writes)} ({sum(r.idle_writes.values())}); "
+            f"writes after the restart only for the drifted children: "
+            f"{verdict(only_drifted)} ({storm} for {r.drifted})"
+        )
+    biggest = max(results, key=lambda r: r.n)
+    if biggest.n >= 1000:
+        lines.append(
+            f"- RSS <= 150 MB at {biggest.n}: {verdict(biggest.peak_rss_mb <= 150)} "
+            f"({biggest.peak_rss_mb:.0f} MB peak)"
+        )
+    lines.append(
+        "- idle writes with live Triton series changing: not measured (the Prometheus here "
+        "has no Triton series; it needs a real Triton behind every pod)"
+    )
+    return lines
 
 
 def ensure_cluster(gpu_nodes: int) -> LocalProvider:
