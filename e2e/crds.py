@@ -1,8 +1,9 @@
 """prometheus-operator's CRDs, exactly as that project publishes them.
 
-The files come from the prometheus-operator Go module (example/prometheus-operator-crd/),
-fetched through the Go module proxy into the module cache. Tests install and remove the
-ServiceMonitor CRD at run time, because the operator must work with and without it.
+The files come from the prometheus-operator Go module (example/prometheus-operator-crd/) at
+the version e2e/toolchain/promoperator/go.mod pins, the one the harness builds the operator
+from, fetched through the Go module proxy into the module cache. Tests install and remove
+the ServiceMonitor CRD at run time, because the operator must work with and without it.
 """
 
 from __future__ import annotations
@@ -14,17 +15,14 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from e2e.toolchain import download_module
+from e2e.toolchain import prometheus_operator_source
 
-PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator"
-PROMETHEUS_OPERATOR_VERSION = "v0.85.0"
 SERVICEMONITOR = "monitoring.coreos.com_servicemonitors.yaml"
 PROMETHEUSRULE = "monitoring.coreos.com_prometheusrules.yaml"
 
 
 def published_crd(filename: str) -> dict[str, Any]:
-    source = download_module(PROMETHEUS_OPERATOR, PROMETHEUS_OPERATOR_VERSION)
-    path = source / "example" / "prometheus-operator-crd" / filename
+    path = prometheus_operator_source() / "example" / "prometheus-operator-crd" / filename
     return yaml.safe_load(path.read_text())
 
 

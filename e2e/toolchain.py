@@ -1,14 +1,18 @@
-"""Build the cluster's binaries from the Go modules pinned under e2e/toolchain/.
+"""Build the harness's binaries from the Go modules pinned under e2e/toolchain/.
 
 Every program is compiled from source with the machine's Go toolchain; nothing is downloaded
-but Go modules. Results land in ~/.cache/ccs-operator/bin/<version>-<hash>/, where the hash
-covers the pinned modules, the Go version and the build flags, so a change to any of them
-builds afresh and an unchanged toolchain is reused at once.
+but Go modules. The cluster's binaries (kube, etcd, kwok, helm) land together in
+~/.cache/ccs-operator/bin/<k8s version>-<hash>/, where the hash covers their pinned modules,
+the Go version and the build flags, so a change to any of them builds afresh and an
+unchanged toolchain is reused at once. A binary with a directory of its own
+(prometheus-operator) is keyed by its own module alone, so adding or bumping it never
+rebuilds the cluster.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -26,6 +30,7 @@ from e2e.paths import TOOLCHAIN_DIR, bin_root
 
 # The control-plane programs are symlinks to one multi-call binary (see toolchain/kube).
 KUBE_PROGRAMS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator"
 # How often a long build says it is still alive, so CI logs never look hung.
 _HEARTBEAT_S = 60.0
 
@@ -43,6 +48,9 @@ class Binary:
     package: str  # what to build, relative to that module
     ldflags: tuple[str, ...] = ()
     aliases: tuple[str, ...] = field(default=())  # symlinks to the binary, for argv[0] dispatch
+    # Set: built into bin/<own_dir>-<hash of its module alone>/. None: into the cluster's
+    # shared directory (bin_dir()), whose hash covers every shared binary's module.
+    own_dir: str | None = None
 
 
 def required_version(module: str, path: str) -> str:
@@ -56,6 +64,16 @@ def required_version(module: str, path: str) -> str:
 
 def kubernetes_version() -> str:
     return required_version("kube", "k8s.io/kubernetes")
+
+
+def prometheus_operator_version() -> str:
+    """One pin for the operator binary and the CRDs the cluster installs (e2e.crds)."""
+    return required_version("promoperator", PROMETHEUS_OPERATOR)
+
+
+def prometheus_operator_source() -> Path:
+    """The pinned prometheus-operator module's files (CRDs, RBAC), from the module cache."""
+    return module_dir("promoperator", PROMETHEUS_OPERATOR)
 
 
 def _version_ldflags(package: str, version: str) -> list[str]:
@@ -73,6 +91,7 @@ def binaries() -> list[Binary]:
     kube_flags += _version_ldflags("k8s.io/client-go/pkg/version", kube)
     kwok = required_version("kwok", "sigs.k8s.io/kwok")
     helm = required_version("helm", "helm.sh/helm/v3")
+    promop = prometheus_operator_version()
     return [
         Binary("kube", "kube", ".", tuple(kube_flags), KUBE_PROGRAMS),
         Binary("etcd", "etcd", "."),
@@ -87,6 +106,17 @@ def binaries() -> list[Binary]:
             "helm",
             "helm.sh/helm/v3/cmd/helm",
             (f"-X helm.sh/helm/v3/internal/version.version={helm}",),
+        ),
+        Binary(
+            "prometheus-operator",
+            "promoperator",
+            f"{PROMETHEUS_OPERATOR}/cmd/operator",
+            # As upstream's Makefile sets them, less the git facts a module has not got.
+            (
+                f"-X github.com/prometheus/common/version.Version={promop.lstrip('v')}",
+                "-X github.com/prometheus/common/version.Branch=module",
+            ),
+            own_dir=f"prometheus-operator-{promop}",
         ),
     ]
 
@@ -103,27 +133,46 @@ def _go() -> str:
     return go
 
 
+@functools.cache
 def _go_version(go: str) -> str:
     return subprocess.run(
         [go, "env", "GOVERSION", "GOOS", "GOARCH"], check=True, capture_output=True, text=True
     ).stdout.strip()
 
 
-def toolchain_hash(go: str | None = None) -> str:
-    """A digest of everything that decides the binaries' bytes."""
+def _group_hash(group: list[Binary], go: str | None) -> str:
+    """A digest of everything that decides the bytes of `group`'s binaries: their modules'
+    files, the Go version and their build flags, and nothing else under toolchain/."""
+    modules = {binary.module for binary in group}
     digest = hashlib.sha256()
     for path in sorted(TOOLCHAIN_DIR.rglob("*")):
+        relative = path.relative_to(TOOLCHAIN_DIR)
+        if relative.parts[0] not in modules:
+            continue
         if path.is_file() and path.suffix in {".mod", ".sum", ".go"}:
-            digest.update(str(path.relative_to(TOOLCHAIN_DIR)).encode())
+            digest.update(str(relative).encode())
             digest.update(path.read_bytes())
     digest.update(_go_version(go or _go()).encode())
-    for binary in binaries():
+    for binary in group:
         digest.update(json.dumps([binary.name, binary.package, _build_flags(binary)]).encode())
     return digest.hexdigest()[:12]
 
 
+def toolchain_hash(go: str | None = None) -> str:
+    """The hash of the cluster's shared directory: the shared binaries' modules only."""
+    return _group_hash([b for b in binaries() if b.own_dir is None], go)
+
+
 def bin_dir(go: str | None = None) -> Path:
+    """The cluster's binaries (kube and its aliases, etcd, kwok, helm)."""
     return bin_root() / f"{kubernetes_version()}-{toolchain_hash(go)}"
+
+
+def binary_dir(binary: Binary, go: str | None = None) -> Path:
+    """Where `binary` is built: the shared directory, or one keyed by its module alone."""
+    if binary.own_dir is None:
+        return bin_dir(go)
+    return bin_root() / f"{binary.own_dir}-{_group_hash([binary], go)}"
 
 
 def _log(message: str) -> None:
@@ -187,29 +236,47 @@ def _complete(out_dir: Path, binary: Binary) -> bool:
     return all((out_dir / name).exists() for name in names)
 
 
-# What a cluster needs; helm is built only when asked for (chart tests, `build`).
+# What a cluster needs; helm and prometheus-operator are built only when asked for (chart
+# and monitoring tests, `build`).
 CLUSTER_BINARIES = ("kube", "etcd", "kwok")
 
 
 def ensure_built(names: tuple[str, ...] | None = None) -> Path:
-    """Build whichever of `names` (default: all) is missing; returns the binaries' directory."""
+    """Build whichever of `names` (default: all) is missing; returns their directory.
+
+    The named binaries must share one directory (the cluster's, or prometheus-operator's
+    own); with no names everything is built and the cluster's directory is returned.
+    """
     go = _go()
-    out_dir = bin_dir(go)
-    wanted = [b for b in binaries() if names is None or b.name in names]
-    if all(_complete(out_dir, b) for b in wanted):
-        return out_dir
-    with _locked(out_dir):
-        missing = [b for b in wanted if not _complete(out_dir, b)]
-        if missing:
-            _log(
-                f"building {', '.join(b.name for b in missing)} into {out_dir} (first run only; "
-                "the Go build cache makes later toolchain changes faster)"
-            )
-            started = time.monotonic()
-            for binary in missing:
-                _build_one(go, binary, out_dir)
-            _log(f"all binaries built in {time.monotonic() - started:.0f}s")
-    return out_dir
+    known = binaries()
+    unknown = set(names or ()) - {b.name for b in known}
+    if unknown:
+        raise BuildError(f"no such binary: {', '.join(sorted(unknown))}")
+    wanted = [b for b in known if names is None or b.name in names]
+    groups: dict[Path, list[Binary]] = {}
+    for binary in wanted:
+        groups.setdefault(binary_dir(binary, go), []).append(binary)
+    if names is None:
+        result = bin_dir(go)
+    elif len(groups) == 1:
+        (result,) = groups
+    else:
+        raise BuildError(f"{', '.join(names)} live in different directories; ask for each")
+    for out_dir, group in groups.items():
+        if all(_complete(out_dir, b) for b in group):
+            continue
+        with _locked(out_dir):
+            missing = [b for b in group if not _complete(out_dir, b)]
+            if missing:
+                _log(
+                    f"building {', '.join(b.name for b in missing)} into {out_dir} (first run "
+                    "only; the Go build cache makes later toolchain changes faster)"
+                )
+                started = time.monotonic()
+                for binary in missing:
+                    _build_one(go, binary, out_dir)
+                _log(f"all binaries built in {time.monotonic() - started:.0f}s")
+    return result
 
 
 def module_dir(module: str, path: str) -> Path:

@@ -1,0 +1,94 @@
+"""Cache keys of the harness's binaries: each covers its own modules and nothing else.
+
+A copy of e2e/toolchain/ in a temporary directory is edited; the Go version is pinned, so
+no Go toolchain runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from e2e import toolchain
+from e2e.paths import TOOLCHAIN_DIR
+
+
+@pytest.fixture
+def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    copy = tmp_path / "toolchain"
+    shutil.copytree(TOOLCHAIN_DIR, copy)
+    monkeypatch.setattr(toolchain, "TOOLCHAIN_DIR", copy)
+    monkeypatch.setattr(toolchain, "_go_version", lambda go: "go1.26.0 linux amd64")
+    monkeypatch.setattr(toolchain, "_go", lambda: "go")
+    monkeypatch.setattr(toolchain, "bin_root", lambda: tmp_path / "bin")
+    return copy
+
+
+def _promop() -> toolchain.Binary:
+    (binary,) = [b for b in toolchain.binaries() if b.name == "prometheus-operator"]
+    return binary
+
+
+def _touch(path: Path) -> None:
+    path.write_text(path.read_text() + "\n// changed\n")
+
+
+def test_prometheus_operator_has_a_directory_of_its_own(tree: Path) -> None:
+    assert toolchain.binary_dir(_promop()) != toolchain.bin_dir()
+    assert toolchain.binary_dir(_promop()).name.startswith("prometheus-operator-v")
+    for binary in toolchain.binaries():
+        if binary.name != "prometheus-operator":
+            assert toolchain.binary_dir(binary) == toolchain.bin_dir()
+
+
+def test_the_cluster_directory_ignores_the_prometheus_operator_module(tree: Path) -> None:
+    cluster_dir, promop_dir = toolchain.bin_dir(), toolchain.binary_dir(_promop())
+    _touch(tree / "promoperator" / "go.sum")
+    assert toolchain.bin_dir() == cluster_dir
+    assert toolchain.binary_dir(_promop()) != promop_dir
+
+
+def test_the_cluster_directory_ignores_a_module_that_is_not_its_own(tree: Path) -> None:
+    cluster_dir = toolchain.bin_dir()
+    extra = tree / "someday"
+    extra.mkdir()
+    (extra / "go.mod").write_text("module ccs-operator/e2e/toolchain/someday\n")
+    assert toolchain.bin_dir() == cluster_dir
+
+
+@pytest.mark.parametrize("module", ["kube", "etcd", "kwok", "helm"])
+def test_each_cluster_module_changes_the_cluster_directory_only(tree: Path, module: str) -> None:
+    cluster_dir, promop_dir = toolchain.bin_dir(), toolchain.binary_dir(_promop())
+    _touch(tree / module / "go.sum")
+    assert toolchain.bin_dir() != cluster_dir
+    assert toolchain.binary_dir(_promop()) == promop_dir
+
+
+def test_the_go_version_changes_every_directory(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster_dir, promop_dir = toolchain.bin_dir(), toolchain.binary_dir(_promop())
+    monkeypatch.setattr(toolchain, "_go_version", lambda go: "go1.27.0 linux amd64")
+    assert toolchain.bin_dir() != cluster_dir
+    assert toolchain.binary_dir(_promop()) != promop_dir
+
+
+def test_the_prometheus_operator_pin_is_the_one_the_crds_come_from(tree: Path) -> None:
+    assert _promop().own_dir == f"prometheus-operator-{toolchain.prometheus_operator_version()}"
+
+
+def test_ensure_built_refuses_unknown_and_mixed_names(tree: Path) -> None:
+    with pytest.raises(toolchain.BuildError, match="no such binary"):
+        toolchain.ensure_built(("no-such-thing",))
+    with pytest.raises(toolchain.BuildError, match="different directories"):
+        toolchain.ensure_built(("kube", "prometheus-operator"))
+
+
+def test_ensure_built_reuses_complete_directories(tree: Path) -> None:
+    """Nothing is built when the binaries are there: the fast path needs no Go at all."""
+    promop_dir = toolchain.binary_dir(_promop())
+    promop_dir.mkdir(parents=True)
+    (promop_dir / "prometheus-operator").write_text("")
+    assert toolchain.ensure_built(("prometheus-operator",)) == promop_dir
