@@ -15,6 +15,7 @@ from pathlib import Path
 from e2e.demo import DemoError, DemoOperator, run_demo
 from e2e.kwok import PodReadyDelay
 from e2e.localcluster import ClusterError, LocalCluster, Options
+from e2e.netns import PodNetworkError
 from e2e.toolchain import BuildError, ensure_built
 
 
@@ -38,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--gpu-nodes", type=int, default=4, help="fake 8-GPU nodes (default 4)")
     up.add_argument("--cpu-nodes", type=int, default=1, help="fake CPU-only nodes (default 1)")
     up.add_argument(
+        "--served-nodes",
+        type=int,
+        default=2,
+        help="fake GPU nodes whose pods are answered by real Tritons (default 2; tainted)",
+    )
+    up.add_argument(
         "--pod-ready-delay",
         type=float,
         metavar="SECONDS",
@@ -58,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("build", help="only build (or find) the binaries; prints their directory")
     kubectl = sub.add_parser("kubectl", help="run the built kubectl against the cluster")
     kubectl.add_argument("args", nargs=argparse.REMAINDER)
+    run_in = sub.add_parser(
+        "exec",
+        help="run a command inside the cluster's pod network (curl a pod, send load)",
+    )
+    run_in.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -71,6 +83,7 @@ def _options(args: argparse.Namespace) -> Options:
     return Options(
         gpu_nodes=args.gpu_nodes,
         cpu_nodes=args.cpu_nodes,
+        served_nodes=args.served_nodes,
         pod_ready_delay=delay,
         servicemonitor_crd=not args.no_servicemonitor_crd,
     )
@@ -100,7 +113,18 @@ def main(argv: list[str] | None = None) -> int:
             kubectl_args = args.args[1:] if args.args[:1] == ["--"] else args.args
             kubectl = str(cluster.bin_path() / "kubectl")
             os.execv(kubectl, [kubectl, f"--kubeconfig={cluster.kubeconfig}", *kubectl_args])
-    except (BuildError, ClusterError, DemoError) as exc:
+        elif args.command == "exec":
+            command = args.args[1:] if args.args[:1] == ["--"] else args.args
+            if not command:
+                print(
+                    "[e2e] exec: give a command, e.g. python -m e2e exec -- curl ...",
+                    file=sys.stderr,
+                )
+                return 2
+            argv = cluster.exec_argv(command)
+            os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
+            os.execvp(argv[0], argv)
+    except (BuildError, ClusterError, DemoError, PodNetworkError) as exc:
         print(f"[e2e] error: {exc}", file=sys.stderr)
         return 1
     return 0

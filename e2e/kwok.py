@@ -7,6 +7,8 @@ stage may get a delay, which stands in for a replica's cold start.
 
 from __future__ import annotations
 
+import copy
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,11 +54,61 @@ def published_stages(source: Path | None = None) -> list[dict[str, Any]]:
 POD_READY_DELAY_ANNOTATION = "pod-ready.stage.kwok.x-k8s.io/delay"
 
 
-def stages(delay: PodReadyDelay | None = None, source: Path | None = None) -> list[dict]:
+# Nodes whose pods are served by a real Triton (e2e.podserving), not made Ready by kwok.
+SERVING_LABEL = "e2e.ccs-operator.io/serving"
+SERVING_VALUE = "triton"
+# Only workloads that ask for real serving land there (a nodeSelector and a toleration).
+SERVING_TAINT = {"key": SERVING_LABEL, "value": SERVING_VALUE, "effect": "NoSchedule"}
+SERVED_STAGE = "pod-running-unready"
+
+
+def served_node_names(count: int) -> list[str]:
+    return [f"triton-node-{i}" for i in range(count)]
+
+
+def _served_stage(ready_stage: dict[str, Any], served: list[str]) -> dict[str, Any]:
+    """kwok's pod-ready stage for pods on Triton-backed nodes, minus readiness.
+
+    The pod gets its address and turns Running with its containers started but not ready;
+    e2e.podserving starts its Triton and sets Ready when that Triton answers its probe,
+    as a kubelet would.
+    """
+    doc = copy.deepcopy(ready_stage)
+    doc["metadata"]["name"] = SERVED_STAGE
+    doc["spec"]["selector"]["matchExpressions"].append(
+        {"key": ".spec.nodeName", "operator": "In", "values": served}
+    )
+    doc["spec"].pop("delay", None)
+    template = doc["spec"]["next"]["statusTemplate"]
+    for kind in ("Ready", "ContainersReady"):
+        template, count = re.subn(
+            rf'status: "True"(\n\s*)type: {kind}\n', rf'status: "False"\1type: {kind}\n', template
+        )
+        if count != 1:
+            raise ValueError(f"kwok's pod-ready stage changed: no {kind} condition to replace")
+    # Main containers (not init containers) run but are not ready.
+    head, sep, tail = template.partition("initContainerStatuses:")
+    head, count = re.subn(r"(\n(\s*))ready: true", r"\1ready: false\1started: true", head)
+    if count != 1:
+        raise ValueError("kwok's pod-ready stage changed: no container `ready: true` to replace")
+    doc["spec"]["next"]["statusTemplate"] = head + sep + tail
+    return doc
+
+
+def stages(
+    delay: PodReadyDelay | None = None,
+    source: Path | None = None,
+    served_nodes: list[str] | None = None,
+) -> list[dict]:
     docs = published_stages(source)
-    for doc in docs:
+    for doc in list(docs):
         if doc["metadata"]["name"] != "pod-ready":
             continue
+        if served_nodes:
+            docs.append(_served_stage(doc, served_nodes))
+            doc["spec"]["selector"]["matchExpressions"].append(
+                {"key": ".spec.nodeName", "operator": "NotIn", "values": served_nodes}
+            )
         spec_delay: dict[str, Any] = {
             "durationMilliseconds": delay.milliseconds if delay else 0,
             "durationFrom": {
@@ -69,13 +121,17 @@ def stages(delay: PodReadyDelay | None = None, source: Path | None = None) -> li
     return docs
 
 
-def config_yaml(delay: PodReadyDelay | None = None, source: Path | None = None) -> str:
+def config_yaml(
+    delay: PodReadyDelay | None = None,
+    source: Path | None = None,
+    served_nodes: list[str] | None = None,
+) -> str:
     """The multi-document file given to `kwok --config`: only Stage objects.
 
     kwok's options go on its command line (`flags()`): a KwokConfiguration in this file
     replaces kwok's defaults wholesale rather than merging with them.
     """
-    return yaml.safe_dump_all(stages(delay, source), sort_keys=False)
+    return yaml.safe_dump_all(stages(delay, source, served_nodes), sort_keys=False)
 
 
 def flags() -> list[str]:
@@ -111,8 +167,11 @@ def _node(name: str, labels: dict[str, str], capacity: dict[str, str], taints: l
     }
 
 
-def gpu_node(name: str) -> dict:
-    """A node as the NVIDIA GPU operator labels an 8x H100 machine."""
+def gpu_node(name: str, served: bool = False) -> dict:
+    """A node as the NVIDIA GPU operator labels an 8x H100 machine.
+
+    `served`: its pods are answered by real Tritons (label and taint SERVING_LABEL).
+    """
     labels = {
         "nvidia.com/gpu.present": "true",
         "nvidia.com/gpu.product": GPU_PRODUCT,
@@ -127,7 +186,10 @@ def gpu_node(name: str) -> dict:
         "ephemeral-storage": "1Ti",
         GPU_RESOURCE: str(GPUS_PER_NODE),
     }
-    taints = [{"key": GPU_RESOURCE, "effect": "NoSchedule"}]
+    taints: list[dict[str, str]] = [{"key": GPU_RESOURCE, "effect": "NoSchedule"}]
+    if served:
+        labels[SERVING_LABEL] = SERVING_VALUE
+        taints.append(dict(SERVING_TAINT))
     return _node(name, labels, capacity, taints)
 
 
@@ -137,7 +199,24 @@ def cpu_node(name: str) -> dict:
     return _node(name, {"node.kubernetes.io/instance-type": "cpu-16"}, capacity, [])
 
 
-def nodes(gpu_nodes: int, cpu_nodes: int) -> list[dict]:
-    return [gpu_node(f"gpu-node-{i}") for i in range(gpu_nodes)] + [
-        cpu_node(f"cpu-node-{i}") for i in range(cpu_nodes)
-    ]
+def nodes(gpu_nodes: int, cpu_nodes: int, served_nodes: int = 0) -> list[dict]:
+    return (
+        [gpu_node(f"gpu-node-{i}") for i in range(gpu_nodes)]
+        + [cpu_node(f"cpu-node-{i}") for i in range(cpu_nodes)]
+        + [gpu_node(name, served=True) for name in served_node_names(served_nodes)]
+    )
+
+
+def serving_placement() -> dict[str, Any]:
+    """What a ClaudeCodeService spec adds to run its pods on Triton-backed nodes."""
+    return {
+        "nodeSelector": {SERVING_LABEL: SERVING_VALUE},
+        "tolerations": [
+            {
+                "key": SERVING_LABEL,
+                "operator": "Equal",
+                "value": SERVING_VALUE,
+                "effect": "NoSchedule",
+            }
+        ],
+    }

@@ -26,6 +26,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from e2e import crds, kubeconfig, kwok, procs
+from e2e.netns import PodNetwork, PodNetworkError
 from e2e.paths import default_state_dir
 from e2e.pki import SERVICE_CIDR, ClusterPKI, ensure_pki
 from e2e.toolchain import CLUSTER_BINARIES, ensure_built
@@ -42,6 +43,8 @@ _PORTS = {
 }
 # Start order; `down` goes in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+# Runs inside the pod network when there is one (e2e.podserving).
+PODSERVING = "podserving"
 
 
 class ClusterError(RuntimeError):
@@ -78,6 +81,9 @@ class Options:
     servicemonitor_crd: bool = True
     # The HPA controller's period; upstream's 15s default makes tests slow for no gain.
     hpa_sync_period: str = "5s"
+    # Nodes whose pods are answered by real Tritons inside the pod network (tainted, so
+    # only services that ask land there: e2e.kwok.serving_placement()).
+    served_nodes: int = 2
 
 
 @dataclass
@@ -96,6 +102,7 @@ class LocalCluster:
         self.state_dir = (state_dir or default_state_dir()).resolve()
         self.options = options or Options()
         self.bin_dir: Path | None = None
+        self.network = PodNetwork.for_state_dir(self.state_dir)
 
     # --- layout -------------------------------------------------------------------------
     @property
@@ -140,13 +147,75 @@ class LocalCluster:
 
     # --- status ---------------------------------------------------------------------------
     def status(self) -> list[ComponentStatus]:
-        return [
+        statuses = [
             ComponentStatus(name, procs.read_pid(self._pidfile(name), name), self.log_file(name))
             for name in COMPONENTS
         ]
+        if self.serving_enabled():
+            statuses.append(
+                ComponentStatus(PODSERVING, self._podserving_pid(), self.log_file(PODSERVING))
+            )
+        return statuses
 
     def running(self) -> bool:
         return all(s.running for s in self.status())
+
+    # --- the pod network and real serving ---------------------------------------------------
+    def serving_enabled(self) -> bool:
+        return self.options.served_nodes > 0 and PodNetwork.supported() is None
+
+    def _podserving_marker(self) -> str:
+        return f"--podserving-state={self.state_dir}"
+
+    def _podserving_pid(self) -> int | None:
+        program = Path(sys.executable).name
+        return procs.read_pid(self._pidfile(PODSERVING), program, self._podserving_marker())
+
+    def _ensure_serving(self, ports: dict[str, int]) -> None:
+        """The pod network, the API server bridged into it, and the pods' kubelet."""
+        why = PodNetwork.supported()
+        if self.options.served_nodes <= 0:
+            return
+        if why is not None:
+            _log(f"no real serving: {why}; pods on Triton-backed nodes will not turn Ready")
+            return
+        self.network.ensure()
+        self.network.bridge_in(ports["apiserver"])
+        pid = self._podserving_pid()
+        if pid is None:
+            _log(f"starting {PODSERVING} in {self.network.name} (log: {self.log_file(PODSERVING)})")
+            argv = self.network.wrap(
+                [sys.executable, "-m", "e2e.podserving", self._podserving_marker()]
+            )
+            env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+            pid = procs.start(
+                argv, self._pidfile(PODSERVING), self.log_file(PODSERVING), self.state_dir, env
+            ).pid
+        heartbeat = self.state_dir / "run" / "podserving.alive"
+        started = time.time()
+
+        def beating() -> bool:
+            return heartbeat.exists() and heartbeat.stat().st_mtime >= started - 5
+
+        self._wait_ready(PODSERVING, pid, beating)
+
+    def _stop_serving(self) -> list[str]:
+        stopped = []
+        program = Path(sys.executable).name
+        if procs.stop(self._pidfile(PODSERVING), program, marker=self._podserving_marker()):
+            stopped.append(PODSERVING)
+        for port in self.network.bridged_ports():
+            if self.network.unbridge(port):
+                stopped.append(f"bridge {port}")
+        return stopped
+
+    def exec_argv(self, argv: list[str]) -> list[str]:
+        """`argv` run inside the pod network (for `python -m e2e exec -- CMD`)."""
+        if not self.network.exists():
+            raise PodNetworkError(
+                f"the pod network {self.network.name} does not exist; run `python -m e2e up`"
+            )
+        return self.network.wrap(argv)
 
     # --- lifecycle ------------------------------------------------------------------------
     @contextmanager
@@ -182,6 +251,7 @@ class LocalCluster:
                 self._ensure_component(name, argv[name], ports)
                 if name == "kube-apiserver":
                     self._install_objects()
+            self._ensure_serving(ports)
             self._wait_nodes_ready()
             _log(f"cluster ready in {time.monotonic() - started:.1f}s; state: {self.state_dir}")
         return self.kubeconfig
@@ -192,6 +262,9 @@ class LocalCluster:
 
     def _down(self) -> list[str]:
         stopped = []
+        for name in self._stop_serving():
+            _log(f"stopped {name}")
+            stopped.append(name)
         for name in reversed(COMPONENTS):
             if procs.stop(self._pidfile(name), name):
                 _log(f"stopped {name}")
@@ -262,7 +335,8 @@ class LocalCluster:
 
     def _write_kwok_config(self) -> bool:
         path = self.state_dir / "kwok.yaml"
-        text = kwok.config_yaml(self.options.pod_ready_delay)
+        served = kwok.served_node_names(self.options.served_nodes)
+        text = kwok.config_yaml(self.options.pod_ready_delay, served_nodes=served)
         if path.exists() and path.read_text() == text:
             return False
         path.write_text(text)
@@ -366,7 +440,10 @@ class LocalCluster:
     def _install_objects(self) -> None:
         with self.api_client() as api_client:
             core = client.CoreV1Api(api_client)
-            for node in kwok.nodes(self.options.gpu_nodes, self.options.cpu_nodes):
+            nodes = kwok.nodes(
+                self.options.gpu_nodes, self.options.cpu_nodes, self.options.served_nodes
+            )
+            for node in nodes:
                 try:
                     core.create_node(node)
                 except ApiException as exc:
@@ -377,7 +454,9 @@ class LocalCluster:
                     crds.install(api_client, crd)
 
     def _wait_nodes_ready(self, timeout: float = 60) -> None:
-        fake_nodes = kwok.nodes(self.options.gpu_nodes, self.options.cpu_nodes)
+        fake_nodes = kwok.nodes(
+            self.options.gpu_nodes, self.options.cpu_nodes, self.options.served_nodes
+        )
         wanted = {node["metadata"]["name"] for node in fake_nodes}
         deadline = time.monotonic() + timeout
         with self.api_client() as api_client:

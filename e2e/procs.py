@@ -41,22 +41,28 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def is_ours(pid: int, program: str) -> bool:
+def is_ours(pid: int, program: str, marker: str | None = None) -> bool:
+    """Whether `pid` runs `program`: from the harness's bin directory, or, for a system
+    program (socat, python), with `marker` (a path under the state dir) among its arguments."""
     argv = _cmdline(pid)
     if not argv or _is_zombie(pid):
         return False
     exe = Path(argv[0])
-    return exe.name == program and exe.resolve().is_relative_to(bin_root().resolve())
+    if exe.name != program:
+        return False
+    if marker is not None:
+        return any(marker in arg for arg in argv[1:])
+    return exe.resolve().is_relative_to(bin_root().resolve())
 
 
-def read_pid(pidfile: Path, program: str) -> int | None:
+def read_pid(pidfile: Path, program: str, marker: str | None = None) -> int | None:
     """The live pid recorded in `pidfile`, or None (a stale file is removed)."""
     try:
         pid = int(pidfile.read_text().strip())
     except (OSError, ValueError):
         return None
     _reap(pid)
-    if is_ours(pid, program):
+    if is_ours(pid, program, marker):
         return pid
     pidfile.unlink(missing_ok=True)
     return None
@@ -89,9 +95,9 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and not _is_zombie(pid)
 
 
-def stop(pidfile: Path, program: str, timeout: float = 20.0) -> bool:
+def stop(pidfile: Path, program: str, timeout: float = 20.0, marker: str | None = None) -> bool:
     """SIGTERM, then SIGKILL after `timeout`; True when a process was stopped."""
-    pid = read_pid(pidfile, program)
+    pid = read_pid(pidfile, program, marker)
     if pid is None:
         return False
     os.kill(pid, signal.SIGTERM)
