@@ -79,8 +79,12 @@ def release_stuck_test_namespaces(cluster: Cluster) -> None:
     namespaces then stay Terminating and the namespace controller retries them forever.
     """
     namespaces = cluster.kubectl(
-        "get", "namespaces", "-l", "ccs-e2e=test", "-o",
-        "jsonpath={range .items[?(@.status.phase==\"Terminating\")]}{.metadata.name} {end}",
+        "get",
+        "namespaces",
+        "-l",
+        "ccs-e2e=test",
+        "-o",
+        'jsonpath={range .items[?(@.status.phase=="Terminating")]}{.metadata.name} {end}',
     ).stdout.split()
     for namespace in namespaces:
         names = cluster.kubectl(
@@ -88,8 +92,14 @@ def release_stuck_test_namespaces(cluster: Cluster) -> None:
         ).stdout.split()
         for name in names:
             cluster.kubectl(
-                "patch", name, "-n", namespace, "--type=merge",
-                "-p", '{"metadata":{"finalizers":null}}', check=False,
+                "patch",
+                name,
+                "-n",
+                namespace,
+                "--type=merge",
+                "-p",
+                '{"metadata":{"finalizers":null}}',
+                check=False,
             )
 
 

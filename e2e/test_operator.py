@@ -311,6 +311,7 @@ def test_noop_resync_writes_nothing(
     while metric(restarted, "ccs_apply_skipped_total") < 5:
         assert time.monotonic() < deadline, "the restarted operator never reconciled"
         time.sleep(0.5)
+
     # Children only: status is server-side applied too, and a fresh floor loop may write it.
     def child_applies(writes: dict[str, float]) -> dict[str, float]:
         return {
@@ -379,6 +380,4 @@ def test_services_carry_no_finalizer_and_delete_without_the_operator(
     operator.stop()
     cluster.kubectl("delete", "ccs", "free", "-n", solo_namespace, "--wait=true", timeout=30)
     # The garbage collector, not the operator, removes the children.
-    _until(
-        lambda: not _children(cluster, solo_namespace, "free"), 60, "children garbage-collected"
-    )
+    _until(lambda: not _children(cluster, solo_namespace, "free"), 60, "children garbage-collected")

@@ -95,7 +95,10 @@ class TritonDist:
         dist = cls(
             binary=root / "tritonserver" / "bin" / "tritonserver",
             python_backend=root / "tritonserver" / "backends" / "python",
-            stub=root / "tritonserver" / "python_backend_stubs" / version
+            stub=root
+            / "tritonserver"
+            / "python_backend_stubs"
+            / version
             / "triton_python_backend_stub",
             libs=root.parent / "nvidia_pytriton.libs",
         )
@@ -145,9 +148,8 @@ def server_environment(dist: TritonDist, extra: Mapping[str, str] | None = None)
     return env
 
 
-def local_model_config(ccs: ClaudeCodeService) -> tuple[pb.ModelConfig, list[str]]:
-    """The operator's ModelConfig for `ccs`, adapted to a CPU-only Triton; and notes saying how."""
-    config = build_model_config(ccs.spec)
+def cpu_model_config(config: pb.ModelConfig) -> tuple[pb.ModelConfig, list[str]]:
+    """A rendered ModelConfig adapted to a CPU-only Triton (in place); and notes saying how."""
     notes: list[str] = []
     for group in config.instance_group:
         if group.kind == pb.ModelInstanceGroup.KIND_GPU:
@@ -168,19 +170,32 @@ def local_model_config(ccs: ClaudeCodeService) -> tuple[pb.ModelConfig, list[str
     return config, notes
 
 
+def local_model_config(ccs: ClaudeCodeService) -> tuple[pb.ModelConfig, list[str]]:
+    """The operator's ModelConfig for `ccs`, adapted to a CPU-only Triton; and notes saying how."""
+    return cpu_model_config(build_model_config(ccs.spec))
+
+
+def local_source(repository: str, python_model: bool) -> tuple[str, list[str]]:
+    """Where model files come from locally for `repository`; a note when it is substituted.
+
+    A local directory holding a Python-backend model is served as is; anything else (an
+    object store, a PVC, a platform this Triton lacks) by the sample model.
+    """
+    path = repository.removeprefix("file://")
+    if python_model and path.startswith("/") and Path(path).is_dir():
+        return repository, []
+    return str(SAMPLE_MODEL_DIR), [
+        f"model files from the sample model {SAMPLE_MODEL_DIR.name} "
+        f"({repository} is not a local Python-backend model)"
+    ]
+
+
 def local_repository(ccs: ClaudeCodeService, repository: str | None) -> tuple[str, list[str]]:
     """Which repository to load from locally, and a note when it is not spec.model.repository."""
     if repository is not None:
         given = ccs.spec.model.repository
         return repository, [f"model files from {repository} (given), not {given}"]
-    wanted = ccs.spec.model.repository
-    path = wanted.removeprefix("file://")
-    if ccs.spec.model.platform == "python" and path.startswith("/") and Path(path).is_dir():
-        return wanted, []
-    return str(SAMPLE_MODEL_DIR), [
-        f"model files from the sample model {SAMPLE_MODEL_DIR.name} "
-        f"({wanted} is not a local Python-backend model)"
-    ]
+    return local_source(ccs.spec.model.repository, ccs.spec.model.platform == "python")
 
 
 def prepare_model_store(
@@ -209,8 +224,10 @@ class LocalTriton:
         env: Mapping[str, str] | None = None,
         startup_timeout_s: float = 120.0,
         notes: Sequence[str] = (),
+        host: str = LOOPBACK,
     ) -> None:
         self.model_store = Path(model_store)
+        self.host = host
         self.server_args = list(server_args)
         self._ports = (http_port, grpc_port, metrics_port)
         self.http_port = self.grpc_port = self.metrics_port = 0
@@ -251,15 +268,15 @@ class LocalTriton:
     # -- addresses -------------------------------------------------------------------------
     @property
     def http_url(self) -> str:
-        return f"{LOOPBACK}:{self.http_port}"
+        return f"{self.host}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"{LOOPBACK}:{self.grpc_port}"
+        return f"{self.host}:{self.grpc_port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.metrics_port}/metrics"
+        return f"http://{self.host}:{self.metrics_port}/metrics"
 
     # -- lifecycle -------------------------------------------------------------------------
     def command(self, dist: TritonDist, backends: Path) -> list[str]:
@@ -275,9 +292,9 @@ class LocalTriton:
             f"--http-port={self.http_port}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
-            f"--http-address={LOOPBACK}",
-            f"--grpc-address={LOOPBACK}",
-            f"--metrics-address={LOOPBACK}",
+            f"--http-address={self.host}",
+            f"--grpc-address={self.host}",
+            f"--metrics-address={self.host}",
             f"--backend-directory={backends}",
             # Unique shared-memory names: several servers may run on one machine.
             f"--backend-config=python,shm-region-prefix-name=ccs{os.getpid()}x{secrets.token_hex(4)}",
@@ -285,6 +302,17 @@ class LocalTriton:
         ]
 
     def start(self) -> LocalTriton:
+        """Launch and wait until ready (raises TritonStartError with the log tail)."""
+        self.launch()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop(keep_files=True)
+            raise
+        return self
+
+    def launch(self) -> LocalTriton:
+        """Start the process and return at once; `ready()` says when it serves."""
         if self._proc is not None:
             raise RuntimeError("already started")
         dist = TritonDist.find()
@@ -313,12 +341,15 @@ class LocalTriton:
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop(keep_files=True)
-            raise
         return self
+
+    def ready(self) -> bool:
+        """One readiness probe: GET /v2/health/ready answered 200."""
+        return self.running and _http_status(f"http://{self.http_url}/v2/health/ready") == 200
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self._proc is None else self._proc.poll()
 
     def _wait_ready(self) -> None:
         assert self._proc is not None
@@ -498,8 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"run-local: {exc}", file=sys.stderr)
         return 1
     print(
-        f"run-local: ready: http://{server.http_url}  grpc {server.grpc_url}  "
-        f"{server.metrics_url}"
+        f"run-local: ready: http://{server.http_url}  grpc {server.grpc_url}  {server.metrics_url}"
     )
     print(f"run-local: server log {server.log_path}; Ctrl-C stops")
     try:
