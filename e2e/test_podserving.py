@@ -282,3 +282,62 @@ def test_serving_is_refused_outside_the_pod_network(local: LocalCluster) -> None
         check=False,
     )
     assert done.returncode == 2 and "must run inside the pod network" in done.stderr
+
+
+def test_load_sent_to_the_service_is_spread_over_its_ready_pods(
+    local: LocalCluster, core: client.CoreV1Api, op_namespace: str, services: Services
+) -> None:
+    ns = op_namespace
+    services.apply(ns, sample(NAME, **_spec(replicas=2)))
+    _wait("two pods Ready", lambda: sum(1 for p in _pods(core, ns) if _ready(p)) == 2, timeout=180)
+    argv = local.exec_argv(
+        [
+            sys.executable,
+            "-m",
+            "e2e.loadgen",
+            "-n",
+            ns,
+            "-s",
+            NAME,
+            "--profile",
+            "0:20,6:20",
+            f"--state-dir={local.state_dir}",
+        ]
+    )
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    summary = lines[-1]["summary"]
+    assert summary["ok"] > 60 and summary["failed"] == 0, summary
+    assert max(line.get("endpoints", 0) for line in lines[:-1]) == 2
+    # Both pods' Tritons counted requests (read from their metrics inside the pod network).
+    for pod in _pods(core, ns):
+        metrics = _http_inside(local, f"http://{pod.status.pod_ip}:8002/metrics")
+        counts = [
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics["body"].splitlines()
+            if line.startswith("nv_inference_request_success{")
+        ]
+        assert counts and sum(counts) > 10, (pod.metadata.name, counts)
+
+
+def test_load_refuses_to_run_outside_the_pod_network(local: LocalCluster) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "e2e.loadgen",
+            "-n",
+            "x",
+            "-s",
+            "y",
+            "--profile",
+            "0:1,1:1",
+            f"--state-dir={local.state_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2 and "inside the pod network" in done.stderr
