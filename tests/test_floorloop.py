@@ -292,3 +292,16 @@ def test_accounting_matches_the_crd_schema() -> None:
         for key, value in written.items():
             expected = {"number": (int, float), "string": str}[properties[key]["type"]]
             assert isinstance(value, expected), (key, value)
+
+
+def test_the_no_series_condition_is_one_short_sentence_naming_the_fix() -> None:
+    from ccs_operator.api import parse_service
+    from helpers import minimal_service
+
+    ccs = parse_service(minimal_service("svc"))
+    condition = floorloop._no_series(ccs, "1m")
+    assert condition.reason == "NoData" and condition.status is False
+    message = condition.message
+    assert len(message) < 200, message
+    assert "{" not in message  # the query goes to the log, not into status
+    assert "ns/svc" in message and "ServiceMonitor svc" in message

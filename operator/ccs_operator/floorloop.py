@@ -657,14 +657,20 @@ def accounting_status(acc: FloorAccounting) -> dict[str, Any]:
 
 
 def _no_series(ccs: ClaudeCodeService, window: str) -> Condition:
+    """One sentence for status; the query itself goes to the log."""
     query = p99_queue_latency_query({"namespace": ccs.namespace, "service": ccs.name})
+    log.info("no queue series for %s/%s over %s; query: %s", ccs.namespace, ccs.name, window, query)
+    where = (
+        f"ServiceMonitor {ccs.name}"
+        if ccs.spec.monitoring.service_monitor
+        else "a scrape job for its pods (spec.monitoring.serviceMonitor is off)"
+    )
     return Condition(
         FLOOR_ACTIVE,
         False,
         "NoData",
-        f"Prometheus has no Triton queue series for service {ccs.namespace}/{ccs.name} "
-        f"(nv_inference_queue_duration_us over {window}, e.g. {query}); the floor is held. "
-        "Check that the ServiceMonitor is picked up by Prometheus",
+        f"Prometheus has no Triton queue series for {ccs.namespace}/{ccs.name}; the floor "
+        f"is held; check that Prometheus selects {where} and scrapes port metrics",
     )
 
 
