@@ -31,6 +31,7 @@ from e2e.paths import TOOLCHAIN_DIR, bin_root
 # The control-plane programs are symlinks to one multi-call binary (see toolchain/kube).
 KUBE_PROGRAMS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator"
+PROMETHEUS = "github.com/prometheus/prometheus"
 # How often a long build says it is still alive, so CI logs never look hung.
 _HEARTBEAT_S = 60.0
 
@@ -76,6 +77,16 @@ def prometheus_operator_source() -> Path:
     return module_dir("promoperator", PROMETHEUS_OPERATOR)
 
 
+def prometheus_version() -> str:
+    """The Prometheus release toolchain/prometheus pins: its Go module v0.MMPP.x is release
+    M.PP.x (v0.305.0 is Prometheus 3.5.0)."""
+    module_version = required_version("prometheus", PROMETHEUS)
+    match = re.fullmatch(r"v0\.(\d+)(\d\d)\.(\d+)", module_version)
+    if not match:
+        raise BuildError(f"cannot map {PROMETHEUS} {module_version} to a Prometheus release")
+    return f"{int(match.group(1))}.{int(match.group(2))}.{match.group(3)}"
+
+
 def _version_ldflags(package: str, version: str) -> list[str]:
     major, minor = version.lstrip("v").split(".")[:2]
     values = {"gitVersion": version, "gitMajor": major, "gitMinor": minor}
@@ -92,6 +103,7 @@ def binaries() -> list[Binary]:
     kwok = required_version("kwok", "sigs.k8s.io/kwok")
     helm = required_version("helm", "helm.sh/helm/v3")
     promop = prometheus_operator_version()
+    prometheus = prometheus_version()
     return [
         Binary("kube", "kube", ".", tuple(kube_flags), KUBE_PROGRAMS),
         Binary("etcd", "etcd", "."),
@@ -117,6 +129,19 @@ def binaries() -> list[Binary]:
                 "-X github.com/prometheus/common/version.Branch=module",
             ),
             own_dir=f"prometheus-operator-{promop}",
+        ),
+        # Debian's prometheus has no Kubernetes service discovery (removed there for its
+        # dependencies), so the one that reads ServiceMonitors' targets is built here. Its
+        # web UI's compiled assets are not in the module: the HTTP API is served, not the UI.
+        Binary(
+            "prometheus",
+            "prometheus",
+            f"{PROMETHEUS}/cmd/prometheus",
+            (
+                f"-X github.com/prometheus/common/version.Version={prometheus}",
+                "-X github.com/prometheus/common/version.Branch=module",
+            ),
+            own_dir=f"prometheus-v{prometheus}",
         ),
     ]
 

@@ -26,21 +26,50 @@ def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return copy
 
 
-def _promop() -> toolchain.Binary:
-    (binary,) = [b for b in toolchain.binaries() if b.name == "prometheus-operator"]
+OWN_DIRS = ("prometheus-operator", "prometheus")
+
+
+def _binary(name: str) -> toolchain.Binary:
+    (binary,) = [b for b in toolchain.binaries() if b.name == name]
     return binary
+
+
+def _promop() -> toolchain.Binary:
+    return _binary("prometheus-operator")
 
 
 def _touch(path: Path) -> None:
     path.write_text(path.read_text() + "\n// changed\n")
 
 
-def test_prometheus_operator_has_a_directory_of_its_own(tree: Path) -> None:
-    assert toolchain.binary_dir(_promop()) != toolchain.bin_dir()
-    assert toolchain.binary_dir(_promop()).name.startswith("prometheus-operator-v")
+def test_the_monitoring_binaries_have_directories_of_their_own(tree: Path) -> None:
+    dirs = {name: toolchain.binary_dir(_binary(name)) for name in OWN_DIRS}
+    assert len({toolchain.bin_dir(), *dirs.values()}) == 3
+    assert dirs["prometheus-operator"].name.startswith("prometheus-operator-v0.85.0-")
+    assert dirs["prometheus"].name.startswith("prometheus-v3.5.0-")
     for binary in toolchain.binaries():
-        if binary.name != "prometheus-operator":
+        if binary.name not in OWN_DIRS:
             assert toolchain.binary_dir(binary) == toolchain.bin_dir()
+
+
+@pytest.mark.parametrize("module", ["promoperator", "prometheus"])
+def test_an_own_module_changes_its_own_directory_only(tree: Path, module: str) -> None:
+    before = {b.name: toolchain.binary_dir(b) for b in toolchain.binaries()}
+    _touch(tree / module / "go.sum")
+    after = {b.name: toolchain.binary_dir(b) for b in toolchain.binaries()}
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == {b.name for b in toolchain.binaries() if b.module == module}
+
+
+def test_the_prometheus_release_follows_its_module_version(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for module_version, release in (("v0.305.0", "3.5.0"), ("v0.316.2", "3.16.2")):
+        monkeypatch.setattr(toolchain, "required_version", lambda m, p, v=module_version: v)
+        assert toolchain.prometheus_version() == release
+    monkeypatch.setattr(toolchain, "required_version", lambda m, p: "v2.53.0")
+    with pytest.raises(toolchain.BuildError):
+        toolchain.prometheus_version()
 
 
 def test_the_cluster_directory_ignores_the_prometheus_operator_module(tree: Path) -> None:
