@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	@$(PY) -m ruff check operator tests e2e bench serving_image conftest.py
 	@$(PY) -m mypy
+	@# Builds (first run only) before pytest, so no test's timeout covers a cold Go build.
+	@$(PY) -m e2e build >/dev/null
 	@$(PY) -m pytest -p no:cacheprovider
 
 # The main job on this machine: local control plane with fake GPU nodes, the CRD, the

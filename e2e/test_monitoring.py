@@ -1,0 +1,179 @@
+"""The ServiceMonitor the operator renders, consumed by the real prometheus-operator and the
+real Prometheus (e2e.monitoring): it must select the service's pods on the metrics port with
+the labels the floor's queries use, and a ServiceMonitor that is wrong must select nothing.
+
+The service uses a metrics port and a scrape interval that are not the defaults of either
+the operator or Prometheus, so a target that carries them can only have come from what the
+operator rendered. Each wrong ServiceMonitor is a copy of the rendered one with a single
+fault; both are loaded by Prometheus (their scrape pools exist), so "no target" means the
+fault, not a configuration that never arrived.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from kubernetes import client
+
+from e2e.fixtures import Cluster
+from e2e.monitoring import MonitoringStack, servicemonitor_job
+from e2e.operator_fixtures import OperatorProcess, Services, sample
+
+pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
+
+NAME = "scraped"
+REPLICAS = 2
+METRICS_PORT = 9102  # not Triton's 8002: the scrape URL must follow the spec
+INTERVAL = "7s"  # neither the ServiceMonitor default (15s) nor the Prometheus' (5s)
+MONITORING = ("monitoring.coreos.com", "v1", "servicemonitors")
+
+
+def _spec(**extra: Any) -> dict[str, Any]:
+    return sample(
+        NAME,
+        replicas={"min": REPLICAS, "max": REPLICAS + 2},
+        ports={"http": 8000, "grpc": 8001, "metrics": METRICS_PORT},
+        monitoring={"serviceMonitor": True, "interval": INTERVAL},
+        **extra,
+    )
+
+
+def _wait(what: str, check: Any, timeout: float = 90) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"{what} not reached in {timeout:.0f}s (last: {last!r})")
+
+
+def _wrong_copies(rendered: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The rendered ServiceMonitor with one fault each, owned by nobody."""
+    base = {
+        "apiVersion": rendered["apiVersion"],
+        "kind": rendered["kind"],
+        "spec": copy.deepcopy(rendered["spec"]),
+    }
+    wrong_port = copy.deepcopy(base)
+    wrong_port["metadata"] = {"name": f"{NAME}-wrong-port"}
+    wrong_port["spec"]["endpoints"][0]["port"] = "metricz"
+    wrong_selector = copy.deepcopy(base)
+    wrong_selector["metadata"] = {"name": f"{NAME}-wrong-selector"}
+    wrong_selector["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"] = "nobody"
+    return {"port": wrong_port, "selector": wrong_selector}
+
+
+@pytest.fixture
+def scraped(
+    cluster: Cluster,
+    monitoring: MonitoringStack,
+    services: Services,
+    solo_namespace: str,
+    start_operator: Callable[..., OperatorProcess],
+) -> Iterator[tuple[str, dict[str, Any], dict[str, str]]]:
+    """A Ready service, its rendered ServiceMonitor and its pods (name -> IP).
+
+    An operator of its own watches the namespace by name and reads this Prometheus.
+    """
+    op_namespace = solo_namespace
+    start_operator(op_namespace, CCS_PROMETHEUS_URL=monitoring.url)
+    services.apply(op_namespace, _spec())
+    services.wait_ready(op_namespace, NAME, timeout=120)
+    with cluster.api_client() as api_client:
+        custom = client.CustomObjectsApi(api_client)
+        rendered: dict[str, Any] = custom.get_namespaced_custom_object(  # type: ignore[assignment]
+            *MONITORING[:2], op_namespace, MONITORING[2], NAME
+        )
+        selector = ",".join(
+            f"{k}={v}" for k, v in rendered["spec"]["selector"]["matchLabels"].items()
+        )
+        core = client.CoreV1Api(api_client)
+
+        def pods() -> dict[str, str] | None:
+            items = core.list_namespaced_pod(op_namespace, label_selector=selector).items
+            ips = {
+                str(p.metadata.name): str(p.status.pod_ip)
+                for p in items
+                if p.metadata and p.status and p.status.pod_ip
+            }
+            return ips if len(ips) == REPLICAS else None
+
+        yield op_namespace, rendered, _wait(f"{REPLICAS} pods with addresses", pods)
+
+
+def test_the_rendered_servicemonitor_yields_one_target_per_pod(
+    cluster: Cluster,
+    monitoring: MonitoringStack,
+    scraped: tuple[str, dict[str, Any], dict[str, str]],
+) -> None:
+    namespace, rendered, pods = scraped
+    wrong = _wrong_copies(rendered)
+    with cluster.api_client() as api_client:
+        custom = client.CustomObjectsApi(api_client)
+        for body in wrong.values():
+            custom.create_namespaced_custom_object(*MONITORING[:2], namespace, MONITORING[2], body)
+
+    job = servicemonitor_job(namespace, NAME)
+    wrong_jobs = [
+        servicemonitor_job(namespace, body["metadata"]["name"]) for body in wrong.values()
+    ]
+
+    def loaded() -> bool:
+        return {job, *wrong_jobs} <= set(monitoring.loaded_jobs())
+
+    monitoring.wait_until(loaded, 90, lambda: f"jobs loaded: {monitoring.loaded_jobs()}")
+
+    def targets() -> list[dict[str, Any]] | None:
+        found = monitoring.targets_of(job)
+        return found if len(found) == REPLICAS else None
+
+    found = _wait(f"{REPLICAS} active targets of {job}", targets)
+    by_pod = {t["labels"]["pod"]: t for t in found}
+    assert set(by_pod) == set(pods), (by_pod.keys(), pods)
+    for pod, target in by_pod.items():
+        labels = target["labels"]
+        # What the floor's queries select on, and what prometheus-operator's relabelling adds.
+        assert labels["namespace"] == namespace
+        assert labels["service"] == NAME
+        assert labels["job"] == NAME
+        assert labels["endpoint"] == "metrics"
+        url = urlsplit(target["scrapeUrl"])
+        assert (url.hostname, url.port, url.path) == (pods[pod], METRICS_PORT, "/metrics")
+        assert target["scrapeInterval"] == INTERVAL
+
+    # Both faults are in the configuration Prometheus runs, and select nothing.
+    for wrong_job in wrong_jobs:
+        assert monitoring.targets_of(wrong_job) == [], wrong_job
+
+
+@pytest.mark.triton
+@pytest.mark.skip(reason="needs pods answered by real Tritons (e2e.podserving); then drop this")
+def test_triton_series_arrive_through_the_servicemonitor(
+    monitoring: MonitoringStack,
+    scraped: tuple[str, dict[str, Any], dict[str, str]],
+) -> None:
+    """Series from every pod's Triton, with the labels the floor's queries pin."""
+    namespace, _rendered, pods = scraped
+    selector = f'namespace="{namespace}",service="{NAME}"'
+
+    def pods_reporting(query: str) -> set[str]:
+        result = monitoring.api("/api/v1/query", {"query": query})["result"]
+        return {r["metric"].get("pod", "") for r in result}
+
+    monitoring.wait_until(
+        lambda: pods_reporting(f"up{{{selector}}} == 1") == set(pods),
+        120,
+        lambda: f"up: {pods_reporting(f'up{{{selector}}}')}",
+    )
+    monitoring.wait_until(
+        lambda: pods_reporting(f"nv_inference_count{{{selector}}}") == set(pods),
+        60,
+        lambda: f"nv_inference_count from {pods_reporting(f'nv_inference_count{{{selector}}}')}",
+    )
