@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 from kubernetes import client
 
+from e2e import kwok
 from e2e.fixtures import Cluster
 from e2e.monitoring import MonitoringStack, servicemonitor_job
 from e2e.operator_fixtures import OperatorProcess, Services, sample
@@ -33,10 +34,10 @@ INTERVAL = "7s"  # neither the ServiceMonitor default (15s) nor the Prometheus' 
 MONITORING = ("monitoring.coreos.com", "v1", "servicemonitors")
 
 
-def _spec(**extra: Any) -> dict[str, Any]:
+def _spec(replicas: int = REPLICAS, **extra: Any) -> dict[str, Any]:
     return sample(
         NAME,
-        replicas={"min": REPLICAS, "max": REPLICAS + 2},
+        replicas={"min": replicas, "max": replicas + 2},
         ports={"http": 8000, "grpc": 8001, "metrics": METRICS_PORT},
         monitoring={"serviceMonitor": True, "interval": INTERVAL},
         **extra,
@@ -52,6 +53,10 @@ def _wait(what: str, check: Any, timeout: float = 90) -> Any:
             return last
         time.sleep(0.5)
     raise AssertionError(f"{what} not reached in {timeout:.0f}s (last: {last!r})")
+
+
+def _health(monitoring: MonitoringStack) -> list[tuple[str, str, str]]:
+    return [(t["scrapeUrl"], t["health"], t["lastError"]) for t in monitoring.active_targets()]
 
 
 def _wrong_copies(rendered: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -70,42 +75,54 @@ def _wrong_copies(rendered: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {"port": wrong_port, "selector": wrong_selector}
 
 
+Deployed = tuple[str, dict[str, Any], dict[str, str]]
+
+
 @pytest.fixture
-def scraped(
+def deploy(
     cluster: Cluster,
     monitoring: MonitoringStack,
     services: Services,
     solo_namespace: str,
     start_operator: Callable[..., OperatorProcess],
-) -> Iterator[tuple[str, dict[str, Any], dict[str, str]]]:
-    """A Ready service, its rendered ServiceMonitor and its pods (name -> IP).
+) -> Callable[..., Deployed]:
+    """Deploys a service; returns its namespace, rendered ServiceMonitor and pods (name -> IP).
 
     An operator of its own watches the namespace by name and reads this Prometheus.
     """
-    op_namespace = solo_namespace
-    start_operator(op_namespace, CCS_PROMETHEUS_URL=monitoring.url)
-    services.apply(op_namespace, _spec())
-    services.wait_ready(op_namespace, NAME, timeout=120)
-    with cluster.api_client() as api_client:
-        custom = client.CustomObjectsApi(api_client)
-        rendered: dict[str, Any] = custom.get_namespaced_custom_object(  # type: ignore[assignment]
-            *MONITORING[:2], op_namespace, MONITORING[2], NAME
-        )
-        selector = ",".join(
-            f"{k}={v}" for k, v in rendered["spec"]["selector"]["matchLabels"].items()
-        )
-        core = client.CoreV1Api(api_client)
 
-        def pods() -> dict[str, str] | None:
-            items = core.list_namespaced_pod(op_namespace, label_selector=selector).items
-            ips = {
-                str(p.metadata.name): str(p.status.pod_ip)
-                for p in items
-                if p.metadata and p.status and p.status.pod_ip
-            }
-            return ips if len(ips) == REPLICAS else None
+    def deploy(replicas: int = REPLICAS, timeout: float = 120, **spec: Any) -> Deployed:
+        namespace = solo_namespace
+        start_operator(namespace, CCS_PROMETHEUS_URL=monitoring.url)
+        services.apply(namespace, _spec(replicas, **spec))
+        services.wait_ready(namespace, NAME, timeout=timeout)
+        with cluster.api_client() as api_client:
+            custom = client.CustomObjectsApi(api_client)
+            rendered: dict[str, Any] = custom.get_namespaced_custom_object(  # type: ignore[assignment]
+                *MONITORING[:2], namespace, MONITORING[2], NAME
+            )
+            labels = rendered["spec"]["selector"]["matchLabels"]
+            selector = ",".join(f"{k}={v}" for k, v in labels.items())
+            core = client.CoreV1Api(api_client)
 
-        yield op_namespace, rendered, _wait(f"{REPLICAS} pods with addresses", pods)
+            def pods() -> dict[str, str] | None:
+                items = core.list_namespaced_pod(namespace, label_selector=selector).items
+                ips = {
+                    str(p.metadata.name): str(p.status.pod_ip)
+                    for p in items
+                    if p.metadata and p.status and p.status.pod_ip
+                }
+                return ips if len(ips) == replicas else None
+
+            return namespace, rendered, _wait(f"{replicas} pods with addresses", pods)
+
+    return deploy
+
+
+@pytest.fixture
+def scraped(deploy: Callable[..., Deployed]) -> Deployed:
+    """A Ready service on kwok's fake pods (nothing answers the scrapes)."""
+    return deploy()
 
 
 def test_the_rendered_servicemonitor_yields_one_target_per_pod(
@@ -154,13 +171,25 @@ def test_the_rendered_servicemonitor_yields_one_target_per_pod(
 
 
 @pytest.mark.triton
-@pytest.mark.skip(reason="needs pods answered by real Tritons (e2e.podserving); then drop this")
 def test_triton_series_arrive_through_the_servicemonitor(
-    monitoring: MonitoringStack,
-    scraped: tuple[str, dict[str, Any], dict[str, str]],
+    monitoring: MonitoringStack, deploy: Callable[..., Deployed], cluster: Cluster
 ) -> None:
-    """Series from every pod's Triton, with the labels the floor's queries pin."""
-    namespace, _rendered, pods = scraped
+    """Series from the pod's real Triton (e2e.podserving), with the labels the floor's
+    queries pin: only the rendered ServiceMonitor can have brought them."""
+    local = cluster.local
+    if local is None or not local.serving_enabled():
+        pytest.skip("pods answered by real Tritons need the local provider as root")
+    placement = kwok.serving_placement()
+    namespace, _rendered, pods = deploy(
+        replicas=1,
+        timeout=300,  # a real model load
+        resources={"gpus": 1, "cpu": "1", "memory": "1Gi"},
+        batching={"maxBatchSize": 4, "maxQueueDelayMicroseconds": 1000},
+        instanceGroups=[{"count": 1, "kind": "KIND_GPU"}],
+        autoscaling={"cpuUtilization": 60, "requestsPerSecond": 0, "floor": {"enabled": False}},
+        nodeSelector=placement["nodeSelector"],
+        tolerations=placement["tolerations"],
+    )
     selector = f'namespace="{namespace}",service="{NAME}"'
 
     def pods_reporting(query: str) -> set[str]:
@@ -170,7 +199,7 @@ def test_triton_series_arrive_through_the_servicemonitor(
     monitoring.wait_until(
         lambda: pods_reporting(f"up{{{selector}}} == 1") == set(pods),
         120,
-        lambda: f"up: {pods_reporting(f'up{{{selector}}}')}",
+        lambda: f"up: {pods_reporting(f'up{{{selector}}}')}; targets: {_health(monitoring)}",
     )
     monitoring.wait_until(
         lambda: pods_reporting(f"nv_inference_count{{{selector}}}") == set(pods),
