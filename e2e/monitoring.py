@@ -414,7 +414,13 @@ class ConfigSync:
             self.last = local
             if changed:
                 jobs = [j.get("job_name") for j in local.config.get("scrape_configs") or []]
-                _log(f"configuration changed: {len(jobs)} scrape jobs {jobs}")
+                rules = sum(
+                    len(list((self.layout.rules_dir / c).iterdir())) for c in local.rule_configmaps
+                )
+                _log(
+                    f"configuration or rules changed: {len(jobs)} scrape jobs {jobs}, "
+                    f"{rules} rule files"
+                )
             if (changed or self._reload_pending) and self.reload is not None:
                 self._reload_pending = True  # until a reload succeeds, every pass retries
                 self.reload()

@@ -206,3 +206,31 @@ def test_triton_series_arrive_through_the_servicemonitor(
         60,
         lambda: f"nv_inference_count from {pods_reporting(f'nv_inference_count{{{selector}}}')}",
     )
+
+
+def test_a_prometheusrule_reaches_the_rule_files_prometheus_evaluates(
+    cluster: Cluster, monitoring: MonitoringStack, namespace: str
+) -> None:
+    """PrometheusRule -> the operator's rulefiles ConfigMap -> a file -> an evaluated rule."""
+    record = f"ccs_e2e:{namespace.replace('-', '_')}:up"
+    body = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "probe"},
+        "spec": {
+            "groups": [{"name": namespace, "rules": [{"record": record, "expr": "vector(1)"}]}]
+        },
+    }
+    plural = ("monitoring.coreos.com", "v1", namespace, "prometheusrules")
+
+    def evaluated() -> list[dict[str, Any]]:
+        groups = monitoring.api("/api/v1/rules", {"type": "record"})["groups"]
+        return [r for g in groups for r in g["rules"] if r["name"] == record]
+
+    with cluster.api_client() as api_client:
+        custom = client.CustomObjectsApi(api_client)
+        custom.create_namespaced_custom_object(*plural, body)
+        rules = _wait("the rule evaluated", lambda: [r for r in evaluated() if r["health"] == "ok"])
+        assert rules[0]["query"] == "vector(1)"
+        custom.delete_namespaced_custom_object(*plural, "probe")
+        _wait("the rule gone", lambda: not evaluated())
