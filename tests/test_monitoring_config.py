@@ -10,13 +10,19 @@ from __future__ import annotations
 import base64
 import copy
 import gzip
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from e2e.monitoring import (
     IN_POD_RULES,
+    ConfigSync,
+    Layout,
     MonitoringError,
     PodEnvironment,
     decode_generated,
@@ -181,3 +187,73 @@ def test_the_prometheus_resource_selects_every_monitor_for_the_binary_version() 
 def test_job_names_follow_prometheus_operator() -> None:
     assert servicemonitor_job("op-1", "scraped") == "serviceMonitor/op-1/scraped/0"
     assert IN_POD_RULES == "/etc/prometheus/rules/"
+
+
+# --- the sync: the Secret and rule ConfigMaps written to files, reloads on change ---------
+
+
+class _Core:
+    """Stands in for CoreV1Api's two reads; the sync uses nothing else of it."""
+
+    def __init__(self, generated: dict[str, Any], rules: dict[str, dict[str, str]]) -> None:
+        self.generated = generated
+        self.rules = rules
+
+    def read_namespaced_secret(self, name: str, namespace: str) -> Any:
+        payload = base64.b64encode(gzip.compress(yaml.safe_dump(self.generated).encode()))
+        return SimpleNamespace(data={"prometheus.yaml.gz": payload.decode()})
+
+    def read_namespaced_config_map(self, name: str, namespace: str) -> Any:
+        if name not in self.rules:
+            raise ApiException(status=404)
+        return SimpleNamespace(data=self.rules[name])
+
+
+def _sync(tmp_path: Path, core: _Core, reloads: list[int]) -> ConfigSync:
+    def reload() -> None:
+        reloads.append(1)
+
+    sync = ConfigSync(Layout(tmp_path), client.ApiClient(), reload=reload)
+    sync.core = core  # type: ignore[assignment]
+    return sync
+
+
+def test_the_sync_writes_config_and_rules_and_reloads_only_on_change(tmp_path: Path) -> None:
+    rules = {"prometheus-ccs-rulefiles-0": {"op-1-r.yaml": "groups: []\n"}}
+    core, reloads = _Core(copy.deepcopy(GENERATED), rules), []
+    sync = _sync(tmp_path, core, reloads)
+    layout = sync.layout
+    assert sync.resync() is True
+    written = yaml.safe_load(layout.config.read_text())
+    assert written["rule_files"] == [f"{layout.rules_dir}/prometheus-ccs-rulefiles-0/*.yaml"]
+    sd = written["scrape_configs"][0]["kubernetes_sd_configs"][0]
+    assert sd["kubeconfig_file"] == str(layout.prometheus_kubeconfig)
+    rule_file = layout.rules_dir / "prometheus-ccs-rulefiles-0" / "op-1-r.yaml"
+    assert rule_file.read_text() == "groups: []\n"
+    assert reloads == [1]
+
+    assert sync.resync() is False  # nothing changed: no write, no reload
+    assert reloads == [1]
+
+    core.rules = {"prometheus-ccs-rulefiles-0": {"op-2-r.yaml": "groups: []\n"}}
+    assert sync.resync() is True  # a rule change alone reloads
+    assert not rule_file.exists()
+    assert reloads == [1, 1]
+
+
+def test_a_failed_reload_is_retried_on_the_next_pass(tmp_path: Path) -> None:
+    core, attempts = _Core(copy.deepcopy(GENERATED), {}), []
+
+    def reload() -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise MonitoringError("Prometheus is restarting")
+
+    sync = ConfigSync(Layout(tmp_path), client.ApiClient(), reload=reload)
+    sync.core = core  # type: ignore[assignment]
+    with pytest.raises(MonitoringError):
+        sync.resync()
+    assert sync.resync() is False  # the files are current, yet the reload is owed
+    assert len(attempts) == 2
+    sync.resync()
+    assert len(attempts) == 2
