@@ -220,7 +220,7 @@ def _sync(tmp_path: Path, core: _Core, reloads: list[int]) -> ConfigSync:
 
 def test_the_sync_writes_config_and_rules_and_reloads_only_on_change(tmp_path: Path) -> None:
     rules = {"prometheus-ccs-rulefiles-0": {"op-1-r.yaml": "groups: []\n"}}
-    core, reloads = _Core(copy.deepcopy(GENERATED), rules), []
+    core, reloads = _Core(copy.deepcopy(GENERATED), rules), list[int]()
     sync = _sync(tmp_path, core, reloads)
     layout = sync.layout
     assert sync.resync() is True
@@ -242,7 +242,7 @@ def test_the_sync_writes_config_and_rules_and_reloads_only_on_change(tmp_path: P
 
 
 def test_a_failed_reload_is_retried_on_the_next_pass(tmp_path: Path) -> None:
-    core, attempts = _Core(copy.deepcopy(GENERATED), {}), []
+    core, attempts = _Core(copy.deepcopy(GENERATED), {}), list[int]()
 
     def reload() -> None:
         attempts.append(1)
