@@ -296,6 +296,7 @@ def test_accounting_matches_the_crd_schema() -> None:
 
 def test_the_no_series_condition_is_one_short_sentence_naming_the_fix() -> None:
     from ccs_operator.api import parse_service
+
     from helpers import minimal_service
 
     ccs = parse_service(minimal_service("svc"))
