@@ -15,6 +15,7 @@ from pathlib import Path
 from e2e.demo import DemoError, DemoOperator, run_demo
 from e2e.kwok import PodReadyDelay
 from e2e.localcluster import ClusterError, LocalCluster, Options
+from e2e.monitoring import MonitoringError, MonitoringStack
 from e2e.netns import PodNetworkError
 from e2e.toolchain import BuildError, ensure_built
 
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "down":
             if DemoOperator(cluster).stop():
                 print("[e2e] stopped the demo operator", file=sys.stderr)
+            MonitoringStack(cluster).down()
             if not cluster.down():
                 print("[e2e] nothing was running", file=sys.stderr)
         elif args.command == "status":
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             argv = cluster.exec_argv(command)
             os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
             os.execvp(argv[0], argv)
-    except (BuildError, ClusterError, DemoError, PodNetworkError) as exc:
+    except (BuildError, ClusterError, DemoError, MonitoringError, PodNetworkError) as exc:
         print(f"[e2e] error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -1,30 +1,38 @@
-"""`python -m e2e demo`: the whole product on this machine, from nothing to `kubectl get ccs`.
+"""`python -m e2e demo`: the product doing its job on this machine, from nothing.
 
 Steps, each announced on stderr: build (first run only) and start the local control plane
-with fake GPU nodes, install the CRD, start `ccs-operator run` as a background process
-(pid file and log in the cluster's state dir, reused when already running), apply
-samples/claude-code.yaml, wait for the service to report Ready, and print `kubectl get ccs`
-with the children the operator made. `python -m e2e down` stops the operator and the cluster.
+with fake GPU nodes and its pod network; the CRD; prometheus-operator and Prometheus; the
+operator (`ccs-operator run`, detached, pid file and log in the cluster's state dir);
+samples/claude-code.yaml with the local changes it prints as LOCAL ONLY (its pods on the
+Triton-backed nodes, a real CPU tritonserver behind each); then a bounded load through the
+Service's endpoints while a live table shows READY, FLOOR and QUEUE-P99 move, until the
+floor is back at its minimum. It ends with `kubectl get ccs`, the children and where to look
+next. `python -m e2e down` stops it all. Exit status 1 when the floor never rose.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
-from e2e import procs
+from e2e import kwok, podserving, procs
 from e2e.localcluster import LocalCluster
+from e2e.monitoring import MonitoringStack
 from e2e.prometheus import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CRD_FILE = ROOT / "crds" / "claudecodeservices.yaml"
 SAMPLE = ROOT / "samples" / "claude-code.yaml"
+DASHBOARD = ROOT / "chart" / "ccs-operator" / "dashboards" / "ccs-overview.json"
 # The demo operator watches only this namespace, so the test suite's own operators (on
 # namespaces of their own) can share the cluster with a demo left running.
 DEMO_NAMESPACE = "ccs-demo"
@@ -64,7 +72,7 @@ class DemoOperator:
         self.pidfile.unlink(missing_ok=True)
         return None
 
-    def start(self) -> None:
+    def start(self, prometheus_url: str) -> None:
         if self.pid() is not None:
             _say(f"operator already running (pid {self.pid()}), log: {self.log}")
             return
@@ -78,6 +86,7 @@ class DemoOperator:
             "CCS_HEALTH_PORT": str(ports["health"]),
             "CCS_NAMESPACES": DEMO_NAMESPACE,
             "CCS_LEASE_NAMESPACE": DEMO_NAMESPACE,
+            "CCS_PROMETHEUS_URL": prometheus_url,
             "PYTHONUNBUFFERED": "1",
         }
         argv = [sys.executable, "-m", "ccs_operator.cli", "run"]
@@ -138,14 +147,127 @@ def _wait_ready(cluster: LocalCluster, name: str) -> None:
     )
 
 
+# What differs locally from the sample, applied on top of it and printed as LOCAL ONLY.
+# Pods land on the Triton-backed nodes (real tritonserver on CPU behind each pod); the floor
+# evaluates and cools down faster so the whole loop fits in a few minutes; the sample model
+# costs per batch what makes a few replicas' worth of load fit on a small CPU.
+DEMO_FLOOR = {"evaluationIntervalSeconds": 10, "cooldownSeconds": 45}
+DEMO_MODEL_COST = {"CCS_SAMPLE_BATCH_COST_MS": "40", "CCS_SAMPLE_ITEM_COST_MS": "60"}
+DEMO_MAX_TRITONS = 6
+# Requests/s over time (seconds): a ramp past two replicas' capacity, a plateau, then none.
+DEMO_PROFILE = "0:4,40:45,100:45,101:0"
+DEMO_SEQ_LEN = 1
+AFTER_LOAD_S = 150.0
+VIEW_EVERY_S = 5.0
+
+
+def demo_manifest() -> tuple[dict[str, Any], list[str]]:
+    """The sample as applied locally, and what was changed (the LOCAL ONLY lines)."""
+    import yaml
+
+    body: dict[str, Any] = yaml.safe_load(SAMPLE.read_text())
+    spec = body["spec"]
+    placement = kwok.serving_placement()
+    spec["nodeSelector"] = {**spec.get("nodeSelector", {}), **placement["nodeSelector"]}
+    spec["tolerations"] = [*spec.get("tolerations", []), *placement["tolerations"]]
+    floor = spec.setdefault("autoscaling", {}).setdefault("floor", {})
+    before = {k: floor.get(k) for k in DEMO_FLOOR}
+    floor.update(DEMO_FLOOR)
+    notes = [
+        "pods are placed on the Triton-backed fake GPU nodes (nodeSelector and toleration "
+        f"{kwok.SERVING_LABEL}={kwok.SERVING_VALUE}); each pod is a real tritonserver on CPU",
+        f"floor evaluationIntervalSeconds/cooldownSeconds {before['evaluationIntervalSeconds']}/"
+        f"{before['cooldownSeconds']} -> {DEMO_FLOOR['evaluationIntervalSeconds']}/"
+        f"{DEMO_FLOOR['cooldownSeconds']}, so the loop fits in a few minutes",
+        "the sample model costs "
+        f"{DEMO_MODEL_COST['CCS_SAMPLE_BATCH_COST_MS']} ms per batch + "
+        f"{DEMO_MODEL_COST['CCS_SAMPLE_ITEM_COST_MS']} ms per request (a stand-in for GPU time)",
+    ]
+    from ccs_operator.api import parse_service
+    from serving_image.local import local_model_config, local_repository
+
+    ccs = parse_service({**body, "metadata": {"name": body["metadata"]["name"]}})
+    notes += local_model_config(ccs)[1] + local_repository(ccs, None)[1]
+    return body, notes
+
+
+class LoadProcess:
+    """e2e.loadgen inside the pod network, its per-second lines read in the background."""
+
+    def __init__(self, cluster: LocalCluster, name: str) -> None:
+        argv = cluster.exec_argv(
+            [
+                sys.executable,
+                "-m",
+                "e2e.loadgen",
+                "-n",
+                DEMO_NAMESPACE,
+                "-s",
+                name,
+                "--profile",
+                DEMO_PROFILE,
+                f"--seq-len={DEMO_SEQ_LEN}",
+                f"--state-dir={cluster.state_dir}",
+            ]
+        )
+        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+        self.process = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+        )
+        self.last: dict[str, Any] = {}
+        self.summary: dict[str, Any] | None = None
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with contextlib.suppress(ValueError):
+                item = json.loads(line)
+                if "summary" in item:
+                    self.summary = item["summary"]
+                else:
+                    self.last = item
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.running:
+            self.process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=10)
+        self._reader.join(timeout=5)
+
+
+def _view_line(elapsed: float, load: LoadProcess, body: dict[str, Any]) -> str:
+    status = body.get("status") or {}
+    queue = status.get("queueLatencyMs")
+    rate = load.last.get("rate") if load.running else 0
+    served = load.last.get("ok", 0) if load.running else 0
+    queue_text = f"{queue}ms" if queue is not None else "-"
+    return (
+        f"{elapsed:6.0f}s  {rate if rate is not None else 0:>6}  {served:>6}  "
+        f"{status.get('readyReplicas', 0):>5}  {status.get('floor', '-'):>5}  "
+        f"{queue_text:>9}  {status.get('phase', '-')}"
+    )
+
+
 def run_demo(cluster: LocalCluster) -> int:
     started = time.monotonic()
     _say(
-        "step 1/5: local control plane (kube-apiserver, etcd, controller-manager, scheduler, "
-        "kwok GPU nodes); the first run builds them from source"
+        "step 1/7: local control plane (kube-apiserver, etcd, controller-manager, scheduler, "
+        "kwok GPU nodes) and its pod network; the first run builds them from source"
     )
     kubeconfig = cluster.up()
-    _say("step 2/5: install the ClaudeCodeService CRD")
+    if not cluster.serving_enabled():
+        raise DemoError(
+            "the demo runs a real Triton behind each pod inside a network namespace: run it "
+            "as root (ip netns)"
+        )
+    podserving.write_settings(cluster.state_dir, max_tritons=DEMO_MAX_TRITONS, env=DEMO_MODEL_COST)
+    _say("step 2/7: install the ClaudeCodeService CRD")
     _kubectl(cluster, "apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
     _kubectl(
         cluster,
@@ -156,26 +278,120 @@ def run_demo(cluster: LocalCluster) -> int:
     )
     if DEMO_NAMESPACE not in _kubectl(cluster, "get", "namespaces", "-o", "name"):
         _kubectl(cluster, "create", "namespace", DEMO_NAMESPACE)
-    _say(f"step 3/5: start the operator (ccs-operator run, watching namespace {DEMO_NAMESPACE})")
-    DemoOperator(cluster).start()
-    _say(f"step 4/5: kubectl apply -f {SAMPLE.relative_to(ROOT)}")
-    sys.stderr.write(_kubectl(cluster, "-n", DEMO_NAMESPACE, "apply", "-f", str(SAMPLE)))
-    name = str(_sample_name())
-    _say(f"step 5/5: wait for ccs/{name} to be Ready")
+    _say(
+        "step 3/7: monitoring: prometheus-operator (built from its Go module) and Prometheus, "
+        "which scrapes only what the operator's ServiceMonitors select"
+    )
+    stack = MonitoringStack(cluster).up()
+    _say(
+        f"step 4/7: start the operator (ccs-operator run, namespace {DEMO_NAMESPACE}, "
+        f"Prometheus {stack.url})"
+    )
+    DemoOperator(cluster).start(stack.url)
+    body, notes = demo_manifest()
+    name = str(body["metadata"]["name"])
+    _say(f"step 5/7: kubectl apply -f {SAMPLE.relative_to(ROOT)} (with the local changes below)")
+    for note in notes:
+        _say(f"LOCAL ONLY: {note}")
+    import yaml
+
+    sys.stderr.write(
+        _kubectl_input(cluster, yaml.safe_dump(body), "-n", DEMO_NAMESPACE, "apply", "-f", "-")
+    )
+    _say(f"step 6/7: wait for ccs/{name} to be Ready, its Tritons serving and scraped")
     _wait_ready(cluster, name)
+    _wait_metrics(cluster, name)
+    _say(
+        f"step 7/7: load through the Service's endpoints ({DEMO_PROFILE} as seconds:requests/s, "
+        f"then none); the floor must rise before the queue wait passes its target, and step "
+        f"down after the load ends"
+    )
+    print(
+        f"{'time':>7}  {'load/s':>6}  {'done/s':>6}  {'READY':>5}  {'FLOOR':>5}  "
+        f"{'QUEUE-P99':>9}  PHASE",
+        flush=True,
+    )
+    load = LoadProcess(cluster, name)
+    min_floor = int(body["spec"]["replicas"]["min"])
+    peak_floor = 0
+    load_ended_at: float | None = None
+    try:
+        while True:
+            now = time.monotonic()
+            status = _ccs(cluster, name)
+            floor = int((status.get("status") or {}).get("floor") or 0)
+            peak_floor = max(peak_floor, floor)
+            print(_view_line(now - started, load, status), flush=True)
+            if not load.running and load_ended_at is None:
+                load_ended_at = now
+                _say("load ended; waiting for the floor to step down after its cool-down")
+            if load_ended_at is not None and (
+                floor <= min_floor or now - load_ended_at > AFTER_LOAD_S
+            ):
+                break
+            time.sleep(VIEW_EVERY_S)
+    finally:
+        load.stop()
+    summary = load.summary or {}
+    _say(
+        f"load: {summary.get('ok', 0)} requests served, {summary.get('failed', 0)} failed, "
+        f"p99 {summary.get('p99_ms') or 0:.0f} ms; floor peaked at {peak_floor} "
+        f"(spec min {min_floor})"
+    )
     _say(f"done in {time.monotonic() - started:.0f}s")
     print(f"$ kubectl -n {DEMO_NAMESPACE} get ccs")
     print(_kubectl(cluster, "-n", DEMO_NAMESPACE, "get", "ccs"))
     selector = f"app.kubernetes.io/instance={name}"
-    kinds = "deployment,configmap,service,hpa,pods"
-    if "servicemonitors" in _kubectl(cluster, "api-resources", "-o", "name", check=False):
-        kinds += ",servicemonitor"
+    kinds = "deployment,configmap,service,hpa,pods,servicemonitor"
     print(f"$ kubectl -n {DEMO_NAMESPACE} get {kinds} -l {selector}")
-    print(_kubectl(cluster, "-n", DEMO_NAMESPACE, "get", kinds, "-l", selector))
+    print(_kubectl(cluster, "-n", DEMO_NAMESPACE, "get", kinds, "-l", selector, "-o", "wide"))
     print(f"export KUBECONFIG={kubeconfig}")
-    print(f"kubectl -n {DEMO_NAMESPACE} describe ccs {name}   # conditions, floor and events")
+    print(f"kubectl -n {DEMO_NAMESPACE} describe ccs {name}   # conditions, floor, its accounting")
+    print(f"Prometheus: {stack.url}  (try: nv_inference_queue_duration_us, ccs_floor_replicas)")
+    print(f"Grafana dashboard: {DASHBOARD.relative_to(ROOT)}")
+    print(
+        "more load: python -m e2e exec -- python -m e2e.loadgen -n "
+        f"{DEMO_NAMESPACE} -s {name} --profile 0:10,60:40"
+    )
     print("stop everything with: python -m e2e down")
-    return 0
+    return 0 if peak_floor > min_floor else 1
+
+
+def _ccs(cluster: LocalCluster, name: str) -> dict[str, Any]:
+    out = _kubectl(cluster, "-n", DEMO_NAMESPACE, "get", "ccs", name, "-o", "json", check=False)
+    try:
+        return dict(json.loads(out))
+    except ValueError:
+        return {}
+
+
+def _wait_metrics(cluster: LocalCluster, name: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        for item in (_ccs(cluster, name).get("status") or {}).get("conditions") or []:
+            # The floor evaluates only on Triton's series, which reach Prometheus solely
+            # through the operator's ServiceMonitor.
+            if item.get("type") == "FloorControllerActive" and item.get("status") == "True":
+                _say(
+                    "Triton's series reach Prometheus through the operator's ServiceMonitor; "
+                    "the floor is evaluating"
+                )
+                return
+        time.sleep(1)
+    raise DemoError(
+        f"ccs/{name} has no FloorControllerActive=True after {READY_TIMEOUT_S:.0f}s; "
+        f"`kubectl -n {DEMO_NAMESPACE} describe ccs {name}` says why"
+    )
+
+
+def _kubectl_input(cluster: LocalCluster, text: str, *args: str) -> str:
+    argv = [str(cluster.bin_path() / "kubectl"), f"--kubeconfig={cluster.kubeconfig}", *args]
+    done = subprocess.run(
+        argv, input=text, capture_output=True, text=True, timeout=120, check=False
+    )
+    if done.returncode != 0:
+        raise DemoError(f"kubectl {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout
 
 
 def _sample_name() -> str:

@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", required=True, help="TIME:RATE,... (seconds, requests/s)")
     parser.add_argument("--port-name", default="grpc")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seq-len", type=int, default=8, help="tokens per request (default 8)")
     parser.add_argument(
         "--state-dir", type=Path, help="cluster state (default: $CCS_E2E_STATE_DIR or the cache)"
     )
@@ -253,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     kubeconfig = os.environ.get("KUBECONFIG") or str(state_dir / "kubeconfig")
     api = config.new_client_from_config(config_file=kubeconfig)
     endpoints = Endpoints(api, args.namespace, args.service, args.port_name)
-    generator = LoadGenerator(endpoints, profile, args.model, network, seed=args.seed)
+    generator = LoadGenerator(
+        endpoints, profile, args.model, network, seq_len=args.seq_len, seed=args.seed
+    )
     summary = asyncio.run(generator.run())
     print(json.dumps({"summary": summary}), flush=True)
     return 0
