@@ -110,6 +110,25 @@ def write_settings(
     tmp.replace(path)
 
 
+def pod_tritons() -> list[int]:
+    """pids of the tritonserver processes bound to pod addresses (read from /proc).
+
+    Tests size `max_tritons` against what already runs (a demo left running, say)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = entry.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            argv
+            and argv[0].endswith(b"tritonserver")
+            and any(a.startswith(b"--http-address=10.244.") for a in argv)
+        ):
+            found.append(int(entry.parent.name))
+    return found
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

@@ -87,11 +87,15 @@ def served(cluster: Cluster) -> Iterator[LocalCluster]:
             pytest.skip("real serving needs the local provider as root (ip netns)")
         pytest.fail("real serving needs the local cluster provider, run as root")
     before = podserving.Settings.read(local.state_dir / podserving.SETTINGS_FILE)
-    podserving.write_settings(local.state_dir, env={"CCS_SAMPLE_BATCH_COST_MS": BATCH_COST_MS})
+    # Room for this test's replicas beside whatever already runs (a demo left up, say).
+    room = max(before.max_tritons, len(podserving.pod_tritons()) + MAX_REPLICAS)
+    podserving.write_settings(
+        local.state_dir, max_tritons=room, env={"CCS_SAMPLE_BATCH_COST_MS": BATCH_COST_MS}
+    )
     try:
         yield local
     finally:
-        podserving.write_settings(local.state_dir, env=before.env)
+        podserving.write_settings(local.state_dir, before.max_tritons, before.env)
 
 
 class Loop:
