@@ -125,6 +125,21 @@ def _tritons_on(ip: str) -> list[int]:
     return found
 
 
+def _settled_tritons(quiet_s: float = 5, timeout: float = 90) -> int:
+    """How many pod Tritons run once none has started or stopped for `quiet_s` (earlier
+    tests' servers drain; a demo left up keeps its own)."""
+    deadline = time.monotonic() + timeout
+    count, since = len(podserving.pod_tritons()), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = len(podserving.pod_tritons())
+        if now != count:
+            count, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return count
+    raise AssertionError(f"the number of pod Tritons did not settle in {timeout:.0f}s")
+
+
 def _events(core: client.CoreV1Api, namespace: str, pod: str) -> list[Any]:
     return [
         e
@@ -229,8 +244,7 @@ def test_past_the_machines_limit_a_pod_stays_unready_and_says_why(
     before = podserving.Settings.read(local.state_dir / podserving.SETTINGS_FILE)
     # Tritons already running (earlier tests draining, a demo left up) count against the
     # limit: allow exactly one more.
-    time.sleep(3)
-    others = len(podserving.pod_tritons())
+    others = _settled_tritons()
     podserving.write_settings(local.state_dir, max_tritons=others + 1)
     try:
         services.apply(ns, sample(NAME, **_spec(replicas=2)))

@@ -669,8 +669,8 @@ def _no_series(ccs: ClaudeCodeService, window: str) -> Condition:
         FLOOR_ACTIVE,
         False,
         "NoData",
-        f"Prometheus has no Triton queue series for {ccs.namespace}/{ccs.name}; the floor "
-        f"is held; check that Prometheus selects {where} and scrapes port metrics",
+        f"Prometheus has no nv_inference_queue series for {ccs.namespace}/{ccs.name}; the "
+        f"floor is held; check that Prometheus selects {where} and scrapes port metrics",
     )
 
 
