@@ -320,8 +320,7 @@ class PodServer:
         triton = served.triton
         if not triton.running:
             code = triton.exit_code
-            self._keep_log(served)
-            self._stop(served, wait=False)
+            self._stop(served, wait=False)  # keeps its log
             served.restarts += 1
             delay = RESTART_BACKOFF_S[min(served.restarts - 1, len(RESTART_BACKOFF_S) - 1)]
             served.not_before = time.monotonic() + delay
@@ -412,10 +411,9 @@ class PodServer:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _keep_log(self, served: Served) -> None:
-        triton = served.triton
-        if triton is not None and triton.log_path is not None and triton.log_path.exists():
-            plan = served.plan
+    def _keep_log(self, plan: PodPlan, triton: LocalTriton) -> None:
+        """The server's log under logs/triton/, before stop() removes its work dir."""
+        if triton.log_path is not None and triton.log_path.exists():
             with contextlib.suppress(OSError):
                 shutil.copy2(triton.log_path, self.logs / f"{plan.namespace}_{plan.name}.log")
 
@@ -424,7 +422,7 @@ class PodServer:
         served.triton = served.workdir = None
         if triton is None:
             return
-        self._keep_log(served)
+        self._keep_log(served.plan, triton)
         log.info("%s: stopping tritonserver", served.plan.key)
 
         ip = served.plan.ip
