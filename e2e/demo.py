@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from e2e import kwok, podserving, procs
+from e2e import kwok, loadgen, podserving, procs
 from e2e.localcluster import LocalCluster
 from e2e.monitoring import MonitoringStack
 from e2e.prometheus import free_port
@@ -196,19 +196,9 @@ class LoadProcess:
 
     def __init__(self, cluster: LocalCluster, name: str) -> None:
         argv = cluster.exec_argv(
-            [
-                sys.executable,
-                "-m",
-                "e2e.loadgen",
-                "-n",
-                DEMO_NAMESPACE,
-                "-s",
-                name,
-                "--profile",
-                DEMO_PROFILE,
-                f"--seq-len={DEMO_SEQ_LEN}",
-                f"--state-dir={cluster.state_dir}",
-            ]
+            loadgen.command(
+                cluster.state_dir, DEMO_NAMESPACE, name, DEMO_PROFILE, f"--seq-len={DEMO_SEQ_LEN}"
+            )
         )
         env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
         self.process = subprocess.Popen(

@@ -148,3 +148,18 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
             except ApiException as exc:
                 if exc.status != 404:
                     raise
+
+
+@pytest.fixture
+def served_cluster(cluster: Cluster) -> LocalCluster:
+    """The local cluster with pods answered by real Tritons (e2e.podserving); fails where
+    there is none (another provider, or not root), unless CCS_ALLOW_SERVING_SKIP=1."""
+    found = cluster.local
+    if found is None or not found.serving_enabled():
+        if os.environ.get("CCS_ALLOW_SERVING_SKIP") == "1":
+            pytest.skip("real serving needs the local provider as root (ip netns)")
+        pytest.fail(
+            "real serving needs the local cluster provider, run as root (it creates a network "
+            "namespace); set CCS_ALLOW_SERVING_SKIP=1 to skip knowingly"
+        )
+    return found

@@ -223,6 +223,23 @@ class LoadGenerator:
         }
 
 
+def command(state_dir: Path, namespace: str, service: str, profile: str, *extra: str) -> list[str]:
+    """The argv that runs this load generator (wrap it with LocalCluster.exec_argv)."""
+    return [
+        sys.executable,
+        "-m",
+        "e2e.loadgen",
+        "-n",
+        namespace,
+        "-s",
+        service,
+        "--profile",
+        profile,
+        f"--state-dir={state_dir}",
+        *extra,
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2e.loadgen", description=__doc__)
     parser.add_argument("-n", "--namespace", required=True)

@@ -55,13 +55,13 @@ def _log(message: str) -> None:
     print(f"[e2e] {message}", file=sys.stderr, flush=True)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # As the Go servers do: connections of a stopped server lingering in TIME_WAIT
         # must not make its port look taken, or a restart would move it.
@@ -134,8 +134,8 @@ class LocalCluster:
         changed = False
         for name, component in _PORTS.items():
             running = procs.read_pid(self._pidfile(component), component) is not None
-            if name not in ports or (not running and not _port_free(ports[name])):
-                ports[name] = _free_port()
+            if name not in ports or (not running and not port_free(ports[name])):
+                ports[name] = free_port()
                 changed = True
         if changed:
             path.write_text(json.dumps(ports, indent=1) + "\n")

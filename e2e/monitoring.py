@@ -55,7 +55,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -74,7 +73,7 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from e2e import crds, kubeconfig, procs
-from e2e.localcluster import ComponentStatus, LocalCluster
+from e2e.localcluster import ComponentStatus, LocalCluster, free_port, port_free
 from e2e.netns import PodNetwork
 from e2e.pki import ensure_leaf, ensure_pki
 from e2e.toolchain import ensure_built, prometheus_operator_source
@@ -281,22 +280,6 @@ def _write_if_changed(path: Path, text: str) -> bool:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     tmp.replace(path)  # a reload never reads half a file
-    return True
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
     return True
 
 
@@ -531,8 +514,8 @@ class MonitoringStack:
         changed = False
         for name in ("prometheus", "prometheus-operator"):
             running = self._pid(name) is not None
-            if name not in ports or (not running and not _port_free(ports[name])):
-                ports[name] = _free_port()
+            if name not in ports or (not running and not port_free(ports[name])):
+                ports[name] = free_port()
                 changed = True
         if changed:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ import pytest
 from kubernetes import client
 
 from ccs_operator.prom import NoData, PrometheusClient, PrometheusError, PrometheusSettings
-from e2e import kwok, podserving
+from e2e import kwok, loadgen, podserving
 from e2e.fixtures import Cluster
 from e2e.localcluster import LocalCluster
 from e2e.monitoring import MonitoringStack
@@ -79,13 +78,9 @@ def _spec() -> dict[str, Any]:
 
 
 @pytest.fixture
-def served(cluster: Cluster) -> Iterator[LocalCluster]:
+def served(served_cluster: LocalCluster) -> Iterator[LocalCluster]:
     """The local cluster's Tritons, made as slow per batch as this test needs."""
-    local = cluster.local
-    if local is None or not local.serving_enabled():
-        if os.environ.get("CCS_ALLOW_SERVING_SKIP") == "1":
-            pytest.skip("real serving needs the local provider as root (ip netns)")
-        pytest.fail("real serving needs the local cluster provider, run as root")
+    local = served_cluster
     before = podserving.Settings.read(local.state_dir / podserving.SETTINGS_FILE)
     # Room for this test's replicas beside whatever already runs (a demo left up, say).
     room = max(before.max_tritons, len(podserving.pod_tritons()) + MAX_REPLICAS)
@@ -221,20 +216,7 @@ def test_load_raises_the_floor_new_pods_serve_latency_recovers_and_the_floor_ste
 
     with cluster.api_client() as api_client:
         apps = client.AppsV1Api(api_client)
-        argv = served.exec_argv(
-            [
-                sys.executable,
-                "-m",
-                "e2e.loadgen",
-                "-n",
-                ns,
-                "-s",
-                NAME,
-                "--profile",
-                PROFILE,
-                f"--state-dir={served.state_dir}",
-            ]
-        )
+        argv = served.exec_argv(loadgen.command(served.state_dir, ns, NAME, PROFILE))
         with Loop(monitoring.url, services, apps, ns) as loop:
             load = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             try:

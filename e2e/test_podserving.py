@@ -2,7 +2,7 @@
 pod's Triton stops, and past the machine's limit a pod says why it is not served.
 
 Every request to a pod address is sent from inside the cluster's pod network
-(`cluster.local.exec_argv`), never from the test process itself.
+(`LocalCluster.exec_argv`), never from the test process itself.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from e2e import kwok, podserving
+from e2e import kwok, loadgen, podserving
 from e2e.fixtures import Cluster
 from e2e.localcluster import LocalCluster
 from e2e.operator_fixtures import Services, sample
@@ -41,19 +41,6 @@ def _spec(replicas: int = 1) -> dict[str, Any]:
         "nodeSelector": placement["nodeSelector"],
         "tolerations": placement["tolerations"],
     }
-
-
-@pytest.fixture
-def local(cluster: Cluster) -> LocalCluster:
-    found = cluster.local
-    if found is None or not found.serving_enabled():
-        if os.environ.get("CCS_ALLOW_SERVING_SKIP") == "1":
-            pytest.skip("real serving needs the local provider as root (ip netns)")
-        pytest.fail(
-            "real serving needs the local cluster provider, run as root (it creates a network "
-            "namespace); set CCS_ALLOW_SERVING_SKIP=1 to skip knowingly"
-        )
-    return found
 
 
 @pytest.fixture
@@ -85,13 +72,13 @@ def _wait(what: str, check: Callable[[], Any], timeout: float = 120, every: floa
     raise AssertionError(f"{what}: not within {timeout:.0f}s")
 
 
-def _inside(local: LocalCluster, code: str) -> subprocess.CompletedProcess[str]:
+def _inside(served_cluster: LocalCluster, code: str) -> subprocess.CompletedProcess[str]:
     """Run Python `code` inside the pod network (where pod addresses may be dialled)."""
-    argv = local.exec_argv([sys.executable, "-c", code])
+    argv = served_cluster.exec_argv([sys.executable, "-c", code])
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
 
-def _http_inside(local: LocalCluster, url: str, body: dict[str, Any] | None = None) -> Any:
+def _http_inside(served_cluster: LocalCluster, url: str, body: dict[str, Any] | None = None) -> Any:
     code = (
         "import json,sys,urllib.request\n"
         f"data = {json.dumps(json.dumps(body)) if body is not None else None}\n"
@@ -105,7 +92,7 @@ def _http_inside(local: LocalCluster, url: str, body: dict[str, Any] | None = No
         "except OSError as e:\n"
         "    print(json.dumps({'status': None, 'body': str(e)}))\n"
     )
-    done = _inside(local, code)
+    done = _inside(served_cluster, code)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -149,7 +136,7 @@ def _events(core: client.CoreV1Api, namespace: str, pod: str) -> list[Any]:
 
 
 def test_pods_turn_ready_when_their_triton_does_and_the_service_endpoints_serve(
-    local: LocalCluster, core: client.CoreV1Api, op_namespace: str, services: Services
+    served_cluster: LocalCluster, core: client.CoreV1Api, op_namespace: str, services: Services
 ) -> None:
     ns = op_namespace
     services.apply(ns, sample(NAME, **_spec()))
@@ -158,7 +145,7 @@ def test_pods_turn_ready_when_their_triton_does_and_the_service_endpoints_serve(
         "pod Running with an address",
         lambda: next((p for p in _pods(core, ns) if p.status.pod_ip), None),
     )
-    assert running.spec.node_name in kwok.served_node_names(local.options.served_nodes)
+    assert running.spec.node_name in kwok.served_node_names(served_cluster.options.served_nodes)
     pod = _wait("pod Ready", lambda: next((p for p in _pods(core, ns) if _ready(p)), None))
     ip, name = pod.status.pod_ip, pod.metadata.name
     assert ip.startswith("10.244.")
@@ -176,7 +163,7 @@ def test_pods_turn_ready_when_their_triton_does_and_the_service_endpoints_serve(
     assert len(_tritons_on(ip)) == 1
 
     # The pod's own readiness endpoint, and inference, answered from inside the pod network.
-    health = _http_inside(local, f"http://{ip}:8000/v2/health/ready")
+    health = _http_inside(served_cluster, f"http://{ip}:8000/v2/health/ready")
     assert health["status"] == 200, health
     slices = client.DiscoveryV1Api(core.api_client).list_namespaced_endpoint_slice(
         ns, label_selector=f"kubernetes.io/service-name={NAME}"
@@ -189,7 +176,7 @@ def test_pods_turn_ready_when_their_triton_does_and_the_service_endpoints_serve(
     ]
     assert addresses == [(ip, True)], addresses
     infer = _http_inside(
-        local,
+        served_cluster,
         f"http://{ip}:8000/v2/models/claude_code/infer",
         {
             "inputs": [
@@ -203,7 +190,7 @@ def test_pods_turn_ready_when_their_triton_does_and_the_service_endpoints_serve(
 
     # The test process itself may not dial the pod: the harness refuses.
     with pytest.raises(Exception, match="refusing to connect to pod address"):
-        local.network.require_inside(f"{ip}:8000")
+        served_cluster.network.require_inside(f"{ip}:8000")
 
     # Kill the Triton: the pod turns unready (it no longer serves), then Ready again after
     # the restart, with the restart counted as a kubelet would.
@@ -219,7 +206,7 @@ def test_pods_turn_ready_when_their_triton_does_and_the_service_endpoints_serve(
 
 
 def test_a_deleted_pods_triton_stops_and_the_replacement_gets_its_own(
-    local: LocalCluster, core: client.CoreV1Api, op_namespace: str, services: Services
+    served_cluster: LocalCluster, core: client.CoreV1Api, op_namespace: str, services: Services
 ) -> None:
     ns = op_namespace
     services.apply(ns, sample(NAME, **_spec()))
@@ -238,14 +225,14 @@ def test_a_deleted_pods_triton_stops_and_the_replacement_gets_its_own(
 
 
 def test_past_the_machines_limit_a_pod_stays_unready_and_says_why(
-    local: LocalCluster, core: client.CoreV1Api, op_namespace: str, services: Services
+    served_cluster: LocalCluster, core: client.CoreV1Api, op_namespace: str, services: Services
 ) -> None:
     ns = op_namespace
-    before = podserving.Settings.read(local.state_dir / podserving.SETTINGS_FILE)
+    before = podserving.Settings.read(served_cluster.state_dir / podserving.SETTINGS_FILE)
     # Tritons already running (earlier tests draining, a demo left up) count against the
     # limit: allow exactly one more.
     others = _settled_tritons()
-    podserving.write_settings(local.state_dir, max_tritons=others + 1)
+    podserving.write_settings(served_cluster.state_dir, max_tritons=others + 1)
     try:
         services.apply(ns, sample(NAME, **_spec(replicas=2)))
         _wait("two pods Running", lambda: len([p for p in _pods(core, ns) if p.status.pod_ip]) == 2)
@@ -268,15 +255,15 @@ def test_past_the_machines_limit_a_pod_stays_unready_and_says_why(
         time.sleep(3)
         assert len(podserving.pod_tritons()) == others + 1
     finally:
-        podserving.write_settings(local.state_dir, max_tritons=before.max_tritons)
+        podserving.write_settings(served_cluster.state_dir, max_tritons=before.max_tritons)
     # With the limit back, the refused pod is served.
     _wait("both pods Ready", lambda: sum(1 for p in _pods(core, ns) if _ready(p)) == 2)
 
 
-def test_serving_is_refused_outside_the_pod_network(local: LocalCluster) -> None:
+def test_serving_is_refused_outside_the_pod_network(served_cluster: LocalCluster) -> None:
     """The kubelet refuses to start in the root namespace, where it would dial pod IPs."""
     done = subprocess.run(
-        [sys.executable, "-m", "e2e.podserving", f"--podserving-state={local.state_dir}"],
+        [sys.executable, "-m", "e2e.podserving", f"--podserving-state={served_cluster.state_dir}"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -286,24 +273,13 @@ def test_serving_is_refused_outside_the_pod_network(local: LocalCluster) -> None
 
 
 def test_load_sent_to_the_service_is_spread_over_its_ready_pods(
-    local: LocalCluster, core: client.CoreV1Api, op_namespace: str, services: Services
+    served_cluster: LocalCluster, core: client.CoreV1Api, op_namespace: str, services: Services
 ) -> None:
     ns = op_namespace
     services.apply(ns, sample(NAME, **_spec(replicas=2)))
     _wait("two pods Ready", lambda: sum(1 for p in _pods(core, ns) if _ready(p)) == 2, timeout=180)
-    argv = local.exec_argv(
-        [
-            sys.executable,
-            "-m",
-            "e2e.loadgen",
-            "-n",
-            ns,
-            "-s",
-            NAME,
-            "--profile",
-            "0:20,6:20",
-            f"--state-dir={local.state_dir}",
-        ]
+    argv = served_cluster.exec_argv(
+        loadgen.command(served_cluster.state_dir, ns, NAME, "0:20,6:20")
     )
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
@@ -313,7 +289,7 @@ def test_load_sent_to_the_service_is_spread_over_its_ready_pods(
     assert max(line.get("endpoints", 0) for line in lines[:-1]) == 2
     # Both pods' Tritons counted requests (read from their metrics inside the pod network).
     for pod in _pods(core, ns):
-        metrics = _http_inside(local, f"http://{pod.status.pod_ip}:8002/metrics")
+        metrics = _http_inside(served_cluster, f"http://{pod.status.pod_ip}:8002/metrics")
         counts = [
             float(line.rsplit(" ", 1)[1])
             for line in metrics["body"].splitlines()
@@ -322,20 +298,9 @@ def test_load_sent_to_the_service_is_spread_over_its_ready_pods(
         assert counts and sum(counts) > 10, (pod.metadata.name, counts)
 
 
-def test_load_refuses_to_run_outside_the_pod_network(local: LocalCluster) -> None:
+def test_load_refuses_to_run_outside_the_pod_network(served_cluster: LocalCluster) -> None:
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "e2e.loadgen",
-            "-n",
-            "x",
-            "-s",
-            "y",
-            "--profile",
-            "0:1,1:1",
-            f"--state-dir={local.state_dir}",
-        ],
+        loadgen.command(served_cluster.state_dir, "x", "y", "0:1,1:1"),
         capture_output=True,
         text=True,
         timeout=60,
