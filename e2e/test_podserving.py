@@ -248,7 +248,12 @@ def test_past_the_machines_limit_a_pod_stays_unready_and_says_why(
         condition = next(c for c in pod.status.conditions if c.type == "Ready")
         assert condition.status == "False"
         assert "max_tritons" in condition.message
-        assert "NoServingCapacity" in [e.reason for e in _events(core, ns, pod.metadata.name)]
+        # The kubelet writes its event just after the condition.
+        _wait(
+            "a NoServingCapacity event",
+            lambda: "NoServingCapacity" in [e.reason for e in _events(core, ns, pod.metadata.name)],
+            timeout=10,
+        )
         # The limit is one: exactly one pod is served, the other is not.
         served = _wait("one pod Ready", lambda: [p for p in _pods(core, ns) if _ready(p)])
         assert len(served) == 1 and served[0].metadata.name != pod.metadata.name
