@@ -27,7 +27,11 @@ from ccs_operator.floor import (
     PrewarmState,
     decide,
 )
-from ccs_operator.queueing import replicas_for
+from ccs_operator.queueing import (
+    replicas_for,
+    safe_utilisation,
+    wait_quantile,
+)
 
 POLICY = FloorPolicy(min_replicas=2, max_replicas=10, target_ms=100.0, cooldown_seconds=300)
 # The leading model: two instances per replica, 20 ms of busy instance time per request.
@@ -176,6 +180,13 @@ def test_from_spec_reads_the_ccs_defaults() -> None:
     )
     policy = FloorPolicy.from_spec(spec, lead_time_seconds=240)
     assert (policy.horizon_seconds, policy.prewarm.lead_time_seconds) == (240, 600)
+    # What the signals average over: the operator's rate window and the scrape interval.
+    assert (policy.signal_window_seconds, policy.scrape_interval_seconds) == (60.0, 15.0)
+    spec = ServiceSpec.model_validate(
+        {"model": {"name": "m", "repository": "s3://b/m"}, "monitoring": {"interval": "2s"}}
+    )
+    policy = FloorPolicy.from_spec(spec, window_seconds=5)
+    assert (policy.signal_window_seconds, policy.scrape_interval_seconds) == (5, 2.0)
 
 
 @pytest.mark.parametrize(
@@ -356,6 +367,182 @@ def test_a_breach_the_plan_did_not_foresee_teaches_a_correction() -> None:
     later, state = run(LEAD, state, [300.0] * 480, start=T0 + 600, latency=5.0)
     assert 1.0 <= state.correction < 1.1
     assert later[-1].floor <= need(300.0) + 1
+
+
+# --- the utilisation gain: what the service showed over what the model assumes -----------
+
+# One instance per replica and a batch time near the target: M/M/1 would keep its replicas
+# about 5% busy, while a dynamic batcher holds the target at far higher utilisation.
+BATCHED = FloorPolicy(
+    min_replicas=1,
+    max_replicas=40,
+    target_ms=100.0,
+    cooldown_seconds=300,
+    instances_per_replica=1,
+    horizon_seconds=240,
+)
+BATCH_S = 0.06
+
+
+def batched(
+    rate: float,
+    ready: int,
+    now: float,
+    *,
+    latency: float,
+    p99: bool = True,
+) -> FloorObservation:
+    return FloorObservation(
+        queue_latency_ms=latency,
+        ready_replicas=ready,
+        now=now,
+        arrival_rps=rate,
+        busy_instances=rate * BATCH_S,
+        latency_is_p99=p99,
+    )
+
+
+def feed(
+    state: FloorState,
+    rate: float,
+    ready: int,
+    latency: float,
+    evaluations: int,
+    *,
+    start: float = T0,
+    **kwargs: object,
+) -> tuple[list[FloorDecision], FloorState]:
+    out = []
+    for i in range(evaluations):
+        d, state = step(
+            BATCHED,
+            state,
+            batched(rate, ready, start + 30 * i, latency=latency, **kwargs),  # type: ignore[arg-type]
+        )
+        out.append(d)
+    return out, state
+
+
+def test_replicas_seen_busy_within_target_teach_a_utilisation_gain() -> None:
+    # 6 replicas serve 45/s, each 45% busy, with the p99 queue wait at 60 ms: the evidence
+    # that the model (which plans these replicas 5% busy) is far too cautious.
+    before = decide(BATCHED, FloorState(6), batched(45.0, 6, T0, latency=60.0))
+    assert before.accounting.utilisation_gain == 1.0
+    assert before.demand >= 30  # what M/M/1 asks for 45/s at 60 ms each
+    decisions, _ = feed(FloorState(6), 45.0, 6, 60.0, 12)
+    acc = decisions[-1].accounting
+    assert acc.utilisation_gain > 5
+    assert acc.planned_utilisation is not None and 0.35 < acc.planned_utilisation <= 0.45
+    # The plan is now near what the replicas were seen to carry within target: no overshoot.
+    assert decisions[-1].demand <= 8
+    assert acc.capacity_rps is not None and acc.capacity_rps > 5 * before.accounting.capacity_rps
+
+
+def test_the_gain_learns_only_from_replicas_that_served_a_whole_rate_window() -> None:
+    # Ready replicas changing every evaluation: rate, busy time and p99 describe a mix.
+    state = FloorState(6)
+    for i in range(12):
+        _, state = step(BATCHED, state, batched(45.0, 5 + i % 2, T0 + 30 * i, latency=60.0))
+    assert state.utilisation_gain == 1.0
+    # The same replicas for a rate window and a scrape: it learns (the positive control).
+    _, state = feed(state, 45.0, 6, 60.0, 5, start=T0 + 400)
+    assert state.utilisation_gain > 1.5
+
+
+def test_the_gain_settles_for_the_signal_window_the_operator_reads() -> None:
+    # A 5 s rate window scraped every 2 s: two evaluations 5 s apart are a settled sample
+    # (here 25/s per replica, so a window holds enough requests for a p99)...
+    quick = dataclasses.replace(BATCHED, signal_window_seconds=5, scrape_interval_seconds=2)
+    state = FloorState(6)
+    for i in range(3):
+        _, state = step(quick, state, batched(150.0, 6, T0 + 5 * i, latency=60.0))
+    assert state.utilisation_gain > 1.5
+    # ...while the default minute's window has not yet covered these replicas.
+    state = FloorState(6)
+    for i in range(3):
+        _, state = step(BATCHED, state, batched(150.0, 6, T0 + 5 * i, latency=60.0))
+    assert state.utilisation_gain == 1.0
+    # And 5 s of 7.5/s per replica is too few requests for a p99, however settled.
+    state = FloorState(6)
+    for i in range(30):
+        _, state = step(quick, state, batched(45.0, 6, T0 + 5 * i, latency=60.0))
+    assert state.utilisation_gain == 1.0
+
+
+def test_the_gain_needs_a_p99_enough_requests_and_a_quiet_queue() -> None:
+    # A mean, or a user's query, is not the p99 the evidence is about.
+    _, state = feed(FloorState(6), 45.0, 6, 60.0, 12, p99=False)
+    assert state.utilisation_gain == 1.0
+    # Too few requests per replica in a rate window for a p99 (here 0.5/s each).
+    _, state = feed(FloorState(6), 3.0, 6, 1.0, 12)
+    assert state.utilisation_gain == 1.0
+    # A p99 above EVIDENCE_RATIO x target says nothing about a higher safe utilisation.
+    _, state = feed(FloorState(6), 45.0, 6, 95.0, 12)
+    assert state.utilisation_gain == 1.0
+
+
+def test_a_breach_where_the_gain_said_safe_cuts_it_back() -> None:
+    _, state = feed(FloorState(6), 45.0, 6, 60.0, 12)
+    learnt = state.utilisation_gain
+    # The same replicas, more load (60/s, 60% busy): the queue breaches its target.
+    decisions, state = feed(state, 60.0, 6, 180.0, 5, start=T0 + 400)
+    assert state.utilisation_gain < learnt
+    assert decisions[-1].floor > 6
+    # Cut to below what breached: planned utilisation under the 60% that failed.
+    assert (decisions[-1].accounting.planned_utilisation or 1) < 0.6
+
+
+def test_the_gain_decays_back_to_the_model_over_hours() -> None:
+    _, state = feed(FloorState(6), 45.0, 6, 60.0, 12)
+    assert state.utilisation_gain > 5
+    # Hours at a load too light to say anything: the gain fades (half-life six hours).
+    _, state = feed(state, 3.0, 6, 1.0, 2 * 24 * 60, start=T0 + 400)
+    assert 1.0 <= state.utilisation_gain < 1.5
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 8),
+    st.floats(0.005, 0.5),
+    st.floats(0.05, 0.99),
+    st.integers(1, 20),
+    st.floats(20.0, 2000.0),
+)
+def test_evidence_that_matches_the_model_teaches_no_gain(
+    servers: int, service_s: float, busy_share: float, ready: int, target_ms: float
+) -> None:
+    """Replicas that behave exactly as M/M/c says (the p99 Triton would report for their
+    busy share) never raise the planned utilisation above the model's."""
+    policy = FloorPolicy(
+        min_replicas=1,
+        max_replicas=40,
+        target_ms=target_ms,
+        instances_per_replica=servers,
+        horizon_seconds=240,
+    )
+    per_replica = busy_share * servers / service_s
+    p99_ms = 1000 * wait_quantile(servers, service_s, per_replica, 0.99)
+    state = FloorState(ready)
+    for i in range(8):
+        d, state = step(
+            policy,
+            state,
+            FloorObservation(
+                queue_latency_ms=p99_ms,
+                ready_replicas=ready,
+                now=T0 + 30 * i,
+                arrival_rps=per_replica * ready,
+                busy_instances=per_replica * ready * service_s,
+            ),
+        )
+    modelled = safe_utilisation(servers, service_s, target_ms / 1000, policy.tail_probability)
+    planned = d.accounting.planned_utilisation
+    if planned is None:  # too little load to measure a service time: nothing learnt either
+        assert state.utilisation_gain == 1.0
+        return
+    # Within the rounding safe_utilisation does (3 significant digits of target / S), and
+    # near MAX_UTILISATION, where the model's p99 point is capped.
+    assert planned <= modelled * 1.06
 
 
 def test_latency_feedback_corrects_a_short_plan() -> None:

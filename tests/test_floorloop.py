@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -235,13 +236,17 @@ async def test_prewarm_history_raises_the_floor_ahead() -> None:
 @pytest.mark.asyncio
 async def test_accounting_alone_is_written_at_most_every_few_minutes() -> None:
     loop, reconciler, prometheus, clock = make(body("svc"))
-    prometheus.signals[("ns", "svc")] = serving(300.0)
+    # A mean queue wait (no p99): the utilisation gain learns nothing, the plan stays put.
+    mean_only = QueueLatency(5.0, None)
+    prometheus.signals[("ns", "svc")] = dataclasses.replace(serving(300.0), latency=mean_only)
     for _ in range(4):  # settle the floor
         await loop.tick()
         clock[0] += 30
     reconciler.kube.patches.clear()
     for i in range(20):  # 10 minutes of a wobbling rate that never moves the floor
-        prometheus.signals[("ns", "svc")] = serving(270.0 + (i % 2) * 10)
+        prometheus.signals[("ns", "svc")] = dataclasses.replace(
+            serving(270.0 + (i % 2) * 10), latency=mean_only
+        )
         await loop.tick()
         clock[0] += 30
     # Each write carries the writer's whole part of status: count those that moved the
@@ -285,7 +290,7 @@ def test_accounting_matches_the_crd_schema() -> None:
     properties = schema["properties"]["status"]["properties"]["floorAccounting"]["properties"]
     for state in PrewarmState:
         written = accounting_status(
-            FloorAccounting(0.02, 62.0, 0.62, 300.0, 0.1, 0.25, 1.2, 1.5, 0.5, state, 0.75)
+            FloorAccounting(0.02, 62.0, 0.62, 300.0, 0.1, 0.25, 1.2, 3.0, 1.5, 0.5, state, 0.75)
         )
         assert set(written) <= set(properties)
         assert written["prewarm"] in properties["prewarm"]["enum"], properties["prewarm"]

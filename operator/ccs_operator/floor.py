@@ -14,7 +14,11 @@ queue to build arrives after the damage. This policy sizes the floor from signal
   of the arrival rate over one horizon (a decayed histogram, `forecast.Rises`);
 - replicas sized with the M/M/c tail of `queueing.py`: the fewest replicas at which at most
   0.4% of requests would wait longer than the target (a margin under the p99 target for
-  the forecast's errors).
+  the forecast's errors), at a utilisation raised by what the service itself showed: a
+  dynamic batcher keeps waits far below M/M/c's, so the replicas' measured busy share while
+  the p99 wait stayed within target, over the model's utilisation for that p99, is a
+  *utilisation gain* the plan uses (>= 1, learnt only from steady replicas, cut back by a
+  breach at a utilisation it called safe, decaying back to 1 over hours).
 
 Queue latency stays as feedback, twice: above the target the floor rises in proportion to
 the excess (at most 1.5x the ready replicas), whatever the forecast said; and a breach the
@@ -51,7 +55,11 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from .forecast import Holt, Rises, decay_for
-from .queueing import DEFAULT_TAIL_PROBABILITY, replicas_for, safe_utilisation
+from .queueing import (
+    DEFAULT_TAIL_PROBABILITY,
+    MAX_UTILISATION,
+    safe_utilisation,
+)
 
 if TYPE_CHECKING:  # api.py is only needed to build a policy from a parsed spec
     from ccs_operator.api import ServiceSpec
@@ -85,6 +93,25 @@ ACCOUNTING_HALF_LIFE_SECONDS = DAY_SECONDS
 CORRECTION_STEP = 1.05
 MAX_CORRECTION = 4.0
 CORRECTION_HALF_LIFE_SECONDS = 3600.0
+# The queueing model is a prior, not the truth: Triton's dynamic batcher and a GPU's nearly
+# constant batch times keep queue waits far below M/M/c's at the same utilisation. So the
+# floor learns, from the service's own evidence, how much busier its replicas were seen to
+# run while the p99 queue wait stayed at most EVIDENCE_RATIO x target: the ratio of that
+# measured utilisation to the model's utilisation at the same p99 is the *utilisation gain*,
+# and the plan's utilisation is the model's times the gain (never above MAX_UTILISATION).
+# Evidence counts only once the same replicas have served for the operator's rate window
+# plus one scrape (rate, busy time and p99 then describe these replicas), with enough
+# requests per replica in a rate window for a p99 (GAIN_MIN_SAMPLES). The gain rises a share
+# GAIN_STEP of the way to new evidence per evaluation; a breach at a utilisation the gain
+# called safe cuts it back below that utilisation; it decays back to 1 with a half-life of
+# GAIN_HALF_LIFE_SECONDS, so a model that changed is not planned with yesterday's evidence.
+EVIDENCE_RATIO = 0.9
+EVIDENCE_QUANTILE_TAIL = 0.01
+GAIN_MIN_SAMPLES = 100.0
+GAIN_STEP = 0.5
+GAIN_BREACH_MARGIN = 0.9
+MAX_UTILISATION_GAIN = 20.0
+GAIN_HALF_LIFE_SECONDS = 6 * 3600.0
 # Latency feedback raises to at most this multiple of the ready replicas per evaluation.
 MAX_FEEDBACK_RATIO = 1.5
 # Pre-warm history is the smaller of what arrived one and two periods earlier, so only a
@@ -173,6 +200,10 @@ class FloorPolicy:
     tail_probability: float = DEFAULT_TAIL_PROBABILITY
     # A raise adds at most max(scale_up_step, ceil(current * max_raise_factor)) replicas.
     max_raise_factor: float = 1.0
+    # What the signals average over: the operator's rate window, and how often Prometheus
+    # scrapes the pods (the ServiceMonitor's interval).
+    signal_window_seconds: float = 60.0
+    scrape_interval_seconds: float = 15.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas:
@@ -198,11 +229,21 @@ class FloorPolicy:
             raise ValueError("tail_probability must be in (0, 1)")
         if not (math.isfinite(self.max_raise_factor) and self.max_raise_factor > 0):
             raise ValueError("max_raise_factor must be > 0")
+        for name in ("signal_window_seconds", "scrape_interval_seconds"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be > 0")
 
     @classmethod
-    def from_spec(cls, spec: ServiceSpec, lead_time_seconds: int | None = None) -> FloorPolicy:
+    def from_spec(
+        cls,
+        spec: ServiceSpec,
+        lead_time_seconds: int | None = None,
+        window_seconds: float = 60.0,
+    ) -> FloorPolicy:
         """The policy of a service; `lead_time_seconds` is the horizon the operator derived
-        from the measured cold start (the spec's pre-warm lead time wins for pre-warm)."""
+        from the measured cold start (the spec's pre-warm lead time wins for pre-warm), and
+        `window_seconds` the rate window of its queries."""
         f = spec.autoscaling.floor
         horizon = lead_time_seconds if lead_time_seconds else DEFAULT_LEAD_TIME_SECONDS
         lead = f.prewarm.lead_time_seconds or horizon
@@ -222,6 +263,8 @@ class FloorPolicy:
             instances_per_replica=sum(g.count for g in spec.instance_groups),
             horizon_seconds=float(horizon),
             burst_cover=f.burst_cover_percent / 100,
+            signal_window_seconds=window_seconds,
+            scrape_interval_seconds=duration_seconds(spec.monitoring.interval),
         )
 
     def clamp(self, replicas: int) -> int:
@@ -245,6 +288,8 @@ class FloorObservation:
         periods); None when there is no such history.
     hpa_replicas: what the HPA alone would run (its CPU recommendation clamped to the spec);
         used for accountability only, never for the floor.
+    latency_is_p99: queue_latency_ms is a p99 (Triton's summary); False for a mean or a
+        user's query, which the utilisation gain does not learn from.
     """
 
     queue_latency_ms: float | None
@@ -255,6 +300,7 @@ class FloorObservation:
     busy_instances: float | None = None
     prewarm_rise: float | None = None
     hpa_replicas: int | None = None
+    latency_is_p99: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +321,11 @@ class FloorState:
     # the queue breaches although the plan said the replicas were enough (arrivals burstier
     # than the queueing model assumes) and decays back while the queue stays quiet.
     correction: float = 1.0
+    # How much busier than the queueing model's planned utilisation the replicas were seen
+    # to run within the target (>= 1; see EVIDENCE_RATIO), and since when the ready
+    # replicas have been this many (evidence needs the same replicas for a rate window).
+    utilisation_gain: float = 1.0
+    ready_seen: tuple[int, float] | None = None
     # (time, arrival rate) over the last horizon, to measure rises over one horizon.
     arrivals: tuple[tuple[float, float], ...] = ()
     rises: Rises = field(default_factory=Rises)
@@ -311,6 +362,7 @@ class FloorAccounting:
     forecast_error: float | None  # mean absolute error / actual, over recent forecasts
     headroom: float  # relative headroom in use
     correction: float  # what the queue taught the sizing model (1 = the model was right)
+    utilisation_gain: float  # measured utilisation within target / the model's (>= 1)
     replica_hours_above_hpa: float  # decayed over about a day
     breach_minutes: float  # decayed over about a day
     prewarm: PrewarmState
@@ -341,6 +393,18 @@ _HOLDING_REASONS = frozenset(
         FloorReason.MODEL_STALLED,
     }
 )
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_seconds(duration: str) -> float:
+    """Seconds in a Prometheus-style duration of one unit: 500ms, 15s, 1m, 2h."""
+    for unit in ("ms", "s", "m", "h"):
+        number = duration.removesuffix(unit)
+        if number != duration and number.isdigit():
+            return int(number) * _DURATION_UNITS[unit]
+    raise ValueError(f"not a duration such as 15s or 1m: {duration!r}")
 
 
 def _epoch(t: Instant) -> float:
@@ -404,6 +468,8 @@ def decide(policy: FloorPolicy, state: FloorState, observation: FloorObservation
             else SERVICE_TIME_ALPHA * measured + (1 - SERVICE_TIME_ALPHA) * service
         )
     learned = dataclasses.replace(state, service_seconds=service)
+    if service is not None:
+        learned = _learn_gain(policy, learned, observation, now, latency, rate, busy, service)
 
     stalled = (rate is not None and rate <= IDLE_RATE and pending > 0) or (
         latency is not None and math.isinf(latency) and (rate is None or rate <= IDLE_RATE)
@@ -456,8 +522,12 @@ class _Model:
         self.service = service
         horizon = policy.horizon_seconds
         target_s = policy.target_ms / 1000
-        self.utilisation = safe_utilisation(
-            policy.instances_per_replica, service, target_s, policy.tail_probability
+        self.utilisation = min(
+            safe_utilisation(
+                policy.instances_per_replica, service, target_s, policy.tail_probability
+            )
+            * state.utilisation_gain,
+            MAX_UTILISATION,
         )
         # What one replica serves at the planned utilisation.
         self.capacity = policy.instances_per_replica * self.utilisation / service
@@ -505,14 +575,58 @@ class _Model:
         )
 
     def replicas(self, rate: float) -> int:
-        p = self.policy
-        return replicas_for(
-            rate,
-            servers=p.instances_per_replica,
-            service_s=self.service,
-            target_s=p.target_ms / 1000,
-            tail=p.tail_probability,
+        """Fewest replicas that serve `rate` at the planned utilisation (0 for no load)."""
+        if rate <= 0 or not math.isfinite(rate):
+            return 0
+        # A hair of slack so that exactly-full replicas do not round up one too many.
+        return math.ceil(rate / self.capacity - 1e-9)
+
+
+def _learn_gain(
+    policy: FloorPolicy,
+    state: FloorState,
+    observation: FloorObservation,
+    now: float,
+    latency: float | None,
+    rate: float | None,
+    busy: float | None,
+    service: float,
+) -> FloorState:
+    """The utilisation gain after this evaluation's evidence (see EVIDENCE_RATIO)."""
+    ready = max(observation.ready_replicas, 0)
+    seen = state.ready_seen
+    if seen is None or seen[0] != ready:
+        seen = (ready, now)
+    gain = state.utilisation_gain
+    if state.last_seen_at is not None and gain > 1:
+        keep = decay_for(max(now - state.last_seen_at, 0.0), GAIN_HALF_LIFE_SECONDS)
+        gain = 1 + (gain - 1) * keep
+    steady = now - seen[1] >= policy.signal_window_seconds + policy.scrape_interval_seconds
+    if (
+        steady
+        and ready > 0
+        and observation.latency_is_p99
+        and latency is not None
+        and math.isfinite(latency)
+        and rate is not None
+        and busy is not None
+        and rate / ready * policy.signal_window_seconds >= GAIN_MIN_SAMPLES
+    ):
+        servers = policy.instances_per_replica
+        measured = busy / (ready * servers)  # the replicas' busy share, as Triton counted it
+        # The model's utilisation at which the p99 wait is what the evidence allows.
+        modelled = safe_utilisation(
+            servers, service, EVIDENCE_RATIO * policy.target_ms / 1000, EVIDENCE_QUANTILE_TAIL
         )
+        seen_gain = measured / modelled
+        if latency <= EVIDENCE_RATIO * policy.target_ms and seen_gain > gain:
+            gain += GAIN_STEP * (seen_gain - gain)
+        elif latency > policy.target_ms and seen_gain <= gain:
+            # The gain called this utilisation safe and the queue said otherwise.
+            gain = max(1.0, min(gain, GAIN_BREACH_MARGIN * seen_gain))
+    return dataclasses.replace(
+        state, utilisation_gain=min(gain, MAX_UTILISATION_GAIN), ready_seen=seen
+    )
 
 
 def _leading(
@@ -710,8 +824,10 @@ def _latency_only(
         # (ready < current) are capacity already on its way.
         base = max(ready, 1)
         desired = math.ceil(base * min(latency / target, MAX_FEEDBACK_RATIO))
-        reactive = max(desired, ready + policy.scale_up_step) if ready >= current else max(
-            desired, current
+        reactive = (
+            max(desired, ready + policy.scale_up_step)
+            if ready >= current
+            else max(desired, current)
         )
         reactive = min(reactive, policy.max_replicas)
         if reactive > current:
@@ -833,6 +949,7 @@ def _finish(
         forecast_error=state.forecast_error,
         headroom=model.headroom if model else 0.0,
         correction=state.correction,
+        utilisation_gain=state.utilisation_gain,
         replica_hours_above_hpa=held / 3600,
         breach_minutes=breach / 60,
         prewarm=prewarm,

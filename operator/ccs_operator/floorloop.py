@@ -36,6 +36,7 @@ from .floor import (
     FloorState,
     PrewarmState,
     decide,
+    duration_seconds,
 )
 from .hpastatus import hpa_alone_replicas
 from .kube import KubeError, Transient
@@ -92,6 +93,8 @@ class Reading:
     latency_ms: float | None
     problem: Condition | None = None
     signals: FloorSignals | None = None
+    # latency_ms is Triton's p99 (not a mean, nor a user's query): the gain may learn from it.
+    p99: bool = False
 
 
 def _parse_time(value: str | None) -> float | None:
@@ -219,7 +222,9 @@ class FloorLoop:
             if ccs.spec.autoscaling.floor.query is None:
                 latency = signals.latency if signals is not None else None
                 readings[_key(ccs)] = (
-                    Reading(latency.signal(prefer_p99=True), None, signals)
+                    Reading(
+                        latency.signal(prefer_p99=True), None, signals, latency.p99_ms is not None
+                    )
                     if latency is not None
                     else Reading(None, _no_series(ccs, self.window), signals)
                 )
@@ -343,7 +348,11 @@ class FloorLoop:
         key = (ccs.namespace, ccs.name)
         memory = self.memory[key]
         status = dict(body.get("status") or {})
-        policy = FloorPolicy.from_spec(ccs.spec, lead_time_seconds=self._horizon(ccs, body))
+        policy = FloorPolicy.from_spec(
+            ccs.spec,
+            lead_time_seconds=self._horizon(ccs, body),
+            window_seconds=duration_seconds(self.window),
+        )
         remembered = memory.state or FloorState.initial(policy)
         # status holds the floor and when it changed: they win over memory (another
         # operator may have moved them while this one was standby).
@@ -368,6 +377,7 @@ class FloorLoop:
                 busy_instances=signals.busy_instances if signals else None,
                 prewarm_rise=prewarm_history,
                 hpa_replicas=self._hpa_alone(ccs),
+                latency_is_p99=reading.p99,
             ),
         )
         memory.state = decision.state
@@ -401,6 +411,7 @@ class FloorLoop:
             (metrics.FLOOR_FORECAST_ERROR, acc.forecast_error),
             (metrics.FLOOR_HEADROOM, acc.headroom),
             (metrics.FLOOR_CAPACITY, acc.capacity_rps),
+            (metrics.FLOOR_UTILISATION_GAIN, acc.utilisation_gain),
             (metrics.FLOOR_ABOVE_HPA, acc.replica_hours_above_hpa),
             (metrics.FLOOR_BREACH, acc.breach_minutes),
         ):
@@ -648,6 +659,7 @@ def accounting_status(acc: FloorAccounting) -> dict[str, Any]:
         "forecastErrorPercent": _round(acc.forecast_error and acc.forecast_error * 100, 1),
         "headroomPercent": round(acc.headroom * 100),
         "modelCorrection": _round(acc.correction, 2),
+        "utilizationGain": _round(acc.utilisation_gain, 2),
         "replicaHoursAboveHpa": _round(acc.replica_hours_above_hpa, 2),
         "breachMinutes": _round(acc.breach_minutes, 2),
         "prewarm": acc.prewarm.value,

@@ -56,6 +56,11 @@ FLOOR_CAPACITY = Gauge(
     "Requests per second one replica serves at the planned utilisation (measured)",
     SERVICE_LABELS,
 )
+FLOOR_UTILISATION_GAIN = Gauge(
+    "ccs_floor_utilisation_gain",
+    "Measured replica utilisation within the queue-wait target over the queueing model's (>= 1)",
+    SERVICE_LABELS,
+)
 FLOOR_ABOVE_HPA = Gauge(
     "ccs_floor_replica_hours_above_hpa",
     "Replica-hours the floor held above what the HPA alone would run (about a day)",
