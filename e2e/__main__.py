@@ -12,10 +12,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from e2e.demo import DemoError, DemoOperator, run_demo
+from e2e.demo import DemoError, run_demo, shutdown
 from e2e.kwok import PodReadyDelay
 from e2e.localcluster import ClusterError, LocalCluster, Options
-from e2e.monitoring import MonitoringError, MonitoringStack
+from e2e.monitoring import MonitoringError
 from e2e.netns import PodNetworkError
 from e2e.toolchain import BuildError, ensure_built
 
@@ -104,10 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             kubeconfig = cluster.up(fresh=args.fresh)
             print(f"export KUBECONFIG={shlex.quote(str(kubeconfig))}")
         elif args.command == "down":
-            if DemoOperator(cluster).stop():
-                print("[e2e] stopped the demo operator", file=sys.stderr)
-            MonitoringStack(cluster).down()
-            if not cluster.down():
+            if not shutdown(cluster):
                 print("[e2e] nothing was running", file=sys.stderr)
         elif args.command == "status":
             return _status(cluster)

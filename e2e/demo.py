@@ -121,6 +121,18 @@ class DemoOperator:
         return True
 
 
+def shutdown(cluster: LocalCluster) -> list[str]:
+    """Stop the demo operator, the monitoring stack and the cluster's processes (what
+    `python -m e2e down` does); the state stays, so `up` or the demo starts it again.
+    Returns what was stopped."""
+    stopped = []
+    if DemoOperator(cluster).stop():
+        print("[e2e] stopped the demo operator", file=sys.stderr, flush=True)
+        stopped.append("demo operator")
+    MonitoringStack(cluster).down()
+    return stopped + cluster.down()
+
+
 def _kubectl(cluster: LocalCluster, *args: str, check: bool = True) -> str:
     argv = [str(cluster.bin_path() / "kubectl"), f"--kubeconfig={cluster.kubeconfig}", *args]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)

@@ -3,12 +3,19 @@
 Registered from the root conftest (`pytest_plugins = ["e2e.fixtures"]`). The cluster comes
 from the provider named by $CCS_E2E_PROVIDER (default: local). A cluster this session
 started is stopped at its end unless CCS_E2E_KEEP=1; one it found running is left alone.
+
+The local provider's suite runs its own cluster (`paths.test_state_dir()`, unless
+$CCS_E2E_STATE_DIR names one), started from empty state, never the one `make demo` left up
+for the user to explore: that one's services, pods and serving settings would otherwise
+come back with it and take the Tritons this machine holds. A demo cluster still running
+is stopped first (its state is kept) so that the suite has the machine's cores.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,8 +27,12 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from e2e import crds
-from e2e.localcluster import LocalCluster
+from e2e.demo import shutdown
+from e2e.localcluster import LocalCluster, Options
+from e2e.paths import test_state_dir, user_state_dir
 from e2e.providers import LocalProvider, Provider, get_provider
+
+os.environ.setdefault("CCS_E2E_STATE_DIR", str(test_state_dir()))
 
 
 @dataclass
@@ -107,7 +118,11 @@ def release_stuck_test_namespaces(cluster: Cluster) -> None:
 def cluster() -> Iterator[Cluster]:
     provider = get_provider()
     found_running = provider.is_up()
-    provider.up()
+    if isinstance(provider, LocalProvider):
+        _stop_the_users_cluster(provider.cluster)
+        provider.cluster.up(fresh=not found_running)
+    else:
+        provider.up()
     if found_running:
         release_stuck_test_namespaces(Cluster(provider))
     try:
@@ -115,6 +130,19 @@ def cluster() -> Iterator[Cluster]:
     finally:
         if not found_running and os.environ.get("CCS_E2E_KEEP") != "1":
             provider.down()
+
+
+def _stop_the_users_cluster(mine: LocalCluster) -> None:
+    users = LocalCluster(state_dir=user_state_dir(), options=Options())
+    if users.state_dir == mine.state_dir or not (users.state_dir / "run").is_dir():
+        return
+    if shutdown(users):
+        print(
+            f"[e2e] stopped the cluster in {users.state_dir} (make demo / python -m e2e up) so "
+            "that the tests have this machine; its state is kept and `make demo` starts it again",
+            file=sys.__stderr__,
+            flush=True,
+        )
 
 
 def _wait_default_service_account(core: client.CoreV1Api, namespace: str, timeout: float) -> None:

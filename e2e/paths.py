@@ -20,7 +20,17 @@ def bin_root() -> Path:
     return cache_root() / "bin"
 
 
+def user_state_dir() -> Path:
+    """The cluster `make demo` and `python -m e2e up` run (and leave up to explore)."""
+    return cache_root() / "cluster"
+
+
+def test_state_dir() -> Path:
+    """The test suite's own cluster: started fresh, never the one a user explores."""
+    return cache_root() / "test-cluster"
+
+
 def default_state_dir() -> Path:
     """The local cluster's state: certificates, etcd data, pid files and logs."""
     override = os.environ.get("CCS_E2E_STATE_DIR")
-    return Path(override).expanduser() if override else cache_root() / "cluster"
+    return Path(override).expanduser() if override else user_state_dir()
