@@ -114,18 +114,23 @@ def pod_tritons() -> list[int]:
     """pids of the tritonserver processes bound to pod addresses (read from /proc).
 
     Tests size `max_tritons` against what already runs (a demo left running, say)."""
-    found = []
+    return list(pod_triton_addresses())
+
+
+def pod_triton_addresses() -> dict[int, str]:
+    """pid -> pod address of every tritonserver bound to a pod address (from /proc)."""
+    found = {}
+    prefix = b"--http-address="
     for entry in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             argv = entry.read_bytes().split(b"\0")
         except OSError:
             continue
-        if (
-            argv
-            and argv[0].endswith(b"tritonserver")
-            and any(a.startswith(b"--http-address=10.244.") for a in argv)
-        ):
-            found.append(int(entry.parent.name))
+        if not argv or not argv[0].endswith(b"tritonserver"):
+            continue
+        for a in argv:
+            if a.startswith(prefix + b"10.244."):
+                found[int(entry.parent.name)] = a[len(prefix) :].decode()
     return found
 
 

@@ -112,19 +112,34 @@ def _tritons_on(ip: str) -> list[int]:
     return found
 
 
-def _settled_tritons(quiet_s: float = 5, timeout: float = 90) -> int:
-    """How many pod Tritons run once none has started or stopped for `quiet_s` (earlier
-    tests' servers drain; a demo left up keeps its own)."""
+def _settled_tritons(core: client.CoreV1Api, quiet_s: float = 3, timeout: float = 120) -> int:
+    """How many pod Tritons keep running: once every Triton on this machine serves a live
+    pod (an earlier test's namespace may still be deleting its pods when this one starts)
+    and that has held for `quiet_s`."""
     deadline = time.monotonic() + timeout
-    count, since = len(podserving.pod_tritons()), time.monotonic()
+    since: float | None = None
     while time.monotonic() < deadline:
+        terminating = {
+            n.metadata.name
+            for n in core.list_namespace().items
+            if n.status and n.status.phase == "Terminating"
+        }
+        live = {
+            p.status.pod_ip
+            for p in core.list_pod_for_all_namespaces().items
+            if p.status.pod_ip
+            and p.metadata.deletion_timestamp is None
+            and p.metadata.namespace not in terminating
+        }
+        addresses = set(podserving.pod_triton_addresses().values())
+        if addresses <= live:
+            since = since or time.monotonic()
+            if time.monotonic() - since >= quiet_s:
+                return len(podserving.pod_tritons())
+        else:
+            since = None
         time.sleep(0.5)
-        now = len(podserving.pod_tritons())
-        if now != count:
-            count, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet_s:
-            return count
-    raise AssertionError(f"the number of pod Tritons did not settle in {timeout:.0f}s")
+    raise AssertionError(f"pod Tritons of deleted pods still ran after {timeout:.0f}s")
 
 
 def _events(core: client.CoreV1Api, namespace: str, pod: str) -> list[Any]:
@@ -231,7 +246,7 @@ def test_past_the_machines_limit_a_pod_stays_unready_and_says_why(
     before = podserving.Settings.read(served_cluster.state_dir / podserving.SETTINGS_FILE)
     # Tritons already running (earlier tests draining, a demo left up) count against the
     # limit: allow exactly one more.
-    others = _settled_tritons()
+    others = _settled_tritons(core)
     podserving.write_settings(served_cluster.state_dir, max_tritons=others + 1)
     try:
         services.apply(ns, sample(NAME, **_spec(replicas=2)))
