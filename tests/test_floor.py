@@ -65,17 +65,20 @@ def load(
     pending: float = 0.0,
     history: float | None = None,
     hpa: int | None = None,
+    service_s: float = S,
+    p99: bool = True,
 ) -> FloorObservation:
-    """What Prometheus reports for `rate` requests/s served at S each."""
+    """What Prometheus reports for `rate` requests/s served at `service_s` each."""
     return FloorObservation(
         queue_latency_ms=latency,
         ready_replicas=ready,
         now=now,
         arrival_rps=rate,
         pending_requests=pending,
-        busy_instances=rate * S,
+        busy_instances=rate * service_s,
         prewarm_rise=history,
         hpa_replicas=hpa,
+        latency_is_p99=p99,
     )
 
 
@@ -392,14 +395,7 @@ def batched(
     latency: float,
     p99: bool = True,
 ) -> FloorObservation:
-    return FloorObservation(
-        queue_latency_ms=latency,
-        ready_replicas=ready,
-        now=now,
-        arrival_rps=rate,
-        busy_instances=rate * BATCH_S,
-        latency_is_p99=p99,
-    )
+    return load(rate, ready, now, latency=latency, service_s=BATCH_S, p99=p99)
 
 
 def feed(
