@@ -13,6 +13,7 @@ is stopped first (its state is kept) so that the suite has the machine's cores.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -115,11 +116,11 @@ def release_stuck_test_namespaces(cluster: Cluster) -> None:
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
+def cluster(pytestconfig: pytest.Config) -> Iterator[Cluster]:
     provider = get_provider()
     found_running = provider.is_up()
     if isinstance(provider, LocalProvider):
-        _stop_the_users_cluster(provider.cluster)
+        _stop_the_users_cluster(provider.cluster, pytestconfig)
         provider.cluster.up(fresh=not found_running)
     else:
         provider.up()
@@ -132,17 +133,21 @@ def cluster() -> Iterator[Cluster]:
             provider.down()
 
 
-def _stop_the_users_cluster(mine: LocalCluster) -> None:
+def _stop_the_users_cluster(mine: LocalCluster, config: pytest.Config) -> None:
     users = LocalCluster(state_dir=user_state_dir(), options=Options())
     if users.state_dir == mine.state_dir or not (users.state_dir / "run").is_dir():
         return
     if shutdown(users):
-        print(
-            f"[e2e] stopped the cluster in {users.state_dir} (make demo / python -m e2e up) so "
-            "that the tests have this machine; its state is kept and `make demo` starts it again",
-            file=sys.__stderr__,
-            flush=True,
-        )
+        # Said past pytest's capture: the user's cluster went away, whatever the tests do.
+        capture = config.pluginmanager.getplugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            print(
+                f"\n[e2e] stopped the cluster in {users.state_dir} (make demo / python -m e2e "
+                "up) so that the tests have this machine; its state is kept and `make demo` "
+                "starts it again",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def _wait_default_service_account(core: client.CoreV1Api, namespace: str, timeout: float) -> None:
