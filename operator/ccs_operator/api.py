@@ -52,6 +52,18 @@ Platform = Literal[
 Quantity = str | int
 
 
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_seconds(duration: str) -> float:
+    """Seconds in a Prometheus-style duration of one unit: 500ms, 15s, 1m, 2h."""
+    for unit in ("ms", "s", "m", "h"):
+        number = duration.removesuffix(unit)
+        if number != duration and number.isdigit():
+            return int(number) * _DURATION_UNITS[unit]
+    raise ValueError(f"not a duration such as 15s or 1m: {duration!r}")
+
 class SpecError(ValueError):
     """An invalid ClaudeCodeService; `path` is the offending field, e.g. spec.replicas.min."""
 
@@ -242,6 +254,10 @@ class Monitoring(_Model):
     service_monitor: bool = True
     interval: str = Field(default="15s", pattern=r"^[0-9]+(ms|s|m)$")
     labels: dict[str, str] = Field(default_factory=dict, max_length=16)
+
+    @property
+    def interval_seconds(self) -> float:
+        return duration_seconds(self.interval)
 
 
 class Toleration(_Model):

@@ -57,7 +57,8 @@ from typing import TYPE_CHECKING
 from .forecast import Holt, Rises, decay_for
 from .queueing import (
     DEFAULT_TAIL_PROBABILITY,
-    MAX_UTILISATION,
+    planned_utilisation,
+    replicas_for,
     safe_utilisation,
 )
 
@@ -264,7 +265,7 @@ class FloorPolicy:
             horizon_seconds=float(horizon),
             burst_cover=f.burst_cover_percent / 100,
             signal_window_seconds=window_seconds,
-            scrape_interval_seconds=duration_seconds(spec.monitoring.interval),
+            scrape_interval_seconds=spec.monitoring.interval_seconds,
         )
 
     def clamp(self, replicas: int) -> int:
@@ -395,18 +396,6 @@ _HOLDING_REASONS = frozenset(
 )
 
 
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def duration_seconds(duration: str) -> float:
-    """Seconds in a Prometheus-style duration of one unit: 500ms, 15s, 1m, 2h."""
-    for unit in ("ms", "s", "m", "h"):
-        number = duration.removesuffix(unit)
-        if number != duration and number.isdigit():
-            return int(number) * _DURATION_UNITS[unit]
-    raise ValueError(f"not a duration such as 15s or 1m: {duration!r}")
-
-
 def _epoch(t: Instant) -> float:
     if isinstance(t, datetime):
         if t.tzinfo is None:
@@ -522,12 +511,13 @@ class _Model:
         self.service = service
         horizon = policy.horizon_seconds
         target_s = policy.target_ms / 1000
-        self.utilisation = min(
-            safe_utilisation(
-                policy.instances_per_replica, service, target_s, policy.tail_probability
-            )
-            * state.utilisation_gain,
-            MAX_UTILISATION,
+        self.gain = state.utilisation_gain
+        self.utilisation = planned_utilisation(
+            policy.instances_per_replica,
+            service,
+            target_s,
+            policy.tail_probability,
+            self.gain,
         )
         # What one replica serves at the planned utilisation.
         self.capacity = policy.instances_per_replica * self.utilisation / service
@@ -575,11 +565,15 @@ class _Model:
         )
 
     def replicas(self, rate: float) -> int:
-        """Fewest replicas that serve `rate` at the planned utilisation (0 for no load)."""
-        if rate <= 0 or not math.isfinite(rate):
-            return 0
-        # A hair of slack so that exactly-full replicas do not round up one too many.
-        return math.ceil(rate / self.capacity - 1e-9)
+        p = self.policy
+        return replicas_for(
+            rate,
+            servers=p.instances_per_replica,
+            service_s=self.service,
+            target_s=p.target_ms / 1000,
+            tail=p.tail_probability,
+            gain=self.gain,
+        )
 
 
 def _learn_gain(

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import metrics
-from .api import ClaudeCodeService, SpecError, parse_service
+from .api import ClaudeCodeService, SpecError, duration_seconds, parse_service
 from .coldstart import lead_time_seconds
 from .floor import (
     DEFAULT_LEAD_TIME_SECONDS,
@@ -36,7 +36,6 @@ from .floor import (
     FloorState,
     PrewarmState,
     decide,
-    duration_seconds,
 )
 from .hpastatus import hpa_alone_replicas
 from .kube import KubeError, Transient
@@ -130,6 +129,7 @@ class FloorLoop:
         self.reconciler = reconciler
         self.prometheus = prometheus
         self.window = window
+        self.window_seconds = duration_seconds(window)
         self.default_lead_time_seconds = default_lead_time_seconds
         self.tick_seconds = tick_seconds
         self.clock = clock
@@ -351,7 +351,7 @@ class FloorLoop:
         policy = FloorPolicy.from_spec(
             ccs.spec,
             lead_time_seconds=self._horizon(ccs, body),
-            window_seconds=duration_seconds(self.window),
+            window_seconds=self.window_seconds,
         )
         remembered = memory.state or FloorState.initial(policy)
         # status holds the floor and when it changed: they win over memory (another

@@ -98,6 +98,18 @@ def safe_utilisation(
     return _safe_utilisation(servers, ratio, tail)
 
 
+def planned_utilisation(
+    servers: int,
+    service_s: float,
+    target_s: float,
+    tail: float = DEFAULT_TAIL_PROBABILITY,
+    gain: float = 1.0,
+) -> float:
+    """`safe_utilisation` times a measured `gain` (what the service showed beyond the
+    model, >= 1), never above MAX_UTILISATION."""
+    return min(safe_utilisation(servers, service_s, target_s, tail) * gain, MAX_UTILISATION)
+
+
 def replicas_for(
     arrival_rps: float,
     *,
@@ -105,10 +117,12 @@ def replicas_for(
     service_s: float,
     target_s: float,
     tail: float = DEFAULT_TAIL_PROBABILITY,
+    gain: float = 1.0,
 ) -> int:
-    """Fewest replicas that keep P(wait > target) <= tail at `arrival_rps` (0 for no load)."""
+    """Fewest replicas that keep P(wait > target) <= tail at `arrival_rps` (0 for no load),
+    at the planned utilisation (`gain` as in `planned_utilisation`)."""
     if arrival_rps <= 0 or not math.isfinite(arrival_rps):
         return 0
-    rho = safe_utilisation(servers, service_s, target_s, tail)
+    rho = planned_utilisation(servers, service_s, target_s, tail, gain)
     # A hair of slack so that exactly-full replicas do not round up one too many.
     return math.ceil(arrival_rps * service_s / (servers * rho) - 1e-9)
