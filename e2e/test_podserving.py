@@ -131,11 +131,11 @@ def _settled_tritons(core: client.CoreV1Api, quiet_s: float = 3, timeout: float 
             and p.metadata.deletion_timestamp is None
             and p.metadata.namespace not in terminating
         }
-        addresses = set(podserving.pod_triton_addresses().values())
-        if addresses <= live:
+        tritons = podserving.pod_triton_addresses()
+        if set(tritons.values()) <= live:
             since = since or time.monotonic()
             if time.monotonic() - since >= quiet_s:
-                return len(podserving.pod_tritons())
+                return len(tritons)
         else:
             since = None
         time.sleep(0.5)
