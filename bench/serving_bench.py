@@ -554,7 +554,7 @@ class Row:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--alternations", type=int, default=3)
+    parser.add_argument("--alternations", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--lengths", default="1:2,2:1,4:1", help="length:weight,...")
     parser.add_argument("--rates", default="auto", help="req/s list, or auto (0.5x, 1.5x off)")
@@ -562,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per run")
     parser.add_argument("--drain", type=float, default=5.0, help="open loop: wait after window")
     parser.add_argument("--d-model", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=7, help="cost curve: repeats per size")
+    parser.add_argument("--repeats", type=int, default=15, help="cost curve: repeats per size")
     parser.add_argument("--no-pin", action="store_true", help="do not pin client and server")
     parser.add_argument("--no-gpu-like", action="store_true", help="skip the sleep-model row")
     parser.add_argument("--seed", type=int, default=1)
