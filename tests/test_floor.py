@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ccs_operator.batchcost import CostFit, CostLine
 from ccs_operator.floor import (
     DAY_SECONDS,
     DEFAULT_LEAD_TIME_SECONDS,
@@ -28,6 +29,7 @@ from ccs_operator.floor import (
     decide,
 )
 from ccs_operator.queueing import (
+    MAX_UTILISATION,
     replicas_for,
     safe_utilisation,
     wait_quantile,
@@ -886,3 +888,68 @@ def test_trace_never_lowers_within_a_cooldown_of_a_raise(
         if d.floor > state.current_floor:
             last_raised = now
         state = d.state
+
+
+# --- batching services: the cost line --------------------------------------------------
+
+BATCHING = dataclasses.replace(LEAD, max_batch=8)
+COST = CostLine(0.04, 0.01)  # 40 ms per execution + 10 ms per request in it
+
+
+def executed(rate: float, ready: int, now: float, batch: float) -> FloorObservation:
+    """What a batching Triton reports serving `rate` in executions of `batch` each."""
+    executions = rate / batch
+    return FloorObservation(
+        queue_latency_ms=40.0,
+        ready_replicas=ready,
+        now=now,
+        arrival_rps=rate,
+        pending_requests=0.0,
+        busy_instances=executions * COST.execution_s(batch),
+        executions_per_s=executions,
+    )
+
+
+def test_a_batching_service_is_sized_from_its_cost_line() -> None:
+    state = FloorState(2)
+    # Two replicas: quiet minutes at one request per execution (15/s each, instances 38%
+    # busy), busy ones at 100/s each, back to back in executions of 4 (80 ms each).
+    for i, (rate, batch) in enumerate([(30.0, 1.0), (200.0, 4.0)] * 4):
+        d, state = step(BATCHING, state, executed(rate, 2, T0 + 30 * i, batch))
+    line = state.batch_fit.line()
+    assert line is not None and line.per_item_s == pytest.approx(0.01)
+    assert d.accounting.capacity_rps == pytest.approx(COST.sustained_rps(2, 8, 0.09))
+    # Every instance busy all the time is not saturation: the line says a replica sustains
+    # 111/s with its cycle within 90 ms, so the two replicas are enough.
+    assert d.demand == 2
+    assert "batches cost 40.0 ms + 10.00 ms per request" in d.message
+    # The same signals without batching in the spec read as two saturated replicas.
+    alone = decide(LEAD, FloorState(2), executed(200.0, 2, T0, 4.0))
+    assert alone.demand > 2
+
+
+def test_before_the_line_is_known_the_worst_line_through_the_point_sizes_it() -> None:
+    d = decide(BATCHING, FloorState(4), executed(30.0, 4, T0, 1.0))
+    assert BATCHING.max_batch > 1 and d.state.batch_fit.line() is None
+    # All of the 50 ms per request as cost per request: a replica busy up to 95%.
+    assert d.accounting.capacity_rps == pytest.approx(MAX_UTILISATION * 2 / 0.05)
+    assert "not yet measured" in d.message
+    # What M/M/c alone would plan with at 50 ms per request (far less per replica).
+    mmc = decide(LEAD, FloorState(4), executed(30.0, 4, T0, 1.0))
+    assert mmc.accounting.capacity_rps is not None and mmc.accounting.capacity_rps < 20
+
+
+def test_a_service_that_does_not_batch_ignores_executions() -> None:
+    state = FloorState(4)
+    for i, (rate, batch) in enumerate([(30.0, 1.0), (160.0, 4.0)] * 4):
+        _, state = step(LEAD, state, executed(rate, 4, T0 + 30 * i, batch))
+    assert state.batch_fit == CostFit()
+
+
+def test_from_spec_reads_the_largest_batch() -> None:
+    from ccs_operator.api import ServiceSpec
+
+    model = {"name": "m", "repository": "s3://b/m"}
+    assert FloorPolicy.from_spec(ServiceSpec.model_validate({"model": model})).max_batch == 32
+    off = ServiceSpec.model_validate({"model": model, "batching": {"enabled": False}})
+    assert FloorPolicy.from_spec(off).max_batch == 1

@@ -39,6 +39,8 @@ def body(name: str, floor_spec: dict[str, Any] | None = None, **status: Any) -> 
             "model": {"name": "m", "repository": "/models"},
             "replicas": {"min": 2, "max": 20},
             "autoscaling": {"requestsPerSecond": 0, "floor": floor_spec or {}},
+            # One request per execution, as `serving` reports it (the M/M/c sizing).
+            "batching": {"enabled": False},
         },
         "status": {"floor": 2, "readyReplicas": 2, **status},
     }

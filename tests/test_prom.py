@@ -21,6 +21,7 @@ from ccs_operator.prom import (
     batch_queue_latency_query,
     busy_instances_query,
     escape_label_value,
+    executions_query,
     floor_signals_query,
     group_floor_signals,
     group_queue_latency,
@@ -167,8 +168,12 @@ def test_signal_queries() -> None:
     assert "* rate(nv_inference_exec_count" in busy
     assert "/ clamp_min(rate(nv_inference_request_success" in busy
     q = floor_signals_query()
-    for stat in ("mean", "p99", "arrivals", "busy", "pending"):
+    for stat in ("mean", "p99", "arrivals", "busy", "pending", "execs"):
         assert f'"stat", "{stat}"' in q
+    # One execution per batch: the batching cost line's denominator.
+    assert executions_query("1m", {"namespace": "a"}) == (
+        f"sum by (namespace, service) (rate(nv_inference_exec_count{sel}[1m]))"
+    )
     with pytest.raises(TemplateError):
         floor_signals_query("1 minute")
 
@@ -184,12 +189,15 @@ def test_group_floor_signals() -> None:
             sample("arrivals", 300.0),
             sample("busy", 6.0),
             sample("pending", 4.0),
+            sample("execs", 75.0),
             sample("arrivals", 10.0, "latency-missing"),
             sample("busy", -1.0, "latency-missing"),
             Sample({"namespace": "a", "stat": "mean"}, 1.0, 0.0),  # no service: dropped
         ]
     )
-    assert got[ServiceKey("a", "one")] == FloorSignals(QueueLatency(12.0, None), 300.0, 6.0, 4.0)
+    assert got[ServiceKey("a", "one")] == FloorSignals(
+        QueueLatency(12.0, None), 300.0, 6.0, 4.0, 75.0
+    )
     assert got[ServiceKey("a", "latency-missing")] == FloorSignals(None, 10.0, None, None)
     assert len(got) == 2
 

@@ -9,7 +9,11 @@ queue to build arrives after the damage. This policy sizes the floor from signal
   evaluation), never extrapolating a fall;
 - requests pending in Triton's queues now, which must be served on top of new arrivals;
 - per-replica capacity *measured* from Triton's counters: busy instance-seconds per request
-  (S), so dynamic batching under load shows up as a larger capacity;
+  (S); and for a service that batches, the cost of an execution by its size, fitted from
+  the counters' (requests per execution, seconds per execution) points (batchcost.py):
+  instances running back to back are busy all the time at any load below saturation, so
+  busy time alone would read them as saturated, while the line says what the batches
+  absorb. Until the points fix the line, one point bounds it safely;
 - headroom that covers a chosen share (`burst_cover`) of the service's own observed rises
   of the arrival rate over one horizon (a decayed histogram, `forecast.Rises`);
 - replicas sized with the M/M/c tail of `queueing.py`: the fewest replicas at which at most
@@ -54,6 +58,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from .batchcost import CostFit, CostLine, point_bound_rps
 from .forecast import Holt, Rises, decay_for
 from .queueing import (
     DEFAULT_TAIL_PROBABILITY,
@@ -205,6 +210,8 @@ class FloorPolicy:
     # scrapes the pods (the ServiceMonitor's interval).
     signal_window_seconds: float = 60.0
     scrape_interval_seconds: float = 15.0
+    # Most requests Triton's dynamic batcher puts in one execution (1: no batching).
+    max_batch: int = 1
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas:
@@ -222,6 +229,8 @@ class FloorPolicy:
             raise ValueError("cooldown_seconds must be >= 0")
         if self.instances_per_replica < 1:
             raise ValueError("instances_per_replica must be >= 1")
+        if self.max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
         if not (math.isfinite(self.horizon_seconds) and self.horizon_seconds > 0):
             raise ValueError("horizon_seconds must be > 0")
         if not 0 <= self.burst_cover < 1:
@@ -266,6 +275,7 @@ class FloorPolicy:
             burst_cover=f.burst_cover_percent / 100,
             signal_window_seconds=window_seconds,
             scrape_interval_seconds=spec.monitoring.interval_seconds,
+            max_batch=spec.batching.max_batch_size if spec.batching.enabled else 1,
         )
 
     def clamp(self, replicas: int) -> int:
@@ -291,6 +301,9 @@ class FloorObservation:
         used for accountability only, never for the floor.
     latency_is_p99: queue_latency_ms is a p99 (Triton's summary); False for a mean or a
         user's query, which the utilisation gain does not learn from.
+    executions_per_s: model executions per second (Triton's nv_inference_exec_count);
+        arrival_rps / executions_per_s is the mean batch, busy_instances / executions_per_s
+        the mean seconds per execution: the points of the batching cost line.
     """
 
     queue_latency_ms: float | None
@@ -302,6 +315,7 @@ class FloorObservation:
     prewarm_rise: float | None = None
     hpa_replicas: int | None = None
     latency_is_p99: bool = True
+    executions_per_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +341,8 @@ class FloorState:
     # replicas have been this many (evidence needs the same replicas for a rate window).
     utilisation_gain: float = 1.0
     ready_seen: tuple[int, float] | None = None
+    # The batching cost line's points (batchcost.py), for services that batch.
+    batch_fit: CostFit = field(default_factory=CostFit)
     # (time, arrival rate) over the last horizon, to measure rises over one horizon.
     arrivals: tuple[tuple[float, float], ...] = ()
     rises: Rises = field(default_factory=Rises)
@@ -457,6 +473,20 @@ def decide(policy: FloorPolicy, state: FloorState, observation: FloorObservation
             else SERVICE_TIME_ALPHA * measured + (1 - SERVICE_TIME_ALPHA) * service
         )
     learned = dataclasses.replace(state, service_seconds=service)
+    execs = _usable(observation.executions_per_s)
+    if (
+        policy.max_batch > 1
+        and rate is not None
+        and busy is not None
+        and execs is not None
+        and execs > 0
+        and busy > 0
+        and rate * policy.signal_window_seconds >= GAIN_MIN_SAMPLES
+    ):
+        batch = min(max(rate / execs, 1.0), float(policy.max_batch))
+        learned = dataclasses.replace(
+            learned, batch_fit=learned.batch_fit.add(now, batch, busy / execs)
+        )
     if service is not None:
         learned = _learn_gain(policy, learned, observation, now, latency, rate, busy, service)
 
@@ -521,6 +551,27 @@ class _Model:
         )
         # What one replica serves at the planned utilisation.
         self.capacity = policy.instances_per_replica * self.utilisation / service
+        # A batching service: what the cost line says a replica sustains, where that is more.
+        # Until the line is known, the worst line through the measured point (all of the
+        # cost per request, none per execution) bounds it: see batchcost.py.
+        self.cost: CostLine | None = None
+        self.fitted: CostLine | None = None
+        self.batch_capacity: float | None = None
+        if policy.max_batch > 1:
+            servers, largest = policy.instances_per_replica, policy.max_batch
+            wait = EVIDENCE_RATIO * target_s
+            self.fitted = state.batch_fit.line()
+            sustained: float | None = None
+            if self.fitted is not None:
+                self.cost = self.fitted
+                sustained = self.fitted.sustained_rps(servers, largest, wait)
+            else:
+                # No executions reported: the smoothed service time is one request's.
+                batch, seconds = state.batch_fit.last or (1.0, service)
+                self.cost = CostLine(0.0, seconds / batch)
+                sustained = point_bound_rps(servers, largest, wait, batch, seconds)
+            if sustained is not None and sustained > self.capacity:
+                self.batch_capacity = self.capacity = sustained
         self.demand_rate = rate + pending / horizon
 
         holt = (
@@ -564,8 +615,23 @@ class _Model:
             forecast_error=error,
         )
 
+    def basis(self) -> str:
+        """What the per-replica capacity rests on, for a batching service's message."""
+        if self.batch_capacity is None or self.cost is None:
+            return ""
+        if self.fitted is None:
+            return " (batching; cost per batch size not yet measured)"
+        return (
+            f" (batches cost {1000 * self.cost.fixed_s:.1f} ms + "
+            f"{1000 * self.cost.per_item_s:.2f} ms per request)"
+        )
+
     def replicas(self, rate: float) -> int:
         p = self.policy
+        if self.batch_capacity is not None:
+            if rate <= 0 or not math.isfinite(rate):
+                return 0
+            return math.ceil(rate / self.batch_capacity - 1e-9)
         return replicas_for(
             rate,
             servers=p.instances_per_replica,
@@ -650,7 +716,7 @@ def _leading(
     message = (
         f"arrivals {m.rate:.1f}/s, forecast {m.forecast:.1f}/s in "
         f"{policy.horizon_seconds:.0f}s, +{m.headroom:.0%} headroom, "
-        f"{m.capacity:.1f}/s per replica: {plan} replicas"
+        f"{m.capacity:.1f}/s per replica{m.basis()}: {plan} replicas"
     )
 
     # Feedback: the queue says the plan is short, whatever it predicted.

@@ -375,6 +375,7 @@ class FloorLoop:
                 arrival_rps=signals.arrival_rps if signals else None,
                 pending_requests=signals.pending_requests if signals else None,
                 busy_instances=signals.busy_instances if signals else None,
+                executions_per_s=signals.executions_per_s if signals else None,
                 prewarm_rise=prewarm_history,
                 hpa_replicas=self._hpa_alone(ccs),
                 latency_is_p99=reading.p99,

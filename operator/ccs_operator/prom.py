@@ -27,7 +27,9 @@ service). Only services with a user query override cost one query each.
   because Triton counts a batch's compute time once for every request in it (measured on
   the real tritonserver: compute per request equals the batch's time), so dividing by the
   requests per execution counts each batch once. busy / arrivals is the service time S the
-  floor sizes replicas with.
+  floor sizes replicas with. And executions per second (`rate(nv_inference_exec_count)`):
+  arrivals / executions is the mean batch, busy / executions the seconds per execution,
+  the points of a batching service's cost line (batchcost.py).
 
 Pre-warm history comes from the same arrival-rate series one and two periods earlier:
 the highest rate over [now - k*period, now - k*period + lead + slack] (a subquery at 30 s
@@ -306,12 +308,20 @@ def busy_instances_query(
     )
 
 
+def executions_query(
+    window: str = DEFAULT_WINDOW, matchers: Mapping[str, str] | None = None
+) -> str:
+    """Model executions per second of every service (one per batch)."""
+    w = validate_window(window)
+    return f"sum by (namespace, service) (rate({EXEC_COUNT_METRIC}{_selector(matchers)}[{w}]))"
+
+
 def pending_requests_query(matchers: Mapping[str, str] | None = None) -> str:
     return f"sum by (namespace, service) ({PENDING_METRIC}{_selector(matchers)})"
 
 
 # The statistics of the one batched floor query, each tagged by a `stat` label.
-SIGNAL_STATS = ("mean", "p99", "arrivals", "busy", "pending")
+SIGNAL_STATS = ("mean", "p99", "arrivals", "busy", "pending", "execs")
 
 
 def floor_signals_query(
@@ -324,6 +334,7 @@ def floor_signals_query(
         "arrivals": arrival_rate_query(window, matchers),
         "busy": busy_instances_query(window, matchers),
         "pending": pending_requests_query(matchers),
+        "execs": executions_query(window, matchers),
     }
     return " or ".join(
         f'label_replace({parts[stat]}, "stat", "{stat}", "", "")' for stat in SIGNAL_STATS
@@ -407,6 +418,7 @@ class FloorSignals:
     arrival_rps: float | None
     busy_instances: float | None
     pending_requests: float | None
+    executions_per_s: float | None = None
 
 
 def group_floor_signals(samples: Iterable[Sample]) -> dict[ServiceKey, FloorSignals]:
@@ -433,6 +445,7 @@ def group_floor_signals(samples: Iterable[Sample]) -> dict[ServiceKey, FloorSign
             arrival_rps=finite(values, "arrivals"),
             busy_instances=finite(values, "busy"),
             pending_requests=finite(values, "pending"),
+            executions_per_s=finite(values, "execs"),
         )
     return out
 
