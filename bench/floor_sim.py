@@ -21,9 +21,13 @@ from Prometheus and the API server; nothing else enters `decide`):
   wait is Erlang C (mean and exact tail); above it a fluid backlog builds and drains, and a
   pod that turns Ready starts with an empty queue while the old ones drain theirs. A
   request violates the SLO when its queue wait exceeds `--target-ms`.
+  `--serving batching` serves through Triton's dynamic batcher instead (`BatchServing`):
+  an execution of b requests costs `--batch-fixed-ms` + b * `--batch-item-ms`, up to
+  `--max-batch`; the instances run back to back once load exceeds what they serve one
+  request at a time, and a request then waits for the next instance to turn free.
 - What Prometheus holds (Triton's series, scraped every 15 s, read through rate(...[1m])
   ending at the last scrape): completed requests, busy instance-seconds (a batch's compute
-  counted once), pending requests, and each pod's p99 queue wait over the last minute
+  counted once), executions, pending requests, and each pod's p99 queue wait over the last minute
   (Triton's summary; the operator takes the worst pod). Pre-warm's history is the same
   arrival-rate series one period earlier, as prom.py's subquery reads it.
 - HPA (what render.py emits, autoscaling/v2 semantics): 15 s sync; CPU utilisation of a GPU
@@ -83,6 +87,7 @@ from results import commit, write_section
 
 RESULTS_HEADING = "## Warm floor simulation"
 TRACE_HEADING = "## Warm floor on a real trace"
+BATCHING_SUFFIX = ", batching serving"
 # 30..80% in steps of 5, and below that, so that a floor that spends more than a 30% HPA
 # (bursty traces) still has an equal-cost point to be compared against.
 HPA_TARGETS = tuple(range(15, 81, 5))
@@ -277,25 +282,104 @@ class Pod:
 
 
 @dataclass(frozen=True)
+class PodLoad:
+    """One pod's steady state at an arrival rate below saturation."""
+
+    mean_wait: float  # seconds
+    share_over: float  # share of requests whose queue wait exceeds the target
+    p99: float  # seconds
+    busy: float  # busy model-instance seconds per second, each batch counted once
+    executions: float  # model executions per second
+
+
+@dataclass(frozen=True)
 class Serving:
+    """One Triton per pod, `instances` model instances behind one queue, each request
+    served alone: M/M/c with service time `service_s` (Triton's default scheduler, or
+    batching whose batches stay at one request)."""
+
     service_s: float  # per unit request per instance
     instances: int
     target_s: float
 
     @property
     def capacity(self) -> float:
+        """Requests per second a pod completes when saturated."""
         return self.instances / self.service_s
 
-    def steady(self, rate: float) -> tuple[float, float, float]:
-        """(mean wait, share over target, p99 wait) of one pod at `rate` below saturation."""
+    def steady(self, rate: float) -> PodLoad:
         if rate <= 0:
-            return 0.0, 0.0, 0.0
+            return PodLoad(0.0, 0.0, 0.0, 0.0, 0.0)
         mu = 1.0 / self.service_s
         c = erlang_c(self.instances, rate / mu)
         drain = self.instances * mu - rate
         tail = c * math.exp(-drain * self.target_s)
         p99 = math.log(c / 0.01) / drain if c > 0.01 else 0.0
-        return c / drain, tail, p99
+        return PodLoad(c / drain, tail, p99, rate * self.service_s, rate)
+
+    @property
+    def saturated_wait(self) -> float:
+        """Queue wait at saturation beyond the backlog's own (backlog / capacity)."""
+        return 0.0
+
+    @property
+    def saturated_batch(self) -> int:
+        return 1
+
+
+@dataclass(frozen=True)
+class BatchServing:
+    """Triton's dynamic batcher: an instance that turns free takes every queued request (up
+    to `max_batch`) as one execution costing `fixed_s + item_s * b`, as a GPU does.
+
+    A fluid model of that batcher. While an instance is free whenever a request arrives
+    (offered load at batch 1 below the instances), batches hold one request and a request
+    waits only if it finds every instance busy (Erlang C at service time fixed + item).
+    Past that, the instances run back to back and each execution carries what arrived since
+    the previous one was taken: b = rate * T / c, so the cycle is T = fixed / (1 - item *
+    rate / c), and a request waits for the next instance to turn free, uniformly up to
+    `wait_span` of a cycle (1/c when the instances stay evenly staggered, 1 when they run in
+    step; the model takes the middle). Saturated at b = max_batch.
+    """
+
+    fixed_s: float
+    item_s: float
+    max_batch: int
+    instances: int
+    target_s: float
+    wait_span: float = 0.75
+
+    @property
+    def capacity(self) -> float:
+        return self.instances * self.max_batch / (self.fixed_s + self.item_s * self.max_batch)
+
+    def cycle(self, rate: float) -> tuple[float, float]:
+        """(requests per execution, seconds per execution) at `rate` per pod."""
+        single = self.fixed_s + self.item_s
+        if rate * single <= self.instances:
+            return 1.0, single
+        span = self.fixed_s / (1 - self.item_s * rate / self.instances)
+        return rate * span / self.instances, span
+
+    def steady(self, rate: float) -> PodLoad:
+        if rate <= 0:
+            return PodLoad(0.0, 0.0, 0.0, 0.0, 0.0)
+        batch, span = self.cycle(rate)
+        single = self.fixed_s + self.item_s
+        waits = erlang_c(self.instances, rate * single) if batch <= 1 else 1.0
+        longest = self.wait_span * span
+        over = waits * max(0.0, 1 - self.target_s / longest)
+        p99 = longest * (1 - 0.01 / waits) if waits > 0.01 else 0.0
+        busy = rate * span / batch
+        return PodLoad(waits * longest / 2, over, p99, busy, rate / batch)
+
+    @property
+    def saturated_wait(self) -> float:
+        return self.wait_span * (self.fixed_s + self.item_s * self.max_batch)
+
+    @property
+    def saturated_batch(self) -> int:
+        return self.max_batch
 
 
 def _share_above(w0: float, w1: float, target: float) -> float:
@@ -384,6 +468,23 @@ class Setup:
     max_replicas: int = 20
     hpa_lag_s: float = 30.0
     burst_cover: float = 0.75
+    # "mmc": one request per execution; "batching": Triton's dynamic batcher (BatchServing).
+    serving_model: str = "mmc"
+    batch_fixed_ms: float = 40.0
+    batch_item_ms: float = 10.0
+    max_batch: int = 8
+
+    def serving(self) -> Serving | BatchServing:
+        target = self.target_ms / 1000
+        if self.serving_model == "batching":
+            return BatchServing(
+                self.batch_fixed_ms / 1000,
+                self.batch_item_ms / 1000,
+                self.max_batch,
+                self.instances,
+                target,
+            )
+        return Serving(self.service_ms / 1000, self.instances, target)
 
 
 @dataclass(frozen=True)
@@ -419,6 +520,7 @@ def _policy(setup: Setup, config: Config, horizon: int) -> FloorPolicy:
             enabled=config.kind == "floor+prewarm", lead_time_seconds=horizon
         ),
         instances_per_replica=setup.instances,
+        max_batch=setup.max_batch if setup.serving_model == "batching" else 1,
         horizon_seconds=float(horizon),
         burst_cover=setup.burst_cover,
     )
@@ -436,7 +538,7 @@ def simulate(
     rng = random.Random(f"{seed}/{config.name}")
     cold_rng = random.Random(f"{seed}/cold")  # the same cold starts for every configuration
     dt = trace.dt
-    serving = Serving(setup.service_ms / 1000, setup.instances, setup.target_ms / 1000)
+    serving = setup.serving()
     days = trace.days
     res = Result(
         config.name,
@@ -468,7 +570,7 @@ def simulate(
     lag_steps = max(1, round(setup.hpa_lag_s / dt))
     cpu_log: deque[float | None] = deque(maxlen=lag_steps + round(15 / dt) + 1)
     window_steps = max(1, round(RATE_WINDOW_S / dt))
-    scrape_log: deque[tuple[float, float, float, float, float]] = deque()
+    scrape_log: deque[tuple[float, float, float, float, float, float]] = deque()
     rate_history: list[float] = []  # the arrival-rate signal at every floor evaluation
     hpa_alone = setup.min_replicas
     gated = 0
@@ -477,7 +579,7 @@ def simulate(
     every_floor = max(1, round(FLOOR_INTERVAL_S / dt))
     summary_steps = max(1, round(SUMMARY_WINDOW_S / dt))
     # Per step: (completions, busy instance-seconds, pending at the end, worst p99).
-    steps: deque[tuple[float, float, float]] = deque(maxlen=window_steps + 8)
+    steps: deque[tuple[float, float, float, float]] = deque(maxlen=window_steps + 8)
     pending_now = 0.0
     kinds = _step_kinds(trace)
 
@@ -495,6 +597,7 @@ def simulate(
         late = 0.0
         pending_now = 0.0
         busy_sum = 0.0
+        execs = 0.0
         if not ready:
             late = arrivals
         else:
@@ -504,19 +607,25 @@ def simulate(
             for p in ready:
                 start = p.backlog
                 if start == 0 and steady is not None:
-                    mean_wait, tail, p99 = steady
                     done = share * dt
-                    late_share = tail
-                    pending = share * mean_wait
+                    late_share = steady.share_over
+                    p99 = steady.p99
+                    pending = share * steady.mean_wait
+                    busy = steady.busy * dt
+                    executed = steady.executions * dt
                 else:
                     p.backlog = max(0.0, start + (share - cap) * dt)
-                    w0, w1 = start / cap, p.backlog / cap
+                    w0 = start / cap + serving.saturated_wait
+                    w1 = p.backlog / cap + serving.saturated_wait
                     late_share = _share_above(w0, w1, serving.target_s)
                     p99 = max(w0, w1)
                     done = share * dt + start - p.backlog
                     pending = p.backlog
+                    busy = done * serving.instances / cap  # every instance busy
+                    executed = done / serving.saturated_batch
                 completions += done
-                busy_sum += done * serving.service_s
+                busy_sum += busy
+                execs += executed
                 late += share * dt * late_share
                 pending_now += pending
                 p.window.append((share * dt, share * dt * p99))
@@ -532,13 +641,13 @@ def simulate(
             gpu = len(pods) * dt / 3600
             res.gpu_hours += gpu
             res.day_gpu_hours[day] += gpu
-        steps.append((completions, busy_sum, pending_now))
+        steps.append((completions, busy_sum, pending_now, execs))
         if log is not None:
             log.append((now, work, len(pods), len(ready), late, floor))
 
         # CPU as metrics-server reports it, per ready pod.
         if ready:
-            busy_fraction = (work / len(ready)) * serving.service_s / serving.instances
+            busy_fraction = (work / len(ready)) / serving.capacity
             cpu_log.append(
                 sum(cpu_utilisation(busy_fraction, rng) for _ in ready) / len(ready)
             )
@@ -557,17 +666,18 @@ def simulate(
             scrape_log.append(
                 (
                     now,
-                    sum(c for c, _, _ in recent) / span,
-                    sum(b for _, b, _ in recent) / span,
+                    sum(c for c, _, _, _ in recent) / span,
+                    sum(b for _, b, _, _ in recent) / span,
                     pending_now,
                     worst * 1000 if ready else math.inf,
+                    sum(e for _, _, _, e in recent) / span,
                 )
             )
             while len(scrape_log) > 4:
                 scrape_log.popleft()
 
         if use_floor and i % every_floor == 0 and scrape_log:
-            _, rate, busy, pending, p99_ms = scrape_log[-1]
+            _, rate, busy, pending, p99_ms, executions = scrape_log[-1]
             horizon = lead_time_seconds(
                 cold.summary(), DEFAULT_LEAD_TIME_SECONDS, int(FLOOR_INTERVAL_S)
             )
@@ -587,6 +697,7 @@ def simulate(
                     busy_instances=busy,
                     prewarm_rise=history,
                     hpa_replicas=hpa_alone,
+                    executions_per_s=executions,
                 ),
             )
             rate_history.append(rate)
@@ -761,6 +872,15 @@ def report(
     setup = _setup(args)
     multi = len(runs) > 1
     heading = TRACE_HEADING if args.trace else RESULTS_HEADING
+    if setup.serving_model == "batching":
+        heading += BATCHING_SUFFIX
+        served = (
+            f", dynamic batching: {setup.batch_fixed_ms:g} ms per execution + "
+            f"{setup.batch_item_ms:g} ms per request, max batch {setup.max_batch} "
+            f"({setup.serving().capacity:.0f} requests/s per replica saturated)"
+        )
+    else:
+        served = f", {setup.service_ms:g} ms per request per instance (no batching)"
     what = (
         f"trace {args.trace.name}, {len(runs)} runs (scales x seeds)"
         if args.trace
@@ -772,8 +892,8 @@ def report(
         f"Command: `{cmd}` at commit {commit()} ({elapsed:.0f}s). Model: the docstring of "
         "`bench/floor_sim.py`.",
         f"Inputs: {what}"
-        f", {setup.service_ms:g} ms per request per instance, {setup.instances} instances per "
-        f"replica, cold start log-normal median {setup.cold_start_s:g}s sigma "
+        f"{served}, {setup.instances} instances per replica, cold start log-normal median "
+        f"{setup.cold_start_s:g}s sigma "
         f"{setup.cold_start_sigma:g}, queue-wait target {setup.target_ms:g} ms, replicas "
         f"{setup.min_replicas}..{setup.max_replicas}, HPA metric lag {setup.hpa_lag_s:g}s. "
         "Floor: the operator's defaults (burst cover "
@@ -1012,6 +1132,10 @@ def _setup(args: argparse.Namespace) -> Setup:
         max_replicas=args.max_replicas,
         hpa_lag_s=args.hpa_lag_s,
         burst_cover=args.burst_cover,
+        serving_model=args.serving,
+        batch_fixed_ms=args.batch_fixed_ms,
+        batch_item_ms=args.batch_item_ms,
+        max_batch=args.max_batch,
     )
 
 
@@ -1031,7 +1155,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--days", type=int, default=7, help="synthetic days per seed (default 7)")
     p.add_argument("--plateau-rps", type=float, default=300.0, help="synthetic day plateau")
     p.add_argument("--dt", type=float, help="seconds per step (default 5; 1 for a trace)")
+    p.add_argument(
+        "--serving",
+        choices=("mmc", "batching"),
+        default="mmc",
+        help="mmc: one request per execution (--service-ms); batching: Triton's dynamic "
+        "batcher, each execution --batch-fixed-ms + --batch-item-ms per request",
+    )
     p.add_argument("--service-ms", type=float, default=20.0)
+    p.add_argument("--batch-fixed-ms", type=float, default=40.0)
+    p.add_argument("--batch-item-ms", type=float, default=10.0)
+    p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--instances", type=int, default=2)
     p.add_argument("--target-ms", type=float, default=100.0)
     p.add_argument("--cold-start-s", type=float, default=180.0)

@@ -125,3 +125,29 @@ def test_runs_are_reproducible() -> None:
     b = floor_sim.simulate(trace, config, floor_sim.Setup(), seed=3)
     assert (a.violating, a.gpu_hours) == (b.violating, b.gpu_hours)
     assert a.floor_changes == b.floor_changes
+
+
+def test_batching_serving_model() -> None:
+    """Triton's dynamic batcher as the simulator serves it: one request per execution while
+    an instance is free, back to back beyond that, saturated at the largest batch."""
+    serving = floor_sim.BatchServing(0.04, 0.01, 8, 2, 0.1)
+    assert serving.capacity == pytest.approx(2 * 8 / 0.12)
+    assert serving.cycle(20.0) == (1.0, pytest.approx(0.05))
+    batch, span = serving.cycle(100.0)
+    assert span == pytest.approx(0.04 / (1 - 0.01 * 100 / 2)) and batch == pytest.approx(4.0)
+    busy = serving.steady(100.0)
+    # Busy all the time below saturation, and every wait within a share of one cycle.
+    assert busy.busy == pytest.approx(2.0) and busy.executions == pytest.approx(25.0)
+    assert busy.p99 <= serving.wait_span * span and busy.share_over == 0.0
+    quiet = serving.steady(20.0)
+    assert quiet.busy == pytest.approx(20 * 0.05) and quiet.executions == pytest.approx(20.0)
+
+
+def test_the_floor_sizes_a_batching_service_from_its_batches() -> None:
+    """Busy share alone reads a back-to-back batcher as saturated and drove the floor to
+    several times the HPA's GPUs; the cost line sizes it near what the load needs."""
+    trace = floor_sim.synthetic_trace(1, 1, 300.0, 5.0)
+    setup = floor_sim.Setup(serving_model="batching")
+    hpa = floor_sim.simulate(trace, floor_sim.Config("hpa", "hpa", 60), setup, seed=1)
+    floor = floor_sim.simulate(trace, floor_sim.Config("floor", "floor", 60), setup, seed=1)
+    assert floor.gpu_hours < 1.5 * hpa.gpu_hours
