@@ -533,7 +533,7 @@ class MonitoringStack:
 
     @property
     def url(self) -> str:
-        """Prometheus' HTTP API on the root namespace's loopback (bridged out)."""
+        """Prometheus' web UI and HTTP API on the root namespace's loopback (bridged out)."""
         return f"http://127.0.0.1:{self.port}"
 
     def _pid(self, component: str) -> int | None:

@@ -7,12 +7,20 @@ the Go version and the build flags, so a change to any of them builds afresh and
 unchanged toolchain is reused at once. A binary with a directory of its own
 (prometheus-operator) is keyed by its own module alone, so adding or bumping it never
 rebuilds the cluster.
+
+Prometheus embeds its web UI, which its Go module holds as sources only: they are built
+with npm from the module's own package-lock.json (`npm ci`, then the workspaces upstream's
+web/ui/build_ui.sh builds) and gzipped into a writable copy of the module, which the build
+uses through a `replace` in a copy of toolchain/prometheus/go.mod (`-modfile`), with
+upstream's `builtinassets` tag. cmd/go refuses overlays of files in the module cache, so
+the copy is what lets go:embed see them.
 """
 
 from __future__ import annotations
 
 import fcntl
 import functools
+import gzip
 import hashlib
 import json
 import os
@@ -34,6 +42,17 @@ PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator"
 PROMETHEUS = "github.com/prometheus/prometheus"
 # How often a long build says it is still alive, so CI logs never look hung.
 _HEARTBEAT_S = 60.0
+# The npm workspaces of a module's web/ui built for an embedded web UI, in order: the
+# PromQL modules the UI imports, then the UI (Prometheus 3's; the old react-app, served
+# only with --enable-feature=old-ui, is not built). Part of the binary's cache key.
+WEB_UI_WORKSPACES = (
+    "@prometheus-io/lezer-promql",
+    "@prometheus-io/codemirror-promql",
+    "@prometheus-io/mantine-ui",
+)
+# Where the built UI lies in web/ui/, and where the module serves it from (web/web.go).
+_WEB_UI_DIST = "mantine-ui/dist"
+_WEB_UI_STATIC = "static/mantine-ui"
 
 
 class BuildError(RuntimeError):
@@ -52,6 +71,9 @@ class Binary:
     # Set: built into bin/<own_dir>-<hash of its module alone>/. None: into the cluster's
     # shared directory (bin_dir()), whose hash covers every shared binary's module.
     own_dir: str | None = None
+    tags: tuple[str, ...] = ()
+    # Set: the module (a path go.mod requires) whose web/ui is built with npm and embedded.
+    web_ui: str | None = None
 
 
 def required_version(module: str, path: str) -> str:
@@ -131,8 +153,8 @@ def binaries() -> list[Binary]:
             own_dir=f"prometheus-operator-{promop}",
         ),
         # Debian's prometheus has no Kubernetes service discovery (removed there for its
-        # dependencies), so the one that reads ServiceMonitors' targets is built here. Its
-        # web UI's compiled assets are not in the module: the HTTP API is served, not the UI.
+        # dependencies), so the one that reads ServiceMonitors' targets is built here, with
+        # its web UI built from the module's sources and embedded as upstream's release is.
         Binary(
             "prometheus",
             "prometheus",
@@ -142,13 +164,16 @@ def binaries() -> list[Binary]:
                 "-X github.com/prometheus/common/version.Branch=module",
             ),
             own_dir=f"prometheus-v{prometheus}",
+            tags=("builtinassets",),
+            web_ui=PROMETHEUS,
         ),
     ]
 
 
 def _build_flags(binary: Binary) -> list[str]:
     ldflags = " ".join(["-s", "-w", *binary.ldflags])
-    return ["-trimpath", "-ldflags", ldflags]
+    tags = ["-tags", ",".join(binary.tags)] if binary.tags else []
+    return ["-trimpath", *tags, "-ldflags", ldflags]
 
 
 def _go() -> str:
@@ -179,7 +204,10 @@ def _group_hash(group: list[Binary], go: str | None) -> str:
             digest.update(path.read_bytes())
     digest.update(_go_version(go or _go()).encode())
     for binary in group:
-        digest.update(json.dumps([binary.name, binary.package, _build_flags(binary)]).encode())
+        recipe: list[object] = [binary.name, binary.package, _build_flags(binary)]
+        if binary.web_ui:
+            recipe.append([binary.web_ui, *WEB_UI_WORKSPACES])
+        digest.update(json.dumps(recipe).encode())
     return digest.hexdigest()[:12]
 
 
@@ -220,27 +248,135 @@ def _tail(path: Path, lines: int = 25) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _build_one(go: str, binary: Binary, out_dir: Path) -> None:
-    target = out_dir / binary.name
-    partial = out_dir / f".{binary.name}.partial"
-    log_path = out_dir / f"build-{binary.name}.log"
-    jobs = str(os.cpu_count() or 2)
-    cmd = [go, "build", "-p", jobs, *_build_flags(binary), "-o", str(partial), binary.package]
-    what = binary.name + (f" ({', '.join(binary.aliases)})" if binary.aliases else "")
-    _log(f"building {what} ...")
+def _run_logged(cmd: list[str], cwd: Path, log_path: Path, what: str) -> tuple[int, float]:
+    """Runs `cmd` with its output appended to `log_path`, saying every minute that it is
+    still `what`; returns its exit status and the seconds it took."""
     started = time.monotonic()
-    with open(log_path, "w") as log:
+    with open(log_path, "a") as log:
         log.write(" ".join(cmd) + "\n")
         log.flush()
-        proc = subprocess.Popen(
-            cmd, cwd=TOOLCHAIN_DIR / binary.module, stdout=log, stderr=subprocess.STDOUT
-        )
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
         while True:
             try:
                 rc = proc.wait(timeout=_HEARTBEAT_S)
                 break
             except subprocess.TimeoutExpired:
-                _log(f"  still building {binary.name} ({time.monotonic() - started:.0f}s)")
+                _log(f"  still {what} ({time.monotonic() - started:.0f}s)")
+    return rc, time.monotonic() - started
+
+
+def _npm() -> str:
+    npm = shutil.which("npm")
+    if not npm:
+        raise BuildError(
+            "Node.js (18, 20 or >= 22, as the UI's vite 6 needs) and npm are needed to build "
+            "Prometheus' web UI; its first step, `npm ci`, cannot run: no npm on PATH"
+        )
+    return npm
+
+
+def _npm_step(npm: str, args: list[str], ui_dir: Path, log_path: Path) -> None:
+    """One npm step of the web UI's build; a failure names the step and quotes npm."""
+    step = " ".join(["npm", *args])
+    _log(f"  web UI: {step} ...")
+    rc, elapsed = _run_logged([npm, *args], ui_dir, log_path, f"running {step}")
+    if rc != 0:
+        raise BuildError(
+            f"building the web UI: `{step}` failed (exit {rc}) after {elapsed:.0f}s in "
+            f"{ui_dir}; full log: {log_path}\n{_tail(log_path)}"
+        )
+
+
+def _writable_dirs(path: Path) -> None:
+    """Module cache directories are read-only, and copytree copies that; undo it."""
+    for directory, _, _ in os.walk(path):
+        os.chmod(directory, 0o755)
+
+
+def _remove_tree(path: Path) -> None:
+    _writable_dirs(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _writable_copy(source: Path, copy: Path) -> None:
+    """A copy of a module from the module cache that the build may write into."""
+    _remove_tree(copy)
+    shutil.copytree(source, copy, copy_function=shutil.copyfile)
+    _writable_dirs(copy)
+
+
+def _compress_web_ui(ui_dir: Path) -> list[str]:
+    """Gzips the built UI to where the module serves it from, as upstream's
+    scripts/compress_assets.sh does (no name or time stamp in the gzip header); returns
+    the files' paths relative to web/ui, for go:embed."""
+    dist, static = ui_dir / _WEB_UI_DIST, ui_dir / _WEB_UI_STATIC
+    if not (dist / "index.html").is_file():
+        raise BuildError(f"building the web UI produced no {dist / 'index.html'}")
+    embedded = []
+    for path in sorted(p for p in dist.rglob("*") if p.is_file()):
+        target = static / f"{path.relative_to(dist)}.gz"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
+        embedded.append(target.relative_to(ui_dir).as_posix())
+    return embedded
+
+
+def _write_embed_go(ui_dir: Path, embedded: list[str]) -> None:
+    """web/ui/embed.go as compress_assets.sh writes it: the template plus one go:embed."""
+    template = (ui_dir / "embed.go.tmpl").read_text()
+    embed = f"{template}//go:embed {' '.join(embedded)}\nvar EmbedFS embed.FS\n"
+    (ui_dir / "embed.go").write_text(embed)
+
+
+def _build_web_ui(ui_dir: Path, log_path: Path) -> None:
+    """Upstream's `make assets assets-compress` for the UI Prometheus 3 serves."""
+    npm = _npm()
+    _npm_step(npm, ["ci", "--no-audit", "--no-fund"], ui_dir, log_path)
+    for workspace in WEB_UI_WORKSPACES:
+        _npm_step(npm, ["run", "build", "-w", workspace], ui_dir, log_path)
+    _write_embed_go(ui_dir, _compress_web_ui(ui_dir))
+    shutil.rmtree(ui_dir / "node_modules")  # hundreds of MB, not needed by go build
+
+
+def _embed_web_ui(binary: Binary, path: str, work_dir: Path, log_path: Path) -> list[str]:
+    """Builds the web UI of module `path` into a writable copy of it; returns the
+    `go build` flags that build `binary` against the copy."""
+    _npm()  # before anything else: say at once that npm is missing
+    module = TOOLCHAIN_DIR / binary.module
+    version = required_version(binary.module, path)
+    copy = work_dir / "module"
+    log_path.write_text("")
+    _log(f"building the web UI of {path}@{version} with npm (log: {log_path})")
+    started = time.monotonic()
+    _writable_copy(download_module(path, version, cwd=module), copy)
+    _build_web_ui(copy / "web" / "ui", log_path)
+    _log(f"built the web UI in {time.monotonic() - started:.0f}s")
+    modfile = work_dir / "go.mod"
+    modfile.write_text(f"{(module / 'go.mod').read_text()}\nreplace {path} => {copy}\n")
+    shutil.copyfile(module / "go.sum", work_dir / "go.sum")
+    return ["-modfile", str(modfile)]
+
+
+def _build_one(go: str, binary: Binary, out_dir: Path) -> None:
+    target = out_dir / binary.name
+    partial = out_dir / f".{binary.name}.partial"
+    log_path = out_dir / f"build-{binary.name}.log"
+    log_path.write_text("")
+    work_dir = out_dir / f".{binary.name}.work"
+    _remove_tree(work_dir)
+    what = binary.name + (f" ({', '.join(binary.aliases)})" if binary.aliases else "")
+    _log(f"building {what} ...")
+    started = time.monotonic()
+    source_flags: list[str] = []
+    if binary.web_ui:
+        work_dir.mkdir()
+        ui_log = out_dir / f"build-{binary.name}-ui.log"
+        source_flags = _embed_web_ui(binary, binary.web_ui, work_dir, ui_log)
+    jobs = str(os.cpu_count() or 2)
+    cmd = [go, "build", "-p", jobs, *_build_flags(binary), *source_flags, "-o", str(partial)]
+    cmd.append(binary.package)
+    cwd = TOOLCHAIN_DIR / binary.module
+    rc, _ = _run_logged(cmd, cwd, log_path, f"building {binary.name}")
     elapsed = time.monotonic() - started
     if rc != 0:
         partial.unlink(missing_ok=True)
@@ -248,6 +384,7 @@ def _build_one(go: str, binary: Binary, out_dir: Path) -> None:
             f"building {binary.name} from toolchain/{binary.module} failed (exit {rc}) after "
             f"{elapsed:.0f}s; full log: {log_path}\n{_tail(log_path)}"
         )
+    _remove_tree(work_dir)
     partial.replace(target)  # atomic: a half-written binary is never mistaken for a build
     for alias in binary.aliases:
         link = out_dir / alias

@@ -6,6 +6,7 @@ no Go toolchain runs.
 
 from __future__ import annotations
 
+import gzip
 import shutil
 from pathlib import Path
 
@@ -121,3 +122,60 @@ def test_ensure_built_reuses_complete_directories(tree: Path) -> None:
     promop_dir.mkdir(parents=True)
     (promop_dir / "prometheus-operator").write_text("")
     assert toolchain.ensure_built(("prometheus-operator",)) == promop_dir
+
+
+def test_prometheus_embeds_a_web_ui_whose_recipe_keys_its_directory(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An old build without the UI, or with another UI recipe, is never reused."""
+    prometheus = _binary("prometheus")
+    assert prometheus.web_ui == toolchain.PROMETHEUS
+    assert "builtinassets" in toolchain._build_flags(prometheus)
+    before = {b.name: toolchain.binary_dir(b) for b in toolchain.binaries()}
+    monkeypatch.setattr(toolchain, "WEB_UI_WORKSPACES", toolchain.WEB_UI_WORKSPACES[1:])
+    after = {b.name: toolchain.binary_dir(b) for b in toolchain.binaries()}
+    assert {name for name in before if before[name] != after[name]} == {"prometheus"}
+
+
+def test_the_web_ui_build_says_when_npm_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(toolchain.BuildError, match="no npm on PATH"):
+        toolchain._npm()
+
+
+def test_a_failed_npm_step_is_named_with_its_output(tmp_path: Path) -> None:
+    npm = tmp_path / "npm"
+    npm.write_text("#!/bin/sh\necho 'ERESOLVE could not resolve' >&2\nexit 7\n")
+    npm.chmod(0o755)
+    log = tmp_path / "ui.log"
+    with pytest.raises(toolchain.BuildError) as failed:
+        toolchain._npm_step(str(npm), ["ci", "--no-audit"], tmp_path, log)
+    assert "`npm ci --no-audit` failed (exit 7)" in str(failed.value)
+    assert "ERESOLVE could not resolve" in str(failed.value)
+
+
+def test_the_built_ui_is_gzipped_where_the_module_serves_it_and_embedded(tmp_path: Path) -> None:
+    dist = tmp_path / "mantine-ui" / "dist"
+    (dist / "assets").mkdir(parents=True)
+    (dist / "index.html").write_text('<div id="root"></div>')
+    (dist / "assets" / "index-abc.js").write_text("console.log(1)")
+    (tmp_path / "embed.go.tmpl").write_text('package ui\n\nimport "embed"\n\n')
+    embedded = toolchain._compress_web_ui(tmp_path)
+    assert embedded == [
+        "static/mantine-ui/assets/index-abc.js.gz",
+        "static/mantine-ui/index.html.gz",
+    ]
+    packed = (tmp_path / embedded[1]).read_bytes()
+    assert gzip.decompress(packed) == b'<div id="root"></div>'
+    assert packed[4:8] == b"\0\0\0\0"  # no time stamp: the same UI gives the same binary
+    toolchain._write_embed_go(tmp_path, embedded)
+    embed_go = (tmp_path / "embed.go").read_text()
+    assert f"//go:embed {' '.join(embedded)}\nvar EmbedFS embed.FS\n" in embed_go
+
+
+def test_a_ui_build_without_its_index_page_fails(tmp_path: Path) -> None:
+    (tmp_path / "mantine-ui" / "dist").mkdir(parents=True)
+    with pytest.raises(toolchain.BuildError, match=r"produced no .*index\.html"):
+        toolchain._compress_web_ui(tmp_path)
