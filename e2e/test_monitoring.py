@@ -12,7 +12,10 @@ fault, not a configuration that never arrived.
 from __future__ import annotations
 
 import copy
+import re
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -234,3 +237,31 @@ def test_a_prometheusrule_reaches_the_rule_files_prometheus_evaluates(
         assert rules[0]["query"] == "vector(1)"
         custom.delete_namespaced_custom_object(*plural, "probe")
         _wait("the rule gone", lambda: not evaluated())
+
+
+def _get(url: str) -> tuple[str, str, bytes]:
+    """The final URL (after redirects), content type and body of a GET that succeeds."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.geturl(), response.headers.get_content_type(), response.read()
+    except urllib.error.HTTPError as exc:
+        raise AssertionError(f"GET {url}: {exc.code} {exc.read()[:300]!r}") from exc
+
+
+def test_the_url_prometheus_is_bridged_to_serves_its_web_ui(monitoring: MonitoringStack) -> None:
+    """The URL `make demo` prints opens Prometheus' own UI, built from its module's sources
+    (e2e.toolchain): `/` leads to the query page, the graph and targets pages are the UI's
+    page too, and the script that page loads is served."""
+    final, content_type, body = _get(f"{monitoring.url}/")
+    assert urlsplit(final).path == "/query", final
+    assert content_type == "text/html", content_type
+    page = body.decode()
+    assert '<div id="root"></div>' in page, page[:2000]
+    scripts = re.findall(r'<script type="module"[^>]* src="\.?(/assets/[^"]+\.js)"', page)
+    assert scripts, page[:2000]
+    for path in ("/graph", "/targets"):
+        assert _get(f"{monitoring.url}{path}")[2] == body, path
+    for script in scripts:
+        _, content_type, code = _get(f"{monitoring.url}{script}")
+        assert content_type in {"application/javascript", "text/javascript"}, script
+        assert len(code) > 100_000, (script, code[:200])  # the bundled UI, not an error page
