@@ -560,10 +560,7 @@ class Reconciler:
             known = self.children.get((kind, ccs.namespace, name))
             if known is not None and known.owner_uid == ccs.uid:
                 continue
-            try:
-                live = await self.kube.get(kind, ccs.namespace, name)
-            except Transient as exc:
-                raise RetryLater.of(f"reading {kind} {name}", exc) from exc
+            live = await self._get_or_retry((kind, ccs.namespace, name))
             if live is not None and controller_uid(live) != ccs.uid:
                 owner = controller_name(live)
                 whose = f"ClaudeCodeService {owner}" if owner else "nobody we know"
@@ -635,12 +632,17 @@ class Reconciler:
         await self._prune_service_monitor(ccs, desired)
         return ApplyOutcome(), deployment
 
-    async def _read_back(self, key: ChildKey) -> ChildRecord | None:
-        """Refresh the cache of one child from the server (a read, never a write)."""
+    async def _get_or_retry(self, key: ChildKey) -> dict[str, Any] | None:
+        """One child from the server, None when it does not exist; an unreachable or
+        overloaded server is retried later (with its Retry-After)."""
         try:
-            live = await self.kube.get(*key)
+            return await self.kube.get(*key)
         except Transient as exc:
             raise RetryLater.of(f"reading {key[0]} {key[2]}", exc) from exc
+
+    async def _read_back(self, key: ChildKey) -> ChildRecord | None:
+        """Refresh the cache of one child from the server (a read, never a write)."""
+        live = await self._get_or_retry(key)
         if live is None:
             self.children.pop(key, None)
             return None
@@ -674,10 +676,7 @@ class Reconciler:
         else:
             if key in self.absent:
                 return False
-            try:  # not watched: one read instead of a write
-                live = await self.kube.get(*key)
-            except Transient as exc:
-                raise RetryLater.of(f"reading {key[0]} {key[2]}", exc) from exc
+            live = await self._get_or_retry(key)  # not watched: one read instead of a write
             if live is None:
                 return False
             live_fingerprint = fingerprint(live)
