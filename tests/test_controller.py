@@ -20,7 +20,7 @@ from ccs_operator import handlers
 from ccs_operator.config import OperatorConfig
 from ccs_operator.handlers import MANAGED_BY_SELECTOR, configure, needs_reconcile
 from ccs_operator.kube import Rejected, Transient
-from ccs_operator.reconcile import ChildRecord, Reconciler, child_changed
+from ccs_operator.reconcile import TOMBSTONE_SECONDS, ChildRecord, Reconciler, child_changed
 from ccs_operator.render import RenderSettings
 from ccs_operator.workqueue import Backoff, WorkQueue
 from fakekube import FakeKube
@@ -185,6 +185,28 @@ async def test_a_deleted_service_does_not_come_back_from_a_status_write_in_fligh
         assert "Deployment" in kube.kinds(NS)
     finally:
         await reconciler.workers.stop()
+
+
+@pytest.mark.asyncio
+async def test_tombstones_block_for_their_lifetime_and_only_the_resync_prunes_them() -> None:
+    """Defect: every service event scanned the whole tombstone map to prune it; the event
+    path now only looks its uid up, and the resync prunes once per round."""
+    reconciler, kube, _ = make()
+    recent, expired = kube.add_service(service("recent")), kube.add_service(service("expired"))
+    for body in (recent, expired):
+        reconciler.forget_service((NS, body["metadata"]["name"]), body["metadata"]["uid"])
+    reconciler.tombstones[expired["metadata"]["uid"]] -= TOMBSTONE_SECONDS + 1
+    assert not reconciler.remember_service(recent)  # deleted within the lifetime: ignored
+    assert reconciler.remember_service(expired)  # past it: no longer blocks
+    # Neither event pruned anything: the map is only scanned by the resync.
+    assert set(reconciler.tombstones) == {recent["metadata"]["uid"], expired["metadata"]["uid"]}
+    stop = asyncio.Event()
+    resync = asyncio.create_task(reconciler.resync(stop, interval=0.05))
+    await asyncio.sleep(0.1)
+    stop.set()
+    await resync
+    assert set(reconciler.tombstones) == {recent["metadata"]["uid"]}
+    assert not reconciler.remember_service(recent)
 
 
 @pytest.mark.asyncio

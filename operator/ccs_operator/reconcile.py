@@ -317,12 +317,18 @@ class Reconciler:
         return kept
 
     def _buried(self, uid: Any) -> bool:
-        if not self.tombstones:
+        """Whether `uid` is of a service deleted less than TOMBSTONE_SECONDS ago: one lookup
+        (this runs on every service event); the resync prunes expired tombstones."""
+        if uid is None:
             return False
+        at = self.tombstones.get(str(uid))
+        return at is not None and time.monotonic() - at <= TOMBSTONE_SECONDS
+
+    def prune_tombstones(self) -> None:
+        """Forget the uids deleted more than TOMBSTONE_SECONDS ago (once per resync round)."""
         now = time.monotonic()
         for old in [u for u, at in self.tombstones.items() if now - at > TOMBSTONE_SECONDS]:
             del self.tombstones[old]
-        return uid is not None and str(uid) in self.tombstones
 
     def forget_service(self, key: ServiceKey, uid: str | None = None) -> None:
         """The service was deleted: drop everything held for it, and ignore late copies."""
@@ -434,8 +440,10 @@ class Reconciler:
 
     async def resync(self, stop: asyncio.Event, interval: float) -> None:
         """Drift-repair backstop: every service is reconciled once per `interval`, spread
-        evenly over it so a large fleet never resyncs in one burst."""
+        evenly over it so a large fleet never resyncs in one burst. Each round first prunes
+        expired tombstones, so their map stays bounded without a scan per event."""
         while not stop.is_set():
+            self.prune_tombstones()
             keys: list[ServiceKey | None] = [*self.services] or [None]
             for key in keys:
                 with contextlib.suppress(TimeoutError):
