@@ -147,6 +147,12 @@ class Spread:
             return f(self.median)
         return f"{f(self.median)} ({f(self.low)}-{f(self.high)})"
 
+    def range(self, digits: int = 1, suffix: str = "") -> str:
+        """'min-max over n' (what `format` puts in brackets), for a median shown apart."""
+        if self.n < 2:
+            return f"one run (n={self.n})"
+        return f"{self.low:.{digits}f}{suffix}-{self.high:.{digits}f}{suffix} over {self.n}"
+
 
 def spread(values: Sequence[float]) -> Spread:
     values = [v for v in values if not math.isnan(v)]
@@ -732,13 +738,13 @@ def main(argv: list[str] | None = None) -> int:
         *curve_table,
         "",
         f"Goal: >= 4x throughput at concurrency {c} with batching on: "
-        f"**{speed.measured:.2f}x** ({headline.ratios().format(2, 'x')}) -> **{speed.verdict}**. "
+        f"**{speed.measured:.2f}x** ({headline.ratios().range(2, 'x')}) -> **{speed.verdict}**. "
         f"p99 <= max queue delay + one batch ({queue_delay_ms:g} + {batch_ms:.1f} ms, a full "
         f"batch of {max_batch} x {longest} tokens in process = {latency.bound:.1f} ms): "
         f"p99 **{latency.measured:.1f} ms** -> **{latency.verdict}**.",
         "",
         f"Same run, one request length only (the write-up's load shape): "
-        f"{uniform_speed.measured:.2f}x ({uniform.ratios().format(2, 'x')}) -> "
+        f"{uniform_speed.measured:.2f}x ({uniform.ratios().range(2, 'x')}) -> "
         f"{uniform_speed.verdict}; p99 {uniform_latency.measured:.1f} ms vs <= "
         f"{uniform_latency.bound:.1f} ms -> {uniform_latency.verdict}.",
         "",

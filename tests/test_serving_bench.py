@@ -80,6 +80,7 @@ def test_spread_is_the_median_with_min_and_max_and_skips_nan() -> None:
     s = sb.spread([3.0, 1.0, 10.0, math.nan])
     assert (s.median, s.low, s.high, s.n) == (3.0, 1.0, 10.0, 3)
     assert s.format(1) == "3.0 (1.0-10.0)"
+    assert s.range(1, "x") == "1.0x-10.0x over 3"
     assert sb.spread([2.0]).format(2, "x") == "2.00x"
     assert sb.spread([]).format() == "n/a"
     assert sb.spread([math.inf, 1.0, math.inf]).format() == "sat. (1.0-sat.)"
