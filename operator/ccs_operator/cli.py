@@ -1,4 +1,4 @@
-"""`ccs-operator run | render | crd | version`."""
+"""`ccs-operator run | render | tune | crd | version`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import yaml
 from . import __version__
 from .api import SpecError, parse_service
 from .render import RenderSettings, render_children, to_yaml
+from .tune import add_arguments as add_tune_arguments
 
 CRD_FILE = Path(__file__).parent / "crds" / "claudecodeservices.yaml"
 EXIT_USAGE = 2
@@ -60,6 +61,22 @@ def _version(_: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    # Measuring needs the serving image's runner (serving_image/, next to this package in
+    # the repository) and nvidia-pytriton's tritonserver (the `test` extra).
+    root = Path(__file__).resolve().parents[2]
+    if (root / "serving_image" / "tune.py").exists() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        from serving_image.tune import run
+    except ImportError as exc:
+        return _fail(
+            f"tune needs the repository's serving_image/ and its dependencies "
+            f"(pip install -e '.[test]'): {exc}"
+        )
+    return run(args)
+
+
 def _run(args: argparse.Namespace) -> int:
     from .runner import run_operator  # kopf is only imported when the operator runs
 
@@ -97,6 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="render as for a cluster without the ServiceMonitor CRD",
     )
     render.set_defaults(handler=_render)
+
+    tune = commands.add_parser(
+        "tune",
+        help="measure batching and instance settings on a real Triton and print the best",
+        description="Search spec.batching and the instance count on a real tritonserver "
+        "(CPU) under a closed-loop load with a p99 latency SLO; print the best block as YAML "
+        "with the measurements behind it.",
+    )
+    add_tune_arguments(tune)
+    tune.set_defaults(handler=_tune)
 
     commands.add_parser("crd", help="print the CustomResourceDefinition").set_defaults(handler=_crd)
     commands.add_parser("version", help="print the version").set_defaults(handler=_version)
