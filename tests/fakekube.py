@@ -100,6 +100,22 @@ class FakeKube:
         found = self.objects.get((kind, namespace, name))
         return copy.deepcopy(found) if found is not None else None
 
+    async def get_metadata(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """What the server answers to Accept: ...;as=PartialObjectMetadata: the object's
+        metadata (managedFields included), nothing of its spec, data or status."""
+        self._maybe_fail("get_metadata")
+        self.log.append(("GET_METADATA", kind, namespace, name))
+        if kind == "ServiceMonitor" and not self.servicemonitors_served:
+            raise NotFound("GET servicemonitors: not found", 404)
+        found = self.objects.get((kind, namespace, name))
+        if found is None:
+            return None
+        return {
+            "apiVersion": "meta.k8s.io/v1",
+            "kind": "PartialObjectMetadata",
+            "metadata": copy.deepcopy(found["metadata"]),
+        }
+
     async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         self._maybe_fail("apply")
         kind, meta = manifest["kind"], manifest["metadata"]

@@ -89,6 +89,9 @@ CHILD_TYPES: dict[str, ResourceType] = {
         ResourceType("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors"),
     )
 }
+# Ask for an object's metadata only; plain JSON (the whole object) where that form is not
+# served.
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 SERVICE_TYPE = ResourceType(f"{API_GROUP}/{API_VERSION}", "ClaudeCodeService", PLURAL)
 
 
@@ -140,6 +143,7 @@ class KubeClient:
         body: Any = None,
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
     ) -> Any:
         if self.fenced and method != "GET":
             raise Fenced(f"{method} {path}: not sent, this operator is no longer the leader")
@@ -149,7 +153,7 @@ class KubeClient:
                 method=method,
                 resource_path=path,
                 query_params=query or [],
-                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                header_params={"Content-Type": content_type, "Accept": accept},
                 body=body,
                 auth_settings=["BearerToken"],
             )
@@ -189,6 +193,19 @@ class KubeClient:
         try:
             result: dict[str, Any] = await self._call(
                 "GET", CHILD_TYPES[kind].path(namespace, name)
+            )
+        except NotFound:
+            return None
+        return result
+
+    async def get_metadata(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """Only a child's metadata (a PartialObjectMetadata: uid, resourceVersion, labels,
+        annotations, owners, managedFields; no spec, data or status), None when it does not
+        exist. A server that cannot answer in that form sends the whole object, which holds
+        the same metadata."""
+        try:
+            result: dict[str, Any] = await self._call(
+                "GET", CHILD_TYPES[kind].path(namespace, name), accept=METADATA_ONLY
             )
         except NotFound:
             return None
