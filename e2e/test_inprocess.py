@@ -8,6 +8,9 @@ what the fakes of tests/test_controller.py assume about the server, checked on t
   nothing: the digest stamped on each child and its real managedFields (the Deployment
   controller's revision annotation, the HPA's status writes) say nothing drifted; a hand
   edit is applied back.
+- The resync's read-back asks the server for metadata only (PartialObjectMetadata): an
+  unchanged child is not read whole, and one deleted behind the controller's back (its
+  cache never told) is re-created.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from kubernetes import client
 
 from ccs_operator.handlers import MANAGED_BY_SELECTOR
 from ccs_operator.kube import CHILD_TYPES, KubeClient
-from ccs_operator.reconcile import Reconciler
+from ccs_operator.reconcile import DIGEST_ANNOTATION, Reconciler
 from ccs_operator.render import RenderSettings
 from ccs_operator.status import FLOOR_STATUS, RECONCILE_STATUS
 from e2e.fixtures import Cluster
@@ -32,15 +35,25 @@ pytestmark = pytest.mark.cluster
 
 
 class Counting(KubeClient):
-    """The real client, counting the applies it sends."""
+    """The real client, counting the applies and the reads it sends."""
 
     def __init__(self, api_client: client.ApiClient) -> None:
         super().__init__(api_client, workers=4)
         self.applies: list[str] = []
+        self.gets: list[str] = []
+        self.metadata_gets: list[str] = []
 
     async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         self.applies.append(manifest["kind"])
         return await super().apply(manifest)
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        self.gets.append(kind)
+        return await super().get(kind, namespace, name)
+
+    async def get_metadata(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        self.metadata_gets.append(kind)
+        return await super().get_metadata(kind, namespace, name)
 
 
 def _no_events(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
@@ -150,3 +163,47 @@ async def test_a_restarted_controller_applies_only_what_drifted(
     )  # fmt: skip
     applied = await _applies_of_a_fresh_controller(cluster, solo_namespace, "restart")
     assert applied == ["ConfigMap"]
+
+
+@pytest.mark.asyncio
+async def test_the_resync_reads_metadata_only_and_recreates_a_hidden_deletion(
+    cluster: Cluster, solo_namespace: str, services: Services, ccs_crd: None
+) -> None:
+    services.apply(solo_namespace, sample("meta"))
+    assert len(await _applies_of_a_fresh_controller(cluster, solo_namespace, "meta")) == 5
+    await asyncio.sleep(6)  # the Deployment and HPA controllers' first writes
+    reconciler, kube = await _controller(cluster, solo_namespace)
+    try:
+        # What the server answers: metadata, with what the read-back compares, and no spec.
+        head = await kube.get_metadata("ConfigMap", solo_namespace, "meta-model-config")
+        assert head is not None
+        assert (head["apiVersion"], head["kind"]) == ("meta.k8s.io/v1", "PartialObjectMetadata")
+        assert "data" not in head and head["metadata"]["managedFields"]
+        assert DIGEST_ANNOTATION in head["metadata"]["annotations"]
+        assert await kube.get_metadata("ConfigMap", solo_namespace, "no-such-child") is None
+        # A resync pass over children the cache knows as they are: metadata reads, no apply.
+        body = _service(cluster, solo_namespace, "meta")
+        reconciler.remember_service(body)
+        kube.metadata_gets.clear()
+        reconciler.verify.add((solo_namespace, "meta"))
+        await reconciler.reconcile(body)
+        assert {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler"} <= set(
+            kube.metadata_gets
+        )
+        # Read whole: only what other controllers may have written since the listing, and
+        # the unwatched ServiceMonitor, which this fresh controller has not cached yet.
+        moved = {"Deployment", "HorizontalPodAutoscaler"}
+        assert set(kube.gets) <= moved | {"ServiceMonitor"}
+        assert kube.applies == []
+        kube.gets.clear()
+        # Deleted behind the controller's back (no watch here tells it): the resync's pass
+        # re-creates exactly that child.
+        cluster.kubectl("delete", "service", "meta", "-n", solo_namespace)
+        assert ("Service", solo_namespace, "meta") in reconciler.children
+        reconciler.verify.add((solo_namespace, "meta"))
+        await reconciler.reconcile(_service(cluster, solo_namespace, "meta"))
+        assert kube.applies == ["Service"]
+        assert set(kube.gets) <= moved  # the deletion was seen in the metadata read
+        cluster.kubectl("get", "service", "meta", "-n", solo_namespace)
+    finally:
+        kube.close()

@@ -230,6 +230,31 @@ def untouched_since_apply(
     return all(keys is not None and not keys & ours for keys in foreign)
 
 
+def child_record(kind: str, body: Mapping[str, Any]) -> ChildRecord:
+    meta = body["metadata"]
+    return ChildRecord(
+        uid=meta["uid"],
+        owner_uid=controller_uid(body),
+        resource_version=meta["resourceVersion"],
+        generation=meta.get("generation"),
+        fingerprint=fingerprint(body),
+        status=body.get("status") if kind in STATUS_KINDS else None,
+        applied_digest=(meta.get("annotations") or {}).get(DIGEST_ANNOTATION),
+        foreign=foreign_writes(body),
+    )
+
+
+def same_version(known: ChildRecord | None, head: Mapping[str, Any]) -> bool:
+    """Whether a child's metadata (as read from the server) is of the very version a
+    record was made from: same object (uid), no write since (resourceVersion)."""
+    meta = head.get("metadata") or {}
+    return (
+        known is not None
+        and meta.get("uid") == known.uid
+        and meta.get("resourceVersion") == known.resource_version
+    )
+
+
 def controller_uid(body: Mapping[str, Any]) -> str | None:
     for ref in body.get("metadata", {}).get("ownerReferences") or ():
         if ref.get("controller") and ref.get("kind") == KIND:
@@ -372,16 +397,7 @@ class Reconciler:
             self.children.pop(key, None)
             self.applied.pop(key, None)
         else:
-            self.children[key] = ChildRecord(
-                uid=meta["uid"],
-                owner_uid=controller_uid(body),
-                resource_version=meta["resourceVersion"],
-                generation=meta.get("generation"),
-                fingerprint=fingerprint(body),
-                status=body.get("status") if kind in STATUS_KINDS else None,
-                applied_digest=(meta.get("annotations") or {}).get(DIGEST_ANNOTATION),
-                foreign=foreign_writes(body),
-            )
+            self.children[key] = child_record(kind, body)
 
     def observe_pod(self, pod: Mapping[str, Any], initial: bool) -> None:
         """Count a serving pod's cold start once it is Ready; the reconcile stores the
@@ -568,7 +584,8 @@ class Reconciler:
             known = self.children.get((kind, ccs.namespace, name))
             if known is not None and known.owner_uid == ccs.uid:
                 continue
-            live = await self._get_or_retry((kind, ccs.namespace, name))
+            # Owner references are metadata: nothing more is read.
+            live = await self._get_or_retry((kind, ccs.namespace, name), metadata_only=True)
             if live is not None and controller_uid(live) != ccs.uid:
                 owner = controller_name(live)
                 whose = f"ClaudeCodeService {owner}" if owner else "nobody we know"
@@ -640,22 +657,54 @@ class Reconciler:
         await self._prune_service_monitor(ccs, desired)
         return ApplyOutcome(), deployment
 
-    async def _get_or_retry(self, key: ChildKey) -> dict[str, Any] | None:
-        """One child from the server, None when it does not exist; an unreachable or
-        overloaded server is retried later (with its Retry-After)."""
+    async def _get_or_retry(
+        self, key: ChildKey, *, metadata_only: bool = False
+    ) -> dict[str, Any] | None:
+        """One child from the server (only its metadata if asked), None when it does not
+        exist; an unreachable or overloaded server is retried later (with its Retry-After)."""
         try:
+            if metadata_only:
+                return await self.kube.get_metadata(*key)
             return await self.kube.get(*key)
         except Transient as exc:
             raise RetryLater.of(f"reading {key[0]} {key[2]}", exc) from exc
 
-    async def _read_back(self, key: ChildKey) -> ChildRecord | None:
-        """Refresh the cache of one child from the server (a read, never a write)."""
+    async def _current(self, key: ChildKey, known: ChildRecord | None) -> ChildRecord | None:
+        """The child as it is on the server now, None when it does not exist, from its
+        metadata alone while `known` is still that version; else read in full (not stored).
+
+        This is what the resync's read-back costs. A child's metadata holds everything that
+        says whether it may have changed: its uid and resourceVersion (any write moves it),
+        the digest of our last apply and managedFields. When uid and resourceVersion are
+        those of the cached record, the record is the object, so the spec, data and status a
+        full GET would bring are already known: the unchanged child costs one small read,
+        and only a moved one (a write the watch has not delivered yet, or one a watch gap
+        hid) is read whole, then compared as before. A deleted child answers 404 either way.
+
+        One metadata GET per child, rather than one metadata LIST per kind and namespace:
+        the resync spreads its round evenly over the interval and each reconcile reads its
+        own children at its own moment, so no listing taken at the start of a round is
+        trusted (and held for every service of the namespace) for most of its length, and a
+        reconcile stays self-contained. A LIST would be cheaper where many services share a
+        namespace, and costs as much where each has a namespace of its own.
+        """
+        head = await self._get_or_retry(key, metadata_only=True)
+        if head is None:
+            return None
+        if same_version(known, head):
+            return known
         live = await self._get_or_retry(key)
-        if live is None:
+        return child_record(key[0], live) if live is not None else None
+
+    async def _read_back(self, key: ChildKey) -> ChildRecord | None:
+        """Refresh the cache of one child from the server (reads, never a write; see
+        `_current` for what they cost)."""
+        record = await self._current(key, self.children.get(key))
+        if record is None:
             self.children.pop(key, None)
             return None
-        self.remember_child(key[0], live, deleted=False)
-        return self.children[key]
+        self.children[key] = record
+        return record
 
     async def _unchanged(
         self,
@@ -684,22 +733,20 @@ class Reconciler:
         else:
             if key in self.absent:
                 return False
-            live = await self._get_or_retry(key)  # not watched: one read instead of a write
-            if live is None:
+            # Not watched: reads instead of a write (its metadata alone while unchanged).
+            current = await self._current(key, known)
+            if current is None:
                 return False
-            live_fingerprint = fingerprint(live)
+            live_fingerprint = current.fingerprint
             same = (
                 applied[1] == live_fingerprint
                 if applied is not None
                 else untouched_since_apply(
-                    manifest,
-                    digest,
-                    (live["metadata"].get("annotations") or {}).get(DIGEST_ANNOTATION),
-                    foreign_writes(live),
+                    manifest, digest, current.applied_digest, current.foreign
                 )
             )
-            if same and known is None:
-                self.remember_child(key[0], live, deleted=False)
+            if same:
+                self.children[key] = current
         if same and applied is None:
             self.applied[key] = (digest, live_fingerprint)
         return same
