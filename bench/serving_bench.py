@@ -452,20 +452,24 @@ def load_compute_module() -> ModuleType:
 def cost_curve(
     d_model: int, sizes: Sequence[int], lengths: Sequence[int], repeats: int
 ) -> dict[int, dict[int, float]]:
-    """{length: {batch: median ms}} of Block.forward in this process."""
+    """{length: {batch: median ms}} of Block.forward in this process.
+
+    Repeats go round the whole (length, batch) table, so a burst of other work on the
+    host lands on every point alike instead of on one point's consecutive repeats."""
     block = load_compute_module().Block(vocab=VOCAB, d_model=d_model)
-    curve: dict[int, dict[int, float]] = {}
-    for length in lengths:
-        curve[length] = {}
-        for size in sizes:
-            ids = np.ones((size, length), dtype=np.int32)
-            block.forward(ids)
-            times = []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                block.forward(ids)
-                times.append((time.perf_counter() - started) * 1000)
-            curve[length][size] = float(statistics.median(times))
+    points = [(length, size) for length in lengths for size in sizes]
+    inputs = {p: np.ones((p[1], p[0]), dtype=np.int32) for p in points}
+    times: dict[tuple[int, int], list[float]] = {p: [] for p in points}
+    for point in points:
+        block.forward(inputs[point])  # warm
+    for _ in range(repeats):
+        for point in points:
+            started = time.perf_counter()
+            block.forward(inputs[point])
+            times[point].append((time.perf_counter() - started) * 1000)
+    curve: dict[int, dict[int, float]] = {length: {} for length in lengths}
+    for (length, size), values in times.items():
+        curve[length][size] = float(statistics.median(values))
     return curve
 
 
@@ -568,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per run")
     parser.add_argument("--drain", type=float, default=5.0, help="open loop: wait after window")
     parser.add_argument("--d-model", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=15, help="cost curve: repeats per size")
+    parser.add_argument("--repeats", type=int, default=25, help="cost curve: rounds of the table")
     parser.add_argument("--no-pin", action="store_true", help="do not pin client and server")
     parser.add_argument("--no-gpu-like", action="store_true", help="skip the sleep-model row")
     parser.add_argument("--seed", type=int, default=1)
@@ -733,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
         "The cores are shared with other work, so runs are noisy: read the spreads.",
         "",
         "Cost of one batch in process (`Block.forward`, one BLAS thread, server core, "
-        f"median of {args.repeats}):",
+        f"median of {args.repeats} rounds of the table):",
         "",
         *curve_table,
         "",

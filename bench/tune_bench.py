@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=2.0)
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--max-batch", default="8,16,32")
-    parser.add_argument("--preferred", default="none,max,ladder")
+    parser.add_argument("--preferred", default="max,ladder")
     parser.add_argument("--queue-delay", default="0,2000,8000")
     parser.add_argument("--instances", default="1,2")
     parser.add_argument("--write", type=Path, help="update this RESULTS.md's section")
@@ -96,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         + f"` at commit {commit()} ({elapsed:.0f}s, load average {load_average} at the start). "
         "Method: the docstring of `bench/tune_bench.py`.",
         "",
-        f"Space: maxBatchSize {args.max_batch}; preferredBatchSizes none / max / ladder "
-        f"(8, 16, ... up to max); maxQueueDelayMicroseconds {args.queue_delay}; instances "
+        f"Space: maxBatchSize {args.max_batch}; preferredBatchSizes policies {args.preferred} "
+        "(max = [maxBatchSize], ladder = 8, 16, ... up to it; no preferred size is served by "
+        f"Triton as max); maxQueueDelayMicroseconds {args.queue_delay}; instances "
         f"{args.instances}: {grid_size} distinct configurations. Load: closed loop "
         f"c={args.concurrency}, lengths {args.lengths} (length:weight), {args.window:g}s "
         f"measured after {args.warmup:g}s warm-up per candidate; SLO p99 <= "
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     top = sorted(grid.measurements, key=lambda m: (m.feasible, m.rps), reverse=True)[:8]
     lines += [
         "",
-        f"Grid, best 8 of {len(grid.measurements)} (feasible first):",
+        f"Grid, best {len(top)} of {len(grid.measurements)} (feasible first):",
         "",
         "| configuration | req/s | p50 ms | p99 ms | mean exec batch | SLO |",
         "|---|---:|---:|---:|---:|---|",

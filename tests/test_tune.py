@@ -73,9 +73,12 @@ def test_preferred_policies_render_the_sizes_below_max_batch() -> None:
 
 def test_grid_counts_equal_renderings_once() -> None:
     grid = Space().grid()
-    # maxBatch 8: ladder == max, so 2 + 3 + 3 preferred choices, x 3 delays x 2 counts.
-    assert len(grid) == 48
+    # maxBatch 8: ladder == max, so 1 + 2 + 2 preferred choices, x 3 delays x 2 counts.
+    assert len(grid) == 30
     assert len({c.key for c in grid}) == len(grid)
+    # Triton serves no preferred size as preferred [maxBatchSize]: `none` adds nothing.
+    assert len(Space(preferred=("none", "max", "ladder")).grid()) == 30
+    assert Candidate(16, "none", 0, 1).key == Candidate(16, "max", 0, 1).key
     with pytest.raises(ValueError):
         Space(preferred=("none", "sometimes"))
     with pytest.raises(ValueError):
@@ -98,7 +101,7 @@ def test_descent_finds_the_grids_best_measuring_a_quarter_of_it_or_less() -> Non
     assert search.best.candidate == Candidate(16, "ladder", 8000, 1)
     assert len(search.measurements) <= len(space.grid()) // 4 == default_budget(space)
     assert all(n == 1 for n in measure.calls.values())  # memoised
-    assert len(grid.measurements) == 48
+    assert len(grid.measurements) == 30
 
 
 def test_descent_never_picks_a_candidate_over_the_slo() -> None:

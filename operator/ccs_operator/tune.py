@@ -3,8 +3,9 @@
 The search space is four axes, each a short ordered list:
 
 - `maxBatchSize`                (default 8, 16, 32)
-- `preferredBatchSizes` policy  none (Triton's default: no preferred size), `max` (only
-                                maxBatchSize) or `ladder` (8, 16, ... up to maxBatchSize)
+- `preferredBatchSizes` policy  `max` (only maxBatchSize) or `ladder` (8, 16, ... up to
+                                maxBatchSize); `none` (no preferred size) may be asked for,
+                                but Triton serves it as `max`, so it is the same candidate
 - `maxQueueDelayMicroseconds`   (default 0, 2000, 8000)
 - instance count of the first instance group (default 1, 2)
 
@@ -60,13 +61,10 @@ class Candidate:
 
     @property
     def key(self) -> tuple[int, tuple[int, ...], int, int]:
-        """What is rendered: candidates with equal keys are one configuration."""
-        return (
-            self.max_batch_size,
-            self.preferred_batch_sizes,
-            self.queue_delay_us,
-            self.instances,
-        )
+        """What Triton serves: candidates with equal keys are one configuration. (Triton
+        completes an empty preferred_batch_size with max_batch_size, so `none` is `max`.)"""
+        sizes = self.preferred_batch_sizes or (self.max_batch_size,)
+        return (self.max_batch_size, sizes, self.queue_delay_us, self.instances)
 
     def describe(self) -> str:
         sizes = ",".join(str(s) for s in self.preferred_batch_sizes) or "-"
@@ -79,7 +77,7 @@ class Candidate:
 @dataclass(frozen=True)
 class Space:
     max_batch_size: tuple[int, ...] = DEFAULT_MAX_BATCH
-    preferred: tuple[str, ...] = PREFERRED_POLICIES
+    preferred: tuple[str, ...] = ("max", "ladder")  # `none` is served as `max`
     queue_delay_us: tuple[int, ...] = DEFAULT_QUEUE_DELAY_US
     instances: tuple[int, ...] = DEFAULT_INSTANCES
 
@@ -312,7 +310,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=float, default=2.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds")
     parser.add_argument("--max-batch", default="8,16,32", help="maxBatchSize values")
-    parser.add_argument("--preferred", default="none,max,ladder", help="policies")
+    parser.add_argument("--preferred", default="max,ladder", help="policies: none, max, ladder")
     parser.add_argument("--queue-delay", default="0,2000,8000", help="microseconds")
     parser.add_argument("--instances", default="1,2", help="instance counts")
     parser.add_argument("--budget", type=int, default=0, help="most configurations measured")
