@@ -523,16 +523,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
+    # Everything from here is inside one try: a SIGTERM that lands while the server starts
+    # or while a line is printed stops it as cleanly as one that lands in the wait.
     try:
-        server.start()
-    except TritonStartError as exc:
-        print(f"run-local: {exc}", file=sys.stderr)
-        return 1
-    print(
-        f"run-local: ready: http://{server.http_url}  grpc {server.grpc_url}  {server.metrics_url}"
-    )
-    print(f"run-local: server log {server.log_path}; Ctrl-C stops")
-    try:
+        try:
+            server.start()
+        except TritonStartError as exc:
+            print(f"run-local: {exc}", file=sys.stderr)
+            return 1
+        print(
+            f"run-local: ready: http://{server.http_url}  grpc {server.grpc_url}  "
+            f"{server.metrics_url}"
+        )
+        print(f"run-local: server log {server.log_path}; Ctrl-C stops")
         while server.running:
             time.sleep(0.5)
         print(f"run-local: tritonserver exited\n{server.log_tail()}", file=sys.stderr)
