@@ -49,6 +49,14 @@ def test_create_makes_every_child_owned_and_reports_ready(
         (owner,) = child["metadata"]["ownerReferences"]
         assert owner["uid"] == body["metadata"]["uid"], kind
         assert owner["controller"] is True
+    # Ready means one replica serves; the second may turn Ready a moment later.
+    body = services.wait(
+        op_namespace,
+        "claude-code",
+        lambda b: (b.get("status") or {}).get("readyReplicas", 0) >= 2,
+        timeout=90,
+        what="both replicas ready",
+    )
     status = body["status"]
     assert status["readyReplicas"] >= 2 and status["replicas"] >= 2
     assert status["endpoint"]["http"] == f"http://claude-code.{op_namespace}.svc:8000"
