@@ -244,8 +244,9 @@ def solo_namespace(cluster: Cluster, ccs_crd: None) -> Iterator[str]:
 class Services:
     """Small helpers over the ClaudeCodeService API for tests."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, logs: Path | None = None) -> None:
         self.cluster = cluster
+        self.logs = logs
         self.api_client = cluster.api_client()
         self.custom = client.CustomObjectsApi(self.api_client)
 
@@ -282,8 +283,19 @@ class Services:
             time.sleep(0.5)
         raise AssertionError(
             f"{namespace}/{name}: {what} not reached in {timeout}s; status: "
-            f"{yaml.safe_dump(body.get('status'))}"
+            f"{yaml.safe_dump(body.get('status'))}{self._operator_logs()}"
         )
+
+    def _operator_logs(self, lines: int = 40) -> str:
+        """The tails of the operator logs written lately, so a failure says why."""
+        if self.logs is None:
+            return ""
+        recent = sorted(self.logs.glob("*.log"), key=lambda p: p.stat().st_mtime)[-2:]
+        parts = []
+        for path in recent:
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"\n--- {path.name} (last {lines} lines) ---\n" + "\n".join(tail))
+        return "".join(parts)
 
     def wait_ready(self, namespace: str, name: str, timeout: float = 90) -> dict[str, Any]:
         def ready(body: dict[str, Any]) -> bool:
@@ -297,8 +309,8 @@ class Services:
 
 
 @pytest.fixture
-def services(cluster: Cluster) -> Iterator[Services]:
-    helper = Services(cluster)
+def services(cluster: Cluster, operator_logs: Path) -> Iterator[Services]:
+    helper = Services(cluster, operator_logs)
     yield helper
     helper.api_client.close()
 

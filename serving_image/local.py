@@ -275,6 +275,10 @@ class LocalTriton:
         return f"{self.host}:{self.grpc_port}"
 
     @property
+    def serves_metrics(self) -> bool:
+        return "--allow-metrics=false" not in self.server_args
+
+    @property
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
@@ -362,7 +366,10 @@ class LocalTriton:
                     f"tritonserver exited with code {code} before it was ready\n"
                     f"--- log tail ({self.log_path}) ---\n{self.log_tail()}"
                 )
-            if _http_status(url) == 200:
+            # Triton starts its metrics endpoint after HTTP: "ready" means both answer.
+            if _http_status(url) == 200 and (
+                not self.serves_metrics or _http_status(self.metrics_url) == 200
+            ):
                 return
             if time.monotonic() > deadline:
                 raise TritonStartError(
