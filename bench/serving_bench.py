@@ -112,15 +112,10 @@ def poisson_arrivals(rate: float, seconds: float, rng: np.random.Generator) -> n
 
 
 def parse_mix(text: str) -> dict[int, float]:
-    """'1:2,2:1,4:1' -> {length: probability}."""
-    weights: dict[int, float] = {}
-    for part in text.split(","):
-        length, _, weight = part.partition(":")
-        if int(length) < 1 or float(weight or 1) <= 0:
-            raise ValueError(f"bad length mix entry {part!r}")
-        weights[int(length)] = float(weight or 1)
-    total = sum(weights.values())
-    return {length: w / total for length, w in sorted(weights.items())}
+    """'1:2,2:1,4:1' -> {length: probability} (the tuner's own parser)."""
+    from serving_image.tune import parse_mix as parse
+
+    return dict(parse(text))
 
 
 def draw_lengths(mix: dict[int, float], count: int, rng: np.random.Generator) -> list[int]:

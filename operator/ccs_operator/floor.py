@@ -554,7 +554,6 @@ class _Model:
         # A batching service: what the cost line says a replica sustains, where that is more.
         # Until the line is known, the worst line through the measured point (all of the
         # cost per request, none per execution) bounds it: see batchcost.py.
-        self.cost: CostLine | None = None
         self.fitted: CostLine | None = None
         self.batch_capacity: float | None = None
         if policy.max_batch > 1:
@@ -563,12 +562,10 @@ class _Model:
             self.fitted = state.batch_fit.line()
             sustained: float | None = None
             if self.fitted is not None:
-                self.cost = self.fitted
                 sustained = self.fitted.sustained_rps(servers, largest, wait)
             else:
                 # No executions reported: the smoothed service time is one request's.
                 batch, seconds = state.batch_fit.last or (1.0, service)
-                self.cost = CostLine(0.0, seconds / batch)
                 sustained = point_bound_rps(servers, largest, wait, batch, seconds)
             if sustained is not None and sustained > self.capacity:
                 self.batch_capacity = self.capacity = sustained
@@ -617,13 +614,13 @@ class _Model:
 
     def basis(self) -> str:
         """What the per-replica capacity rests on, for a batching service's message."""
-        if self.batch_capacity is None or self.cost is None:
+        if self.batch_capacity is None:
             return ""
         if self.fitted is None:
             return " (batching; cost per batch size not yet measured)"
         return (
-            f" (batches cost {1000 * self.cost.fixed_s:.1f} ms + "
-            f"{1000 * self.cost.per_item_s:.2f} ms per request)"
+            f" (batches cost {1000 * self.fitted.fixed_s:.1f} ms + "
+            f"{1000 * self.fitted.per_item_s:.2f} ms per request)"
         )
 
     def replicas(self, rate: float) -> int:
