@@ -35,7 +35,9 @@ with a message naming the argument, field or path. Exit 0 prints what was assemb
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import json
 import os
 import random
 import shutil
@@ -54,6 +56,8 @@ from minio import Minio
 from minio.credentials import WebIdentityProvider
 from minio.error import InvalidResponseError, S3Error, ServerError
 from tritonclient.grpc import model_config_pb2 as pb
+
+from serving_image.modelcache import NodeCache, cache_key, link_tree
 
 T = TypeVar("T")
 
@@ -291,6 +295,7 @@ class S3Object:
     key: str
     relative: tuple[str, ...]  # path parts under the prefix: (version, ..., file)
     size: int
+    etag: str = ""
 
 
 @dataclass
@@ -415,7 +420,7 @@ class S3Repository:
                     f"--repository {self.repository!r}: object key {key!r} is not a safe "
                     "relative path"
                 )
-            objects.append(S3Object(key, parts, int(obj.size or 0)))
+            objects.append(S3Object(key, parts, int(obj.size or 0), str(obj.etag or "")))
         if not objects:
             found = ", ".join(sorted(others)[:10])
             raise LoaderError(
@@ -527,10 +532,14 @@ def assemble(
     model_store: Path,
     pvc_root: Path = PVC_MOUNT_ROOT,
     s3: S3Settings | None = None,
+    cache: NodeCache | None = None,
+    report: dict[str, object] | None = None,
 ) -> Path:
     """Build <model_store>/<model_name>; return that directory. Raises LoaderError.
 
-    `s3` defaults to S3Settings.from_env() and is only read for s3:// repositories.
+    `s3` defaults to S3Settings.from_env() and is only read for s3:// repositories. With a
+    node `cache`, an s3:// repository is taken from the node's cache entry for its exact
+    objects (filled once per node, see modelcache.py); `report` receives what the cache did.
     """
     if not model_name or "/" in model_name or model_name in (".", ".."):
         raise LoaderError(f"--model-name {model_name!r}: not a valid model directory name")
@@ -546,7 +555,31 @@ def assemble(
         objects = remote.plan(client)  # listing errors leave the store untouched
 
         def populate(staging: Path) -> None:
-            remote.fetch(client, objects, staging)
+            if cache is None:
+                remote.fetch(client, objects, staging)
+                return
+            key = cache_key(
+                repository,
+                remote.settings.endpoint,
+                (("/".join(o.relative), o.size, o.etag) for o in objects),
+            )
+            try:
+                entry, outcome = cache.get(
+                    key, lambda fill: remote.fetch(client, objects, fill)
+                )
+            except OSError as exc:
+                raise LoaderError(
+                    f"--cache-dir {cache.root}: {exc.strerror or exc} (the node's model cache "
+                    "must be a writable directory)"
+                ) from None
+            print(
+                f"ccs-model-loader: node cache {outcome.outcome} ({outcome.bytes / 2**20:.1f} MiB "
+                f"in {outcome.seconds:.2f} s, entry {key})"
+                + (f", evicted {len(outcome.evicted)} entries" if outcome.evicted else "")
+            )
+            if report is not None:
+                report["cache"] = outcome.as_dict()
+            link_tree(entry, staging)
 
     else:
         source = Source.resolve(repository, pvc_root)
@@ -598,18 +631,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, type=Path, help="config.pbtxt to serve")
     parser.add_argument("--model-store", required=True, type=Path, help="Triton's repository")
     parser.add_argument("--pvc-root", type=Path, default=PVC_MOUNT_ROOT, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--cache-dir", type=Path, help="the node's model cache (spec.model.cache), s3:// only"
+    )
+    parser.add_argument(
+        "--cache-limit-bytes", type=int, default=0, help="evict entries above this many bytes"
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        help="write a JSON summary here (the pod's termination message, which the operator reads)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cache = None
+    if args.cache_dir is not None:
+        if args.cache_limit_bytes <= 0:
+            parser.error("--cache-limit-bytes: a positive size is needed with --cache-dir")
+        cache = NodeCache(args.cache_dir, args.cache_limit_bytes)
+    report: dict[str, object] = {}
+    start = time.monotonic()
     try:
         model_dir = assemble(
-            args.repository, args.model_name, args.config, args.model_store, args.pvc_root
+            args.repository,
+            args.model_name,
+            args.config,
+            args.model_store,
+            args.pvc_root,
+            cache=cache,
+            report=report,
         )
     except LoaderError as exc:
         print(f"ccs-model-loader: error: {exc}", file=sys.stderr)
         return 2
+    report["seconds"] = round(time.monotonic() - start, 3)
+    if args.report is not None:
+        with contextlib.suppress(OSError):  # a summary is never worth failing the pod for
+            args.report.write_text(json.dumps({"ccsModelLoader": report}, sort_keys=True))
     versions = ", ".join(p.name for p in version_dirs(model_dir))
     print(f"ccs-model-loader: {model_dir} ready (versions {versions}) from {args.repository}")
     return 0

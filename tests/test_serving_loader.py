@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import io
+import json
 import os
 import re
 import socket
@@ -418,6 +419,49 @@ def test_s3_loader_process_reads_the_aws_environment(s3: S3Server, tmp_path: Pat
     assert "downloading 3 objects" in result.stdout
     assert "ready (versions 1, 2) from s3://models/claude-code" in result.stdout
     assert (tmp_path / "models/claude_code/1/model.pt").read_bytes() == MODEL_PT["1/model.pt"]
+
+
+@pytest.mark.s3
+def test_s3_node_cache_fills_once_and_serves_later_pods_from_the_node(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    """Two pods on one node: the first downloads into the node cache, the second links from
+    it; its termination-message report says which, and the store is the same."""
+    config = _config(tmp_path, "claude-code.yaml")
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "AWS_ENDPOINT_URL_S3": s3.endpoint,
+        "AWS_ACCESS_KEY_ID": s3.reader[0],
+        "AWS_SECRET_ACCESS_KEY": s3.reader[1],
+        "AWS_REGION": s3.region,
+    }
+    reports = []
+    for pod in ("first", "second"):
+        report = tmp_path / f"{pod}.termination-log"
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "serving_image" / "ccs-model-loader"),
+             "--repository", "s3://models/claude-code", "--model-name", "claude_code",
+             "--config", str(config), "--model-store", str(tmp_path / pod),
+             "--cache-dir", str(tmp_path / "node-cache"), "--cache-limit-bytes", "1000000",
+             "--report", str(report)],
+            capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path, env=env,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        reports.append(json.loads(report.read_text())["ccsModelLoader"])
+        store = tmp_path / pod / "claude_code"
+        assert (store / "1/model.pt").read_bytes() == MODEL_PT["1/model.pt"]
+        assert (store / "2/extra/tokenizer.json").read_bytes() == b"{}"
+    assert [r["cache"]["outcome"] for r in reports] == ["miss", "hit"]
+    assert reports[0]["cache"]["key"] == reports[1]["cache"]["key"]
+    assert reports[1]["cache"]["bytes"] == reports[0]["cache"]["bytes"] > 0
+    assert "downloading" not in result.stdout, "the second pod fetched nothing"
+
+
+def test_a_cache_dir_needs_a_size_limit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--repository", "s3://m/x", "--model-name", "m", "--config", "c",
+              "--model-store", str(tmp_path), "--cache-dir", str(tmp_path / "c")])  # fmt: skip
+    assert "--cache-limit-bytes" in capsys.readouterr().err
 
 
 class _FlakyProxy:
