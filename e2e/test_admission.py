@@ -63,7 +63,21 @@ COUNTER_EXAMPLES = [
         {"enabled": False, "queuePolicy": {"maxQueueSize": 4}},
         "queuePolicy needs spec.batching.enabled",
     ),
+    ("model.cache", {"enabled": True, "hostPath": "/var/lib/kubelet"}, "not a system directory"),
+    ("model.cache", {"hostPath": "/data/../etc"}, "plain absolute directory"),
+    ("model.cache", {"sizeLimit": "lots"}, "spec.model.cache.sizeLimit"),
 ]
+
+
+def test_the_node_cache_is_refused_for_repositories_already_on_the_node(
+    cluster: Cluster, ccs_crd: None, namespace: str
+) -> None:
+    body = _with("model.cache", {"enabled": True})
+    assert _apply(cluster, namespace, body).returncode == 0, "s3:// with a cache is fine"
+    body["spec"]["model"]["repository"] = "pvc://weights/claude-code"
+    result = _apply(cluster, namespace, body)
+    assert result.returncode != 0
+    assert "spec.model.cache applies to s3:// repositories" in result.stderr, result.stderr
 
 
 def _apply(cluster: Cluster, namespace: str, body: dict[str, Any]) -> Any:

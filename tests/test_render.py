@@ -205,3 +205,54 @@ def _shape(value: Any) -> Any:
     if isinstance(value, list):
         return [_shape(v) for v in value]
     return type(value).__name__
+
+
+def test_node_cache_mounts_the_host_directory_for_the_loader_only() -> None:
+    from ccs_operator.render import MODEL_CACHE_MOUNT
+
+    body = minimal_service()
+    body["spec"]["model"]["cache"] = {
+        "enabled": True,
+        "hostPath": "/mnt/nvme/ccs",
+        "sizeLimit": "20Gi",
+    }
+    pod = _by_kind(parse_service(body))["Deployment"]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["model-cache"]["hostPath"] == {
+        "path": "/mnt/nvme/ccs",
+        "type": "DirectoryOrCreate",
+    }
+    loader = pod["initContainers"][0]
+    assert {"name": "model-cache", "mountPath": MODEL_CACHE_MOUNT} in loader["volumeMounts"]
+    args = loader["args"]
+    assert args[args.index("--cache-dir") + 1] == MODEL_CACHE_MOUNT
+    assert args[args.index("--cache-limit-bytes") + 1] == str(20 * 2**30)
+    triton = pod["containers"][0]
+    assert all(m["name"] != "model-cache" for m in triton["volumeMounts"]), "Triton reads its copy"
+
+
+def test_without_the_cache_no_host_directory_is_mounted() -> None:
+    pod = _by_kind(parse_service(minimal_service()))["Deployment"]["spec"]["template"]["spec"]
+    assert all("hostPath" not in v for v in pod["volumes"])
+    assert "--cache-dir" not in pod["initContainers"][0]["args"]
+    assert pod["initContainers"][0]["args"][-2:] == ["--report", "/dev/termination-log"]
+
+
+@pytest.mark.parametrize(
+    ("cache", "repository", "message"),
+    [
+        ({"enabled": True}, "pvc://weights/m", "cache applies to s3:// repositories"),
+        ({"hostPath": "/data/../etc"}, "s3://m/x", "no . or .. parts"),
+        ({"sizeLimit": "0"}, "s3://m/x", "sizeLimit must be positive"),
+    ],
+)
+def test_bad_cache_settings_name_the_field(
+    cache: dict[str, Any], repository: str, message: str
+) -> None:
+    from ccs_operator.api import SpecError
+
+    body = minimal_service()
+    body["spec"]["model"].update(repository=repository, cache=cache)
+    with pytest.raises(SpecError, match=message) as raised:
+        parse_service(body)
+    assert "model" in str(raised.value)

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from kubernetes.utils import parse_quantity
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
@@ -113,6 +114,31 @@ class Warmup(_Model):
 _REPOSITORY_RE = re.compile(r"(s3|gs|az|file)://.+|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?")
 
 
+class ModelCache(_Model):
+    enabled: bool = False
+    host_path: str = Field(
+        default="/var/cache/ccs-models", max_length=512, pattern=r"^/[A-Za-z0-9_./-]*[A-Za-z0-9_-]$"
+    )
+    size_limit: Quantity = "50Gi"
+
+    @property
+    def size_limit_bytes(self) -> int:
+        return int(parse_quantity(str(self.size_limit)))
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelCache:
+        parts = self.host_path.split("/")
+        if "." in parts or ".." in parts:
+            raise ValueError("cache.hostPath must be a plain absolute directory (no . or .. parts)")
+        try:
+            size = self.size_limit_bytes
+        except ValueError:
+            raise ValueError(f"cache.sizeLimit {self.size_limit!r} is not a quantity") from None
+        if size <= 0:
+            raise ValueError("cache.sizeLimit must be positive")
+        return self
+
+
 class Model(_Model):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[a-zA-Z0-9_.-]+$")
     repository: str = Field(min_length=2, max_length=1024)
@@ -129,6 +155,7 @@ class Model(_Model):
     )
     version_policy: VersionPolicy = VersionPolicy()
     warmup: Warmup = Warmup()
+    cache: ModelCache = ModelCache()
     # A Secret whose keys become the model loader's environment (object-store credentials).
     credentials_secret: str | None = Field(
         default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
@@ -143,6 +170,8 @@ class Model(_Model):
                 "repository must be s3://, gs://, az://, pvc://<claim>/<path>, file:///<path> "
                 "or an absolute path"
             )
+        if self.cache.enabled and not self.repository.startswith("s3://"):
+            raise ValueError("cache applies to s3:// repositories; set cache.enabled to false")
         for kind, tensors in (("inputs", self.inputs), ("outputs", self.outputs)):
             names = [t.name for t in tensors]
             if len(names) != len(set(names)):

@@ -22,6 +22,7 @@ TEMPLATES_DIR = Path(__file__).parent / "templates"
 MODEL_CONFIG_MOUNT = "/etc/ccs/model-config"
 MODEL_STORE_MOUNT = "/models"
 PVC_MOUNT_ROOT = "/mnt/pvc"
+MODEL_CACHE_MOUNT = "/var/cache/ccs-models"
 CONFIG_HASH_ANNOTATION = f"{API_GROUP}/config-hash"
 SERVICE_LABEL = f"{API_GROUP}/service"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -139,6 +140,17 @@ def _volumes_and_mounts(ccs: ClaudeCodeService) -> tuple[list[Any], list[Any], l
         }
         loader_mounts.append(pvc_mount)
         triton_mounts.append(pvc_mount)
+    cache = ccs.spec.model.cache
+    if cache.enabled:
+        # The node's cache: only the loader sees it; Triton reads the pod's own copy, so an
+        # eviction or a Triton restart never finds a model gone.
+        volumes.append(
+            {
+                "name": "model-cache",
+                "hostPath": {"path": cache.host_path, "type": "DirectoryOrCreate"},
+            }
+        )
+        loader_mounts.append({"name": "model-cache", "mountPath": MODEL_CACHE_MOUNT})
     return volumes, loader_mounts, triton_mounts
 
 
@@ -179,7 +191,7 @@ def triton_args(spec: ServiceSpec) -> list[str]:
 
 
 def loader_args(spec: ServiceSpec) -> list[str]:
-    return [
+    args = [
         "--repository",
         spec.model.repository,
         "--model-name",
@@ -189,6 +201,15 @@ def loader_args(spec: ServiceSpec) -> list[str]:
         "--model-store",
         MODEL_STORE_MOUNT,
     ]
+    if spec.model.cache.enabled:
+        args += [
+            "--cache-dir",
+            MODEL_CACHE_MOUNT,
+            "--cache-limit-bytes",
+            str(spec.model.cache.size_limit_bytes),
+        ]
+    # What the loader did (cache hit or miss, seconds) reaches the pod's status.
+    return [*args, "--report", "/dev/termination-log"]
 
 
 def _hpa_metrics(ccs: ClaudeCodeService) -> list[dict[str, Any]]:
