@@ -117,3 +117,59 @@ def test_lead_time_follows_the_measured_p95_once_there_are_enough_samples() -> N
     assert lead_time_seconds(enough, fallback=300, evaluation_interval=30) == 180
     tiny = {"p95Seconds": 0.0, "samples": 5}
     assert lead_time_seconds(tiny, fallback=300, evaluation_interval=90) == 120
+
+
+def _with_loader_report(body: dict[str, Any], message: str) -> dict[str, Any]:
+    body["status"]["initContainerStatuses"] = [
+        {"name": "other-init", "state": {"terminated": {"message": "{}"}}},
+        {"name": "model-loader", "state": {"terminated": {"exitCode": 0, "message": message}}},
+    ]
+    return body
+
+
+def _report(outcome: str, seconds: float, size: int = 5000) -> str:
+    import json
+
+    return json.dumps(
+        {"ccsModelLoader": {"cache": {"outcome": outcome, "bytes": size}, "seconds": seconds}}
+    )
+
+
+def test_the_loader_report_says_what_the_node_cache_did() -> None:
+    sample = pod_cold_start(_with_loader_report(pod(), _report("hit", 0.4)))
+    assert sample is not None
+    assert (sample.cache, sample.cache_bytes, sample.loader_seconds) == ("hit", 5000, 0.4)
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["", "not json", "[1, 2]", '{"ccsModelLoader": 3}', '{"ccsModelLoader": {"cache": "hit"}}'],
+)
+def test_a_missing_or_odd_report_means_no_cache_figures(message: str) -> None:
+    sample = pod_cold_start(_with_loader_report(pod(), message))
+    assert sample is not None and sample.total == 185.0
+    assert sample.cache is None and sample.cache_bytes == 0
+
+
+def test_the_summary_splits_hits_from_misses_and_says_what_a_hit_saves() -> None:
+    window = ColdStartWindow()
+    starts = {"a": ("miss", 30.0, "00:00:35"), "b": ("hit", 1.0, "00:00:08"),
+              "c": ("hit", 2.0, "00:00:09"), "d": ("refetch", 28.0, "00:00:33")}  # fmt: skip
+    for uid, (outcome, seconds, started) in starts.items():
+        body = pod(uid=uid, started=f"2026-01-01T{started}Z")
+        sample = pod_cold_start(_with_loader_report(body, _report(outcome, seconds)))
+        assert sample is not None
+        window.add(sample)
+    cache = (window.summary() or {})["modelCache"]
+    assert (cache["hits"], cache["misses"], cache["refetches"]) == (2, 2, 1)
+    assert cache["hitLoaderP50Seconds"] == 1.0 and cache["missLoaderP50Seconds"] == 28.0
+    assert cache["savedSecondsPerHit"] == 27.0
+    assert cache["hitStartingP50Seconds"] == 3.0 and cache["missStartingP50Seconds"] == 28.0
+
+
+def test_without_a_cache_the_summary_has_no_cache_part() -> None:
+    window = ColdStartWindow()
+    sample = pod_cold_start(pod())
+    assert sample is not None
+    window.add(sample)
+    assert "modelCache" not in (window.summary() or {})

@@ -12,6 +12,7 @@ so a new image or a bigger model shows in the percentiles after a rollout.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -20,6 +21,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 SERVING_CONTAINER = "triton"
+LOADER_CONTAINER = "model-loader"
+REPORT_KEY = "ccsModelLoader"  # the loader's termination message: {"ccsModelLoader": {...}}
+CACHE_OUTCOMES = ("hit", "miss", "refetch")
 # Enough pods to make p95 mean something, few enough to follow a rollout within a day.
 WINDOW = 50
 # Below this many samples the pre-warm lead time uses the configured fallback.
@@ -35,6 +39,11 @@ class ColdStart:
     scheduling: float | None  # created -> scheduled
     starting: float | None  # scheduled -> serving container started (pull, init containers)
     loading: float | None  # started -> ready (model load, warm-up, readiness probe)
+    # From the model loader's report: the node cache's outcome (hit | miss | refetch, None
+    # without a cache), the bytes of the entry, and the loader's own seconds.
+    cache: str | None = None
+    cache_bytes: int = 0
+    loader_seconds: float | None = None
 
 
 def _time(value: Any) -> datetime | None:
@@ -56,6 +65,32 @@ def _span(start: datetime | None, end: datetime | None) -> float | None:
     return max(0.0, (end - start).total_seconds())
 
 
+def loader_report(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The model loader's JSON report from its termination message ({} if none or bad)."""
+    loader = next(
+        (
+            c
+            for c in status.get("initContainerStatuses") or ()
+            if c.get("name") == LOADER_CONTAINER
+        ),
+        None,
+    )
+    terminated = (((loader or {}).get("state") or {}).get("terminated")) or {}
+    try:
+        report = json.loads(terminated.get("message") or "{}").get(REPORT_KEY)
+    except (ValueError, AttributeError):
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
+def _cache_part(report: Mapping[str, Any]) -> tuple[str | None, int]:
+    cache = report.get("cache")
+    if not isinstance(cache, dict) or cache.get("outcome") not in CACHE_OUTCOMES:
+        return None, 0
+    size = cache.get("bytes")
+    return str(cache["outcome"]), int(size) if isinstance(size, int | float) else 0
+
+
 def pod_cold_start(pod: Mapping[str, Any]) -> ColdStart | None:
     """The cold start of a pod that has become Ready for the first time, else None."""
     meta = pod.get("metadata") or {}
@@ -74,12 +109,18 @@ def pod_cold_start(pod: Mapping[str, Any]) -> ColdStart | None:
         return None  # readiness after a crash is recovery, not a new replica's cold start
     started = _time(((serving or {}).get("state") or {}).get("running", {}).get("startedAt"))
     scheduled = _condition_time(status, "PodScheduled")
+    report = loader_report(status)
+    cache, cache_bytes = _cache_part(report)
+    seconds = report.get("seconds")
     return ColdStart(
         pod_uid=str(meta.get("uid", "")),
         total=_span(created, ready) or 0.0,
         scheduling=_span(created, scheduled),
         starting=_span(scheduled, started),
         loading=_span(started, ready),
+        cache=cache,
+        cache_bytes=cache_bytes,
+        loader_seconds=float(seconds) if isinstance(seconds, int | float) else None,
     )
 
 
@@ -128,7 +169,37 @@ class ColdStartWindow:
             values = [v for s in samples if (v := getattr(s, part)) is not None]
             if values:
                 summary[f"{part}P50Seconds"] = round(percentile(values, 50), 1)
+        cache = cache_summary(samples)
+        if cache:
+            summary["modelCache"] = cache
         return summary
+
+
+def cache_summary(samples: Iterable[ColdStart]) -> dict[str, Any]:
+    """status.coldStart.modelCache: hits and misses among the samples, and the median
+    'starting' part (scheduled -> Triton started: where the download is) of each kind."""
+    cached = [s for s in samples if s.cache is not None]
+    if not cached:
+        return {}
+    hits = [s for s in cached if s.cache == "hit"]
+    misses = [s for s in cached if s.cache != "hit"]
+    summary: dict[str, Any] = {
+        "hits": len(hits),
+        "misses": len(misses),
+        "refetches": sum(1 for s in cached if s.cache == "refetch"),
+    }
+    for name, group in (("hit", hits), ("miss", misses)):
+        starting = [s.starting for s in group if s.starting is not None]
+        if starting:
+            summary[f"{name}StartingP50Seconds"] = round(percentile(starting, 50), 1)
+        loader = [s.loader_seconds for s in group if s.loader_seconds is not None]
+        if loader:
+            summary[f"{name}LoaderP50Seconds"] = round(percentile(loader, 50), 2)
+    if "hitLoaderP50Seconds" in summary and "missLoaderP50Seconds" in summary:
+        summary["savedSecondsPerHit"] = round(
+            max(0.0, summary["missLoaderP50Seconds"] - summary["hitLoaderP50Seconds"]), 2
+        )
+    return summary
 
 
 def lead_time_seconds(

@@ -113,3 +113,18 @@ COLD_START_P50 = Gauge(
 COLD_START_P95 = Gauge(
     "ccs_cold_start_p95_seconds", "95th percentile cold start over recent replicas", SERVICE_LABELS
 )
+MODEL_CACHE_LOOKUPS = Counter(
+    "ccs_model_cache_lookups_total",
+    "New replicas by what the node model cache did for them (hit, miss, refetch)",
+    (*SERVICE_LABELS, "outcome"),
+)
+MODEL_CACHE_BYTES = Counter(
+    "ccs_model_cache_bytes_total",
+    "Model bytes new replicas took from the node cache (hit) or downloaded (miss, refetch)",
+    (*SERVICE_LABELS, "outcome"),
+)
+MODEL_CACHE_SAVED = Gauge(
+    "ccs_model_cache_saved_seconds",
+    "Median model-loader seconds a cache hit saves against a miss, over recent replicas",
+    SERVICE_LABELS,
+)

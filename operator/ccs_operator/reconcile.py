@@ -382,9 +382,14 @@ class Reconciler:
             metrics.QUEUE_LATENCY,
             metrics.COLD_START_P50,
             metrics.COLD_START_P95,
+            metrics.MODEL_CACHE_SAVED,
         ):
             with contextlib.suppress(KeyError):
                 gauge.remove(*key)
+        for outcome in ("hit", "miss", "refetch"):
+            for counter in (metrics.MODEL_CACHE_LOOKUPS, metrics.MODEL_CACHE_BYTES):
+                with contextlib.suppress(KeyError):
+                    counter.remove(*key, outcome)
         for state in ("Off", "NoHistory", "Unsized", "Active", "Gated"):
             with contextlib.suppress(KeyError):
                 metrics.FLOOR_PREWARM.remove(*key, state)
@@ -420,6 +425,12 @@ class Reconciler:
         summary = window.summary() or {}
         metrics.COLD_START_P50.labels(*key).set(summary.get("p50Seconds", 0))
         metrics.COLD_START_P95.labels(*key).set(summary.get("p95Seconds", 0))
+        if sample.cache is not None:
+            metrics.MODEL_CACHE_LOOKUPS.labels(*key, sample.cache).inc()
+            metrics.MODEL_CACHE_BYTES.labels(*key, sample.cache).inc(sample.cache_bytes)
+            saved = (summary.get("modelCache") or {}).get("savedSecondsPerHit")
+            if saved is not None:
+                metrics.MODEL_CACHE_SAVED.labels(*key).set(saved)
         if not initial:
             self._fresh_cold_starts.add(key)
         # Pods of one scale-up turn Ready together: one reconcile (one status write) for all.
