@@ -23,7 +23,12 @@ unready with reason NoServingCapacity, and an event says how to raise the limit.
     python -m e2e.podserving --podserving-state=<state dir>   # started by `python -m e2e up`
 
 Settings are re-read every loop from <state>/podserving.json: {"max_tritons": N,
-"env": {"CCS_SAMPLE_BATCH_COST_MS": "100", ...}} (extra environment for new Tritons).
+"env": {"CCS_SAMPLE_BATCH_COST_MS": "100", ...}} (extra environment for new Tritons),
+"loader_env": {"AWS_ENDPOINT_URL_S3": ..., ...}} (an S3 server a test runs and bridges into
+the pod network: s3:// repositories are then downloaded from it, as the init container
+would, instead of being served by the sample model). A pod whose loader has --cache-dir
+uses the node cache of its own node (<state>/nodes/<node>/model-cache, as the hostPath
+would be), and the loader's report becomes the init container's termination message.
 """
 
 from __future__ import annotations
@@ -53,8 +58,9 @@ from kubernetes.client.exceptions import ApiException
 
 from e2e.kwok import SERVING_LABEL, SERVING_VALUE
 from e2e.netns import PodNetwork
-from serving_image.loader import assemble, parse_config
+from serving_image.loader import S3Settings, assemble, parse_config
 from serving_image.local import LocalTriton, cpu_model_config, local_source
+from serving_image.modelcache import NodeCache
 
 log = logging.getLogger("podserving")
 
@@ -79,6 +85,7 @@ class PodSetupError(RuntimeError):
 class Settings:
     max_tritons: int = DEFAULT_MAX_TRITONS
     env: Mapping[str, str] = field(default_factory=dict)
+    loader_env: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def read(cls, path: Path) -> Settings:
@@ -92,17 +99,22 @@ class Settings:
         return cls(
             max_tritons=int(raw.get("max_tritons", DEFAULT_MAX_TRITONS)),
             env={str(k): str(v) for k, v in (raw.get("env") or {}).items()},
+            loader_env={str(k): str(v) for k, v in (raw.get("loader_env") or {}).items()},
         )
 
 
 def write_settings(
-    state_dir: Path, max_tritons: int | None = None, env: Mapping[str, str] | None = None
+    state_dir: Path,
+    max_tritons: int | None = None,
+    env: Mapping[str, str] | None = None,
+    loader_env: Mapping[str, str] | None = None,
 ) -> None:
-    """Set the limit and extra environment for Tritons started from now on."""
+    """Set the limit and extra environment for Tritons (and loaders) started from now on."""
     current = Settings.read(state_dir / SETTINGS_FILE)
     body = {
         "max_tritons": current.max_tritons if max_tritons is None else max_tritons,
         "env": dict(current.env if env is None else env),
+        "loader_env": dict(current.loader_env if loader_env is None else loader_env),
     }
     path = state_dir / SETTINGS_FILE
     tmp = path.with_suffix(".tmp")
@@ -154,6 +166,8 @@ class PodPlan:
     probe_path: str
     probe_port: int
     image: str
+    node: str = ""
+    loader_args: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -206,6 +220,8 @@ def plan_for(pod: Any) -> PodPlan:
         probe_path=probe_path,
         probe_port=probe_port,
         image=triton.image or "",
+        node=spec.node_name or "",
+        loader_args=tuple(loader_args),
     )
 
 
@@ -230,6 +246,7 @@ class Served:
     not_before: float = 0.0
     launched_at: float = 0.0
     blocked: str | None = None  # why it is not running (capacity, setup error)
+    loader_report: str | None = None  # the init container's termination message
 
 
 class PodServer:
@@ -379,16 +396,31 @@ class PodServer:
             model_config, notes = cpu_model_config(parse_config(text, f"{plan.config_map}"))
         except Exception as exc:  # the loader's message names the field
             raise PodSetupError(f"{plan.config_map}/{CONFIG_KEY}: {exc}") from None
-        source, source_notes = local_source(plan.repository, model_config.backend == "python")
+        s3: S3Settings | None = None
+        cache: NodeCache | None = None
+        if plan.repository.startswith("s3://") and settings.loader_env:
+            source, source_notes = plan.repository, []
+            s3 = S3Settings.from_env(settings.loader_env)
+            if _arg(plan.loader_args, "--cache-dir"):
+                limit = int(_arg(plan.loader_args, "--cache-limit-bytes") or 0)
+                cache = NodeCache(self.node_cache_dir(plan.node), limit)
+        else:
+            source, source_notes = local_source(plan.repository, model_config.backend == "python")
         workdir = Path(tempfile.mkdtemp(prefix=f"pod-{plan.name}-", dir=self._serving_dir()))
         config_path = workdir / "config.pbtxt"
         config_path.write_text(text_format.MessageToString(model_config))
         store = workdir / "models"
+        report: dict[str, object] = {}
+        start = time.monotonic()
         try:
-            assemble(source, plan.model_name, config_path, store)
+            assemble(
+                source, plan.model_name, config_path, store, s3=s3, cache=cache, report=report
+            )
         except Exception as exc:
             shutil.rmtree(workdir, ignore_errors=True)
             raise PodSetupError(f"model store: {exc}") from None
+        report["seconds"] = round(time.monotonic() - start, 3)
+        served.loader_report = json.dumps({"ccsModelLoader": report}, sort_keys=True)
         triton = LocalTriton(
             store,
             server_args=list(plan.args),
@@ -410,6 +442,10 @@ class PodServer:
             f"tritonserver started on {plan.ip} (local substitutions: {local})",
         )
         log.info("%s: started tritonserver on %s (%s)", plan.key, plan.ip, local)
+
+    def node_cache_dir(self, node: str) -> Path:
+        """What the node's hostPath holds: one model cache per (fake) node."""
+        return self.state_dir / "nodes" / (node or "unknown") / "model-cache"
 
     def _serving_dir(self) -> Path:
         path = self.state_dir / "serving"
@@ -485,6 +521,23 @@ class PodServer:
                 ],
             }
         }
+        if served.loader_report is not None:
+            body["status"]["initContainerStatuses"] = [
+                {
+                    "name": LOADER,
+                    "image": plan.image,
+                    "imageID": "",
+                    "ready": True,
+                    "restartCount": 0,
+                    "state": {
+                        "terminated": {
+                            "exitCode": 0,
+                            "reason": "Completed",
+                            "message": served.loader_report,
+                        }
+                    },
+                }
+            ]
         try:
             self.core.patch_namespaced_pod_status(plan.name, plan.namespace, body)
             served.ready = ready
