@@ -178,3 +178,49 @@ def test_a_second_replica_on_a_node_takes_the_model_from_the_node_cache(
     if out:
         with open(out, "a") as handle:
             handle.write(json.dumps(row) + "\n")
+
+
+def _placements(core: client.CoreV1Api, namespace: str, name: str) -> list[str]:
+    pods = core.list_namespaced_pod(
+        namespace, label_selector=f"serving.claudecode.io/service={name}"
+    ).items
+    return [p.spec.node_name for p in pods if p.metadata.deletion_timestamp is None]
+
+
+def _scale_up_lands_on(
+    core: client.CoreV1Api, services: Services, ns: str, name: str, cache: bool
+) -> tuple[str, list[str]]:
+    """One replica, then five more: where the first went and where the new ones went."""
+    spec = {
+        "model": {**sample(name)["spec"]["model"], "cache": {"enabled": cache}},
+        "resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"},
+        "instanceGroups": [{"count": 1, "kind": "KIND_GPU"}],
+        "replicas": {"min": 1, "max": 6},
+        "autoscaling": {"cpuUtilization": 60, "requestsPerSecond": 0, "floor": {"enabled": False}},
+        "monitoring": {"serviceMonitor": False},
+    }
+    services.apply(ns, sample(name, **spec))
+    (first,) = _wait(
+        "the first replica placed", lambda: [n for n in _placements(core, ns, name) if n]
+    )
+    services.patch(ns, name, {"spec": {"replicas": {"min": 6}}})
+    placed = _wait(
+        "six replicas placed",
+        lambda: (
+            (nodes := [n for n in _placements(core, ns, name) if n]) and len(nodes) == 6 and nodes
+        ),
+    )
+    placed.remove(first)
+    return first, placed
+
+
+def test_with_the_node_cache_a_scale_up_lands_on_the_warm_node(
+    cluster: Cluster, op_namespace: str, services: Services
+) -> None:
+    with cluster.api_client() as api_client:
+        core = client.CoreV1Api(api_client)
+        warm, new = _scale_up_lands_on(core, services, op_namespace, "warm", cache=True)
+        assert new.count(warm) / len(new) >= 0.9, (warm, new)
+        # Positive control: without the cache the scheduler spreads the same scale-up.
+        first, spread = _scale_up_lands_on(core, services, op_namespace, "spread", cache=False)
+        assert len(set(spread) | {first}) > 1, (first, spread)

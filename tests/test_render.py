@@ -256,3 +256,23 @@ def test_bad_cache_settings_name_the_field(
     with pytest.raises(SpecError, match=message) as raised:
         parse_service(body)
     assert "model" in str(raised.value)
+
+
+def test_with_the_node_cache_replicas_prefer_nodes_running_the_service() -> None:
+    body = minimal_service(
+        affinity={"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "zone", "operator": "In", "values": ["a"]}]}]}}},
+    )  # fmt: skip
+    body["spec"]["model"]["cache"] = {"enabled": True}
+    ccs = parse_service(body)
+    affinity = _by_kind(ccs)["Deployment"]["spec"]["template"]["spec"]["affinity"]
+    assert affinity["nodeAffinity"] == body["spec"]["affinity"]["nodeAffinity"], "user's kept"
+    (term,) = affinity["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"] == {
+        "labelSelector": {"matchLabels": {"serving.claudecode.io/service": "svc"}},
+        "topologyKey": "kubernetes.io/hostname",
+    }
+    assert ccs.spec.affinity == body["spec"]["affinity"], "the parsed spec is not mutated"
+    plain = _by_kind(parse_service(minimal_service()))["Deployment"]["spec"]["template"]["spec"]
+    assert "affinity" not in plain

@@ -6,6 +6,7 @@ reaches the YAML through Jinja's `tojson`, so no user string can inject structur
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -154,6 +155,34 @@ def _volumes_and_mounts(ccs: ClaudeCodeService) -> tuple[list[Any], list[Any], l
     return volumes, loader_mounts, triton_mounts
 
 
+# A node that runs one of the service's replicas holds its model in the node cache.
+WARM_NODE_WEIGHT = 100
+
+
+def _affinity(ccs: ClaudeCodeService) -> dict[str, Any] | None:
+    """The user's affinity; with the node cache, plus a preference for warm nodes.
+
+    The preference is a pod affinity to the service's own replicas per node, so the pod
+    template stays the same whatever nodes are warm (no rollout when a node fills); the
+    scheduler weighs it against spreading and still decides."""
+    spec_affinity = ccs.spec.affinity
+    if not ccs.spec.model.cache.enabled:
+        return spec_affinity
+    affinity = copy.deepcopy(spec_affinity or {})
+    pod_affinity = affinity.setdefault("podAffinity", {})
+    preferred = pod_affinity.setdefault("preferredDuringSchedulingIgnoredDuringExecution", [])
+    preferred.append(
+        {
+            "weight": WARM_NODE_WEIGHT,
+            "podAffinityTerm": {
+                "labelSelector": {"matchLabels": selector_labels(ccs.name)},
+                "topologyKey": "kubernetes.io/hostname",
+            },
+        }
+    )
+    return affinity
+
+
 def _resources(spec: ServiceSpec) -> dict[str, Any]:
     res = spec.resources
     limits: dict[str, Any] = {"cpu": str(res.cpu), "memory": str(res.memory)}
@@ -298,7 +327,7 @@ def render_children(
         },
         "node_selector": _node_selector(spec),
         "tolerations": _tolerations(spec),
-        "affinity": spec.affinity,
+        "affinity": _affinity(ccs),
         "priority_class_name": spec.priority_class_name,
         "container_security": {
             "allowPrivilegeEscalation": False,
