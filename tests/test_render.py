@@ -274,5 +274,13 @@ def test_with_the_node_cache_replicas_prefer_nodes_running_the_service() -> None
         "topologyKey": "kubernetes.io/hostname",
     }
     assert ccs.spec.affinity == body["spec"]["affinity"], "the parsed spec is not mutated"
+    pod = _by_kind(ccs)["Deployment"]["spec"]["template"]["spec"]
+    # Spread over zones, not hosts, or the spread would undo the preference.
+    assert [c["topologyKey"] for c in pod["topologySpreadConstraints"]] == [
+        "topology.kubernetes.io/zone"
+    ]
     plain = _by_kind(parse_service(minimal_service()))["Deployment"]["spec"]["template"]["spec"]
     assert "affinity" not in plain
+    assert [c["topologyKey"] for c in plain["topologySpreadConstraints"]] == [
+        "kubernetes.io/hostname"
+    ]

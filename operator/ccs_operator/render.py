@@ -328,6 +328,11 @@ def render_children(
         "node_selector": _node_selector(spec),
         "tolerations": _tolerations(spec),
         "affinity": _affinity(ccs),
+        # Replicas spread over hosts; with the node cache over zones, so that within a zone
+        # they may gather on the nodes that hold the model (see _affinity).
+        "spread_topology_key": (
+            "topology.kubernetes.io/zone" if spec.model.cache.enabled else "kubernetes.io/hostname"
+        ),
         "priority_class_name": spec.priority_class_name,
         "container_security": {
             "allowPrivilegeEscalation": False,
