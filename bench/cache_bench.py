@@ -5,8 +5,8 @@ against the first one on that node (a miss), on the real setup.
 
 Runs e2e/test_model_cache.py `--runs` times (the local control plane, the project's loader
 in every pod with a real S3 server bridged into the pod network, a real tritonserver behind
-each pod): each run fills a node's cache with one replica, deletes it, and times the
-replacement on the same node. Two figures per run, from the pods themselves:
+each pod): each run fills a node's cache with one replica, then scales to two and times the
+second replica on the same node. Two figures per run, from the pods themselves:
 
 - loader: the model-loader's own seconds (its report, the pod's termination message);
 - created -> Ready: the pod's timeline (metadata.creationTimestamp to the Ready condition;
@@ -62,7 +62,7 @@ def report(rows: list[dict[str, float]], cmd: str, elapsed: float) -> list[str]:
         f"e2e/test_model_cache.py: a {mib:.0f} MiB repository (the sample Python model plus "
         "random weights) in a real S3 server (moto) on loopback, bridged into the pod network; "
         "the project's loader per pod with spec.model.cache on; a real CPU tritonserver per "
-        "pod; one node, so the replacement lands where the first replica filled the cache.",
+        "pod; one node, so the second replica lands where the first filled the cache.",
         "",
         "| run | loader miss | loader hit | hit/miss | created->Ready miss | hit | hit/miss |",
         "|---:|---:|---:|---:|---:|---:|---:|",

@@ -2,7 +2,7 @@
 the project's loader per pod, real Triton behind the pods.
 
 The first replica on a node downloads the repository into the node's cache (a miss); a
-replacement on the same node takes it from there (a hit). What each did comes from the pods'
+second replica on the same node takes it from there (a hit). What each did comes from the pods'
 own status (the loader's termination message) into status.coldStart.modelCache.
 """
 
@@ -149,9 +149,10 @@ def test_a_second_replica_on_a_node_takes_the_model_from_the_node_cache(
         entry = served_cluster.state_dir / "nodes" / node / "model-cache" / "entries"
         assert (entry / miss["cache"]["key"] / "1" / "weights.bin").stat().st_size == WEIGHTS_BYTES
 
-        core.delete_namespaced_pod(first.metadata.name, ns)
+        # A second replica on the same node (a scale-up, so no Triton stops meanwhile).
+        services.patch(ns, NAME, {"spec": {"replicas": {"min": 2, "max": 2}}})
         (second,) = _wait(
-            "the replacement Ready",
+            "the second replica Ready",
             lambda: [p for p in _ready_pods(core, ns) if p.metadata.uid != first.metadata.uid],
         )
         hit = _loader_report(second)
