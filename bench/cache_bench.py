@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(tempfile.mkstemp(prefix="ccs-cache-bench-", suffix=".jsonl")[1])
     started = time.monotonic()
     for run in range(1, args.runs + 1):
-        _progress(f"run {run}/{args.runs}: e2e/test_model_cache.py (about 2 minutes)")
+        _progress(f"run {run}/{args.runs}: e2e/test_model_cache.py (under a minute warm)")
         if run_once(out) != 0:
             _progress(f"run {run} failed; see the pytest output above")
             return 1

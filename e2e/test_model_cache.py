@@ -135,7 +135,7 @@ def test_a_second_replica_on_a_node_takes_the_model_from_the_node_cache(
         "replicas": {"min": 1, "max": 1},
         "autoscaling": {"cpuUtilization": 60, "requestsPerSecond": 0, "floor": {"enabled": False}},
         "monitoring": {"serviceMonitor": False},
-        # One node, so the replacement lands where the first replica filled the cache.
+        # One node, so the second replica lands where the first filled the cache.
         "nodeSelector": {**placement["nodeSelector"], "kubernetes.io/hostname": node},
         "tolerations": placement["tolerations"],
     }
