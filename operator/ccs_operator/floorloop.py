@@ -67,6 +67,9 @@ HISTORY_LENGTH = 20
 ACCOUNTING_WRITE_SECONDS = 300.0
 # The External metric the HPA scales on is checked this often per service (an API call each).
 EXTERNAL_METRIC_CHECK_SECONDS = 300.0
+# While the metric is not served, it is asked for this often instead: an adapter installed
+# (or a rule added) shows in MetricsAvailable within seconds, not minutes.
+EXTERNAL_METRIC_RECHECK_SECONDS = 15.0
 EXTERNAL_METRIC_PARALLELISM = 8
 
 
@@ -286,10 +289,12 @@ class FloorLoop:
             if ccs.spec.autoscaling.requests_per_second <= 0:
                 memory.external_problem = None
                 return
-            if (
-                memory.external_checked_at is not None
-                and now - memory.external_checked_at < EXTERNAL_METRIC_CHECK_SECONDS
-            ):
+            period = (
+                EXTERNAL_METRIC_CHECK_SECONDS
+                if memory.external_problem is None
+                else EXTERNAL_METRIC_RECHECK_SECONDS
+            )
+            if memory.external_checked_at is not None and now - memory.external_checked_at < period:
                 return
             memory.external_checked_at = now
             selector = {"service": ccs.name}
