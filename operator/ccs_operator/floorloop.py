@@ -306,6 +306,10 @@ class FloorLoop:
             except Transient as exc:
                 memory.external_checked_at = None  # ask again next interval
                 log.info("external metrics API of %s/%s unreachable: %s", *_key(ccs), exc)
+                if exc.status == 503:
+                    # The aggregation layer's answer when the APIService is registered but
+                    # its adapter does not respond: the HPA cannot read the metric either.
+                    memory.external_problem = _external_metric_unavailable(ccs, str(exc))
                 return
             except KubeError as exc:
                 items = None
@@ -720,6 +724,19 @@ def _external_metric_problem(
             "spec.autoscaling.requestsPerSecond: 0",
         )
     return None
+
+
+def _external_metric_unavailable(ccs: ClaudeCodeService, error: str) -> Condition:
+    """The API is registered, but whatever serves it does not answer."""
+    return Condition(
+        METRICS_AVAILABLE,
+        False,
+        "ExternalMetricsAPIUnavailable",
+        f"the HPA scales on the External metric {EXTERNAL_RPS_METRIC}{{service={ccs.name}}}, "
+        "but the adapter registered for external.metrics.k8s.io does not answer "
+        f"({error[:200]}); check `kubectl get apiservice v1beta1.external.metrics.k8s.io` "
+        "and the adapter's pods",
+    )
 
 
 def _metrics_available(
