@@ -284,7 +284,11 @@ class AdapterStack:
         return stopped
 
     def __enter__(self) -> AdapterStack:
-        return self.up()
+        try:
+            return self.up()
+        except BaseException:
+            self.down()  # a half-made APIService must not outlive the failure
+            raise
 
     def __exit__(self, *_: object) -> None:
         self.down()
