@@ -92,7 +92,9 @@ def _external_value(cluster: Cluster, namespace: str) -> float | None:
         f"/apis/{adapter.GROUP}/{adapter.VERSION}/namespaces/{namespace}/"
         f"requests_per_second?labelSelector={selector}"
     )
-    done = cluster.kubectl("get", "--raw", path)
+    done = cluster.kubectl("get", "--raw", path, check=False)
+    if done.returncode != 0:  # not (yet) served: 404 from the adapter, 503 while it starts
+        return None
     items = json.loads(done.stdout)["items"]
     if not items:
         return None
