@@ -25,7 +25,7 @@ from pathlib import Path
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from e2e import crds, kubeconfig, kwok, procs
+from e2e import crds, egress, kubeconfig, kwok, procs
 from e2e.netns import PodNetwork, PodNetworkError
 from e2e.paths import default_state_dir
 from e2e.pki import SERVICE_CIDR, ClusterPKI, ensure_pki
@@ -43,8 +43,9 @@ _PORTS = {
 }
 # Start order; `down` goes in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
-# Runs inside the pod network when there is one (e2e.podserving).
+# Run inside the pod network when there is one (e2e.podserving, e2e.egress).
 PODSERVING = "podserving"
+EGRESS = "egress"
 
 
 class ClusterError(RuntimeError):
@@ -151,6 +152,8 @@ class LocalCluster:
             ComponentStatus(name, procs.read_pid(self._pidfile(name), name), self.log_file(name))
             for name in COMPONENTS
         ]
+        if self.egress_enabled():
+            statuses.append(ComponentStatus(EGRESS, self._egress_pid(), self.log_file(EGRESS)))
         if self.serving_enabled():
             statuses.append(
                 ComponentStatus(PODSERVING, self._podserving_pid(), self.log_file(PODSERVING))
@@ -163,6 +166,38 @@ class LocalCluster:
     # --- the pod network and real serving ---------------------------------------------------
     def serving_enabled(self) -> bool:
         return self.options.served_nodes > 0 and PodNetwork.supported() is None
+
+    def egress_enabled(self) -> bool:
+        """The API server reaches pod addresses (aggregated APIs' endpoints) through
+        e2e.egress, wherever there is a pod network."""
+        return PodNetwork.supported() is None
+
+    @property
+    def egress_selector_file(self) -> Path:
+        return self.state_dir / "egress-selector.yaml"
+
+    def _egress_marker(self) -> str:
+        return f"--egress-state={self.state_dir}"
+
+    def _egress_pid(self) -> int | None:
+        program = Path(sys.executable).name
+        return procs.read_pid(self._pidfile(EGRESS), program, self._egress_marker())
+
+    def _ensure_egress(self) -> None:
+        if not self.egress_enabled():
+            return
+        self.network.ensure()
+        socket = egress.socket_path(self.state_dir)
+        pid = self._egress_pid()
+        if pid is None:
+            _log(f"starting {EGRESS} in {self.network.name} (log: {self.log_file(EGRESS)})")
+            socket.unlink(missing_ok=True)
+            argv = self.network.wrap([sys.executable, "-m", "e2e.egress", self._egress_marker()])
+            env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+            pid = procs.start(
+                argv, self._pidfile(EGRESS), self.log_file(EGRESS), self.state_dir, env
+            ).pid
+        self._wait_ready(EGRESS, pid, socket.exists)
 
     def _podserving_marker(self) -> str:
         return f"--podserving-state={self.state_dir}"
@@ -204,6 +239,8 @@ class LocalCluster:
         program = Path(sys.executable).name
         if procs.stop(self._pidfile(PODSERVING), program, marker=self._podserving_marker()):
             stopped.append(PODSERVING)
+        if procs.stop(self._pidfile(EGRESS), program, marker=self._egress_marker()):
+            stopped.append(EGRESS)
         for port in self.network.bridged_ports():
             if self.network.unbridge(port):
                 stopped.append(f"bridge {port}")
@@ -244,6 +281,7 @@ class LocalCluster:
             ports = self._ports()
             self._write_kubeconfigs(pki, ports)
             kwok_config_changed = self._write_kwok_config()
+            self._write_egress_selector()
             argv = self._argv(pki, ports)
             for name in COMPONENTS:
                 if name == "kwok" and kwok_config_changed:
@@ -251,6 +289,7 @@ class LocalCluster:
                 self._ensure_component(name, argv[name], ports)
                 if name == "kube-apiserver":
                     self._install_objects()
+            self._ensure_egress()
             self._ensure_serving(ports)
             self._wait_nodes_ready()
             _log(f"cluster ready in {time.monotonic() - started:.1f}s; state: {self.state_dir}")
@@ -286,6 +325,12 @@ class LocalCluster:
     def _ensure_component(self, name: str, argv: list[str], ports: dict[str, int]) -> None:
         pidfile = self._pidfile(name)
         pid = procs.read_pid(pidfile, name)
+        if pid is not None and procs.cmdline(pid) != argv:
+            # Started by an older harness (different flags): what runs must be what `up`
+            # would start, or a cluster found running lacks, say, the egress selector.
+            _log(f"restarting {name}: its flags changed")
+            procs.stop(pidfile, name)
+            pid = None
         if pid is None:
             _log(f"starting {name} (log: {self.log_file(name)})")
             pid = procs.start(argv, pidfile, self.log_file(name), self.state_dir).pid
@@ -342,6 +387,11 @@ class LocalCluster:
         path.write_text(text)
         return True
 
+    def _write_egress_selector(self) -> None:
+        if self.egress_enabled():
+            config = egress.selector_config(egress.socket_path(self.state_dir))
+            self.egress_selector_file.write_text(json.dumps(config, indent=1) + "\n")
+
     def _argv(self, pki: ClusterPKI, ports: dict[str, int]) -> dict[str, list[str]]:
         run = self.state_dir / "run"
         etcd_url = f"http://127.0.0.1:{ports['etcd']}"
@@ -382,8 +432,16 @@ class LocalCluster:
                 # nothing in a kwok cluster dials it.
                 "--endpoint-reconciler-type=none",
                 # Aggregated APIs (a metrics adapter) are reached through their endpoints:
-                # there is no kube-proxy to route Service IPs.
+                # there is no kube-proxy to route Service IPs. Endpoints are pod addresses,
+                # which exist only in the pod network: the API server dials them through
+                # e2e.egress (its `cluster` egress selection), as a control plane outside
+                # the cluster network does through Konnectivity.
                 "--enable-aggregator-routing=true",
+                *(
+                    [f"--egress-selector-config-file={self.egress_selector_file}"]
+                    if self.egress_enabled()
+                    else []
+                ),
                 f"--requestheader-client-ca-file={pki.front_proxy_ca.cert}",
                 "--requestheader-allowed-names=front-proxy-client",
                 "--requestheader-extra-headers-prefix=X-Remote-Extra-",

@@ -25,6 +25,11 @@ def _cmdline(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
+def cmdline(pid: int) -> list[str]:
+    """The argv a process was started with ([] when it is gone)."""
+    return _cmdline(pid)
+
+
 def _is_zombie(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

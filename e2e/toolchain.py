@@ -40,6 +40,7 @@ from e2e.paths import TOOLCHAIN_DIR, bin_root
 KUBE_PROGRAMS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator"
 PROMETHEUS = "github.com/prometheus/prometheus"
+PROMETHEUS_ADAPTER = "sigs.k8s.io/prometheus-adapter"
 # How often a long build says it is still alive, so CI logs never look hung.
 _HEARTBEAT_S = 60.0
 # The npm workspaces of a module's web/ui built for an embedded web UI, in order: the
@@ -109,6 +110,10 @@ def prometheus_version() -> str:
     return f"{int(match.group(1))}.{int(match.group(2))}.{match.group(3)}"
 
 
+def prometheus_adapter_version() -> str:
+    return required_version("adapter", PROMETHEUS_ADAPTER)
+
+
 def _version_ldflags(package: str, version: str) -> list[str]:
     major, minor = version.lstrip("v").split(".")[:2]
     values = {"gitVersion": version, "gitMajor": major, "gitMinor": minor}
@@ -126,6 +131,7 @@ def binaries() -> list[Binary]:
     helm = required_version("helm", "helm.sh/helm/v3")
     promop = prometheus_operator_version()
     prometheus = prometheus_version()
+    adapter = prometheus_adapter_version()
     return [
         Binary("kube", "kube", ".", tuple(kube_flags), KUBE_PROGRAMS),
         Binary("etcd", "etcd", "."),
@@ -166,6 +172,14 @@ def binaries() -> list[Binary]:
             own_dir=f"prometheus-v{prometheus}",
             tags=("builtinassets",),
             web_ui=PROMETHEUS,
+        ),
+        # Serves external.metrics.k8s.io from Prometheus queries: what makes the HPA's
+        # requests_per_second real (e2e.adapter runs it with the chart's rules).
+        Binary(
+            "prometheus-adapter",
+            "adapter",
+            f"{PROMETHEUS_ADAPTER}/cmd/adapter",
+            own_dir=f"prometheus-adapter-{adapter}",
         ),
     ]
 

@@ -36,6 +36,7 @@ ALL_ON = {
     "operator": {"logLevel": "DEBUG", "prometheus": {"bearerTokenSecret": {"name": "prom"}}},
     "image": {"digest": "sha256:" + "a" * 64},
     "dashboard": {"namespace": "monitoring", "annotations": {"grafana_folder": "Inference"}},
+    "prometheusAdapter": {"rules": {"enabled": True, "namespace": "monitoring"}},
 }
 
 

@@ -313,3 +313,70 @@ def test_the_no_series_condition_is_one_short_sentence_naming_the_fix() -> None:
     assert len(message) < 200, message
     assert "{" not in message  # the query goes to the log, not into status
     assert "ns/svc" in message and "ServiceMonitor svc" in message
+
+
+@pytest.mark.asyncio
+async def test_an_adapter_installed_later_shows_within_the_recheck_not_the_long_period() -> None:
+    served = body("rps", None)
+    served["spec"]["autoscaling"]["requestsPerSecond"] = 10
+    loop, reconciler, prometheus, clock = make(served)
+    prometheus.signals[("ns", "rps")] = serving(5.0)
+    answers: list[list[Any] | None] = [None]  # no adapter serves external.metrics.k8s.io yet
+
+    async def external_metric(*args: Any) -> list[Any] | None:
+        return answers[-1]
+
+    reconciler.kube.external_metric = external_metric  # type: ignore[method-assign]
+    await loop.tick()
+    assert condition(reconciler, "rps", "MetricsAvailable")["reason"] == "ExternalMetricsAPIMissing"
+    answers.append([{"value": "5"}])  # the adapter is installed
+    clock[0] += floorloop.EXTERNAL_METRIC_RECHECK_SECONDS + 30
+    await loop.tick()
+    assert condition(reconciler, "rps", "MetricsAvailable")["status"] == "True"
+    # Once served, the long period applies: a later outage is noticed only after it.
+    answers.append(None)
+    clock[0] += 30
+    await loop.tick()
+    assert condition(reconciler, "rps", "MetricsAvailable")["status"] == "True"
+    clock[0] += floorloop.EXTERNAL_METRIC_CHECK_SECONDS
+    await loop.tick()
+    assert condition(reconciler, "rps", "MetricsAvailable")["status"] == "False"
+
+
+@pytest.mark.asyncio
+async def test_an_adapter_that_stops_answering_is_unavailable_not_present() -> None:
+    served = body("rps", None)
+    served["spec"]["autoscaling"]["requestsPerSecond"] = 10
+    loop, reconciler, prometheus, clock = make(served)
+    prometheus.signals[("ns", "rps")] = serving(5.0)
+    await loop.tick()
+    assert condition(reconciler, "rps", "MetricsAvailable")["status"] == "True"
+    errors: list[Exception] = [
+        floorloop.Transient("GET /apis/external.metrics.k8s.io/...: service unavailable", 503)
+    ]
+
+    async def external_metric(*args: Any) -> list[Any]:
+        if errors:
+            raise errors[-1]
+        return [{"value": "5"}]
+
+    reconciler.kube.external_metric = external_metric  # type: ignore[method-assign]
+    clock[0] += floorloop.EXTERNAL_METRIC_CHECK_SECONDS + 30
+    await loop.tick()
+    unavailable = condition(reconciler, "rps", "MetricsAvailable")
+    assert (unavailable["status"], unavailable["reason"]) == (
+        "False",
+        "ExternalMetricsAPIUnavailable",
+    )
+    assert "kubectl get apiservice" in unavailable["message"]
+    # The API server itself timing out says nothing about the adapter: the state is kept.
+    errors.append(floorloop.Transient("GET ...: timeout", 504))
+    clock[0] += 30
+    await loop.tick()
+    assert condition(reconciler, "rps", "MetricsAvailable")["reason"] == (
+        "ExternalMetricsAPIUnavailable"
+    )
+    errors.clear()  # the adapter answers again, and is asked at the next evaluation
+    clock[0] += 30
+    await loop.tick()
+    assert condition(reconciler, "rps", "MetricsAvailable")["status"] == "True"

@@ -67,6 +67,9 @@ HISTORY_LENGTH = 20
 ACCOUNTING_WRITE_SECONDS = 300.0
 # The External metric the HPA scales on is checked this often per service (an API call each).
 EXTERNAL_METRIC_CHECK_SECONDS = 300.0
+# While the metric is not served, it is asked for this often instead: an adapter installed
+# (or a rule added) shows in MetricsAvailable within seconds, not minutes.
+EXTERNAL_METRIC_RECHECK_SECONDS = 15.0
 EXTERNAL_METRIC_PARALLELISM = 8
 
 
@@ -286,10 +289,12 @@ class FloorLoop:
             if ccs.spec.autoscaling.requests_per_second <= 0:
                 memory.external_problem = None
                 return
-            if (
-                memory.external_checked_at is not None
-                and now - memory.external_checked_at < EXTERNAL_METRIC_CHECK_SECONDS
-            ):
+            period = (
+                EXTERNAL_METRIC_CHECK_SECONDS
+                if memory.external_problem is None
+                else EXTERNAL_METRIC_RECHECK_SECONDS
+            )
+            if memory.external_checked_at is not None and now - memory.external_checked_at < period:
                 return
             memory.external_checked_at = now
             selector = {"service": ccs.name}
@@ -301,6 +306,10 @@ class FloorLoop:
             except Transient as exc:
                 memory.external_checked_at = None  # ask again next interval
                 log.info("external metrics API of %s/%s unreachable: %s", *_key(ccs), exc)
+                if exc.status == 503:
+                    # The aggregation layer's answer when the APIService is registered but
+                    # its adapter does not respond: the HPA cannot read the metric either.
+                    memory.external_problem = _external_metric_unavailable(ccs, str(exc))
                 return
             except KubeError as exc:
                 items = None
@@ -715,6 +724,19 @@ def _external_metric_problem(
             "spec.autoscaling.requestsPerSecond: 0",
         )
     return None
+
+
+def _external_metric_unavailable(ccs: ClaudeCodeService, error: str) -> Condition:
+    """The API is registered, but whatever serves it does not answer."""
+    return Condition(
+        METRICS_AVAILABLE,
+        False,
+        "ExternalMetricsAPIUnavailable",
+        f"the HPA scales on the External metric {EXTERNAL_RPS_METRIC}{{service={ccs.name}}}, "
+        "but the adapter registered for external.metrics.k8s.io does not answer "
+        f"({error[:200]}); check `kubectl get apiservice v1beta1.external.metrics.k8s.io` "
+        "and the adapter's pods",
+    )
 
 
 def _metrics_available(
