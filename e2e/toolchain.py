@@ -126,6 +126,7 @@ def binaries() -> list[Binary]:
     helm = required_version("helm", "helm.sh/helm/v3")
     promop = prometheus_operator_version()
     prometheus = prometheus_version()
+    actionlint = required_version("actionlint", "github.com/rhysd/actionlint")
     return [
         Binary("kube", "kube", ".", tuple(kube_flags), KUBE_PROGRAMS),
         Binary("etcd", "etcd", "."),
@@ -166,6 +167,14 @@ def binaries() -> list[Binary]:
             own_dir=f"prometheus-v{prometheus}",
             tags=("builtinassets",),
             web_ui=PROMETHEUS,
+        ),
+        # Lints .github/workflows/ (tests/test_release.py); keyed by its own module.
+        Binary(
+            "actionlint",
+            "actionlint",
+            "github.com/rhysd/actionlint/cmd/actionlint",
+            (f"-X github.com/rhysd/actionlint.version={actionlint}",),
+            own_dir=f"actionlint-{actionlint}",
         ),
     ]
 

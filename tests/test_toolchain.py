@@ -27,7 +27,7 @@ def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return copy
 
 
-OWN_DIRS = ("prometheus-operator", "prometheus")
+OWN_DIRS = ("prometheus-operator", "prometheus", "actionlint")
 
 
 def _binary(name: str) -> toolchain.Binary:
@@ -45,7 +45,7 @@ def _touch(path: Path) -> None:
 
 def test_the_monitoring_binaries_have_directories_of_their_own(tree: Path) -> None:
     dirs = {name: toolchain.binary_dir(_binary(name)) for name in OWN_DIRS}
-    assert len({toolchain.bin_dir(), *dirs.values()}) == 3
+    assert len({toolchain.bin_dir(), *dirs.values()}) == 4
     assert dirs["prometheus-operator"].name.startswith("prometheus-operator-v0.85.0-")
     assert dirs["prometheus"].name.startswith("prometheus-v3.5.0-")
     for binary in toolchain.binaries():
@@ -53,7 +53,7 @@ def test_the_monitoring_binaries_have_directories_of_their_own(tree: Path) -> No
             assert toolchain.binary_dir(binary) == toolchain.bin_dir()
 
 
-@pytest.mark.parametrize("module", ["promoperator", "prometheus"])
+@pytest.mark.parametrize("module", ["promoperator", "prometheus", "actionlint"])
 def test_an_own_module_changes_its_own_directory_only(tree: Path, module: str) -> None:
     before = {b.name: toolchain.binary_dir(b) for b in toolchain.binaries()}
     _touch(tree / module / "go.sum")
