@@ -18,6 +18,7 @@ digest (the manifest's digest, also printed on stdout) and image.json (what was 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -25,9 +26,11 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from e2e.paths import REPO_ROOT
 from release import oci, rootfs, sbom, wheels
@@ -120,17 +123,46 @@ def cached_build(arch: str | None = None) -> Built:
     builds = image_cache() / "builds"
     out = builds / f"{arch}-{key}"
     summary = out / "image.json"
-    if summary.exists():
-        built = load_built(out)
-        log(f"image: cached build {built.digest} ({out})")
-        return built
-    for old in builds.glob(f"{arch}-*") if builds.exists() else ():
-        shutil.rmtree(old, ignore_errors=True)  # one build per architecture is kept
-    return build(out, arch)
+    with _locked(arch):
+        if summary.exists():
+            built = load_built(out)
+            log(f"image: cached build {built.digest} ({out})")
+            return built
+        for old in builds.glob(f"{arch}-*") if builds.exists() else ():
+            shutil.rmtree(old, ignore_errors=True)  # one build per architecture is kept
+        return _build(out, arch, refresh_base=False)
+
+
+@contextmanager
+def _locked(arch: str) -> Iterator[None]:
+    """One build per architecture at a time on a machine: they share the work tree and
+    the base's cache."""
+    image_cache().mkdir(parents=True, exist_ok=True)
+    with open(image_cache() / f".build-{arch}.lock", "w") as lock:
+        if not _try_lock(lock):
+            log("image: another build of this machine is running; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _try_lock(lock: IO[str]) -> bool:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def build(out: Path | None = None, arch: str | None = None, refresh_base: bool = False) -> Built:
     arch = arch or host_arch()
+    with _locked(arch):
+        return _build(out, arch, refresh_base)
+
+
+def _build(out: Path | None, arch: str, refresh_base: bool) -> Built:
     if arch != host_arch():
         raise ReleaseError(
             f"building for {arch} on {host_arch()} needs {arch} binaries to run in the chroot; "
