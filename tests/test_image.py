@@ -5,6 +5,7 @@ to the same entrypoint, user and Python."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -167,3 +168,26 @@ def test_the_dockerfile_describes_the_same_image() -> None:
     assert base and base.group(1).startswith(f"debian:{rootfs.SUITE}-slim")
     assert "python3.11" in text and "/opt/ccs" in text
     assert "PYTHONDONTWRITEBYTECODE=1" in text and "PATH=/opt/ccs/bin:$PATH" in text
+
+
+def test_the_release_index_copies_with_its_digest(operator_image: Built, tmp_path: Path) -> None:
+    """What the release workflow pushes: one index over the per-architecture layouts,
+    copied by `skopeo copy --all --preserve-digests` (to a layout here, to ghcr there)."""
+    merged, copy = tmp_path / "multi", tmp_path / "copy"
+    version = operator_image.version
+    digest = oci.merge_layouts(merged, [operator_image.layout], version)
+    subprocess.run(
+        [
+            "skopeo", "--insecure-policy", "copy", "--quiet", "--all", "--preserve-digests",
+            f"oci:{merged}:{version}", f"oci:{copy}:{version}",
+        ],
+        check=True,
+    )
+    raw = subprocess.run(
+        ["skopeo", "inspect", "--raw", f"oci:{copy}:{version}"],
+        capture_output=True, check=True,
+    ).stdout
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == digest
+    (entry,) = json.loads(raw)["manifests"]
+    assert entry["digest"] == operator_image.digest
+    assert entry["platform"] == {"architecture": operator_image.arch, "os": "linux"}
