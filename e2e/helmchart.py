@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from e2e.paths import REPO_ROOT
-from e2e.toolchain import ensure_built
+from e2e.toolchain import ensure_built, kubernetes_version
 
 CHART_DIR = REPO_ROOT / "chart" / "ccs-operator"
 
@@ -55,6 +55,9 @@ def helm(
     }
     if kubeconfig is not None:
         env["KUBECONFIG"] = str(kubeconfig)
+    if args and args[0] in ("template", "lint") and "--kube-version" not in args:
+        # Chart.yaml's kubeVersion is checked against this (helm's own default is v1.20).
+        args = (args[0], "--kube-version", kubernetes_version(), *args[1:])
     result = subprocess.run(
         [str(helm_binary()), *args],
         capture_output=True,

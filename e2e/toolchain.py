@@ -132,6 +132,7 @@ def binaries() -> list[Binary]:
     promop = prometheus_operator_version()
     prometheus = prometheus_version()
     adapter = prometheus_adapter_version()
+    actionlint = required_version("actionlint", "github.com/rhysd/actionlint")
     return [
         Binary("kube", "kube", ".", tuple(kube_flags), KUBE_PROGRAMS),
         Binary("etcd", "etcd", "."),
@@ -180,6 +181,14 @@ def binaries() -> list[Binary]:
             "adapter",
             f"{PROMETHEUS_ADAPTER}/cmd/adapter",
             own_dir=f"prometheus-adapter-{adapter}",
+        ),
+        # Lints .github/workflows/ (tests/test_release.py); keyed by its own module.
+        Binary(
+            "actionlint",
+            "actionlint",
+            "github.com/rhysd/actionlint/cmd/actionlint",
+            (f"-X github.com/rhysd/actionlint.version={actionlint}",),
+            own_dir=f"actionlint-{actionlint}",
         ),
     ]
 

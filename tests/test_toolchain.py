@@ -27,7 +27,7 @@ def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return copy
 
 
-OWN_DIRS = ("prometheus-operator", "prometheus", "prometheus-adapter")
+OWN_DIRS = ("prometheus-operator", "prometheus", "prometheus-adapter", "actionlint")
 
 
 def _binary(name: str) -> toolchain.Binary:
@@ -54,7 +54,7 @@ def test_the_monitoring_binaries_have_directories_of_their_own(tree: Path) -> No
             assert toolchain.binary_dir(binary) == toolchain.bin_dir()
 
 
-@pytest.mark.parametrize("module", ["promoperator", "prometheus", "adapter"])
+@pytest.mark.parametrize("module", ["promoperator", "prometheus", "adapter", "actionlint"])
 def test_an_own_module_changes_its_own_directory_only(tree: Path, module: str) -> None:
     before = {b.name: toolchain.binary_dir(b) for b in toolchain.binaries()}
     _touch(tree / module / "go.sum")
