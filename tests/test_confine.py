@@ -6,6 +6,7 @@ matchers, so a test passes only if what would be sent to Prometheus is confined.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -20,6 +21,8 @@ from ccs_operator.confine import (
     confine,
     confine_override,
 )
+
+from helpers import crd_schema
 
 NS = "hostile"
 SVC = "svc"
@@ -261,3 +264,54 @@ def test_policy_modes() -> None:
 def test_max_range_is_inclusive() -> None:
     assert_confined(run("rate(x[1h])"))
     assert timedelta(hours=1) == pp.parse("x[1h]").range
+
+
+def _cel_query_rules() -> list[str]:
+    floor = crd_schema()["properties"]["spec"]["properties"]["autoscaling"]["properties"]["floor"]
+    return [r["rule"] for r in floor["properties"]["query"]["x-kubernetes-validations"]]
+
+
+def _cel_admits(query: str) -> bool:
+    """The CRD's query rules, read as Python regexes (RE2 and re agree on these)."""
+    for rule in _cel_query_rules():
+        verdict = True
+        parts = re.findall(r"(!?)self\.matches\(r(['\"])(.*?)\2\)", rule)
+        assert parts, rule
+        for negated, _, pattern in parts:
+            found = re.search(pattern, query) is not None
+            verdict = verdict and (not found if negated else found)
+        if not verdict:
+            return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        'max(nv_inference_queue_summary_us{namespace={namespace}, service="{service}"}) / 1e3',
+        "max(nv_inference_queue_summary_us{namespace='{namespace}'}) / 1e3",
+        'max(label_replace(rate(x[{window}]), "dst", "$1", "namespace", "(.*)"))',
+        "sum by (namespace, service) (rate(nv_inference_exec_count[1m]))",
+        'x{exported_namespace!="a"}',
+    ],
+)
+def test_admission_never_refuses_what_the_operator_confines(query: str) -> None:
+    assert _cel_admits(query)
+    assert_confined(run(query))
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "  ",
+        'sum(process_resident_memory_bytes{namespace="other-tenant"}) / 1e6',
+        "x{namespace='other-tenant'}",
+        'x{namespace=~".+"}',
+        'x{service!="svc"}',
+        '{__name__=~".+"}',
+    ],
+)
+def test_what_admission_refuses_the_operator_refuses_too(query: str) -> None:
+    assert not _cel_admits(query)
+    with pytest.raises(QueryRefused):
+        run(query)
