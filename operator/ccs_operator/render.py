@@ -115,15 +115,20 @@ def _volumes_and_mounts(ccs: ClaudeCodeService) -> tuple[list[Any], list[Any], l
             "name": "dshm",
             "emptyDir": {"medium": "Memory", "sizeLimit": ccs.spec.resources.shm_size},
         },
+        # The root filesystems are read-only; scratch space for both containers.
+        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
     ]
+    tmp = {"name": "tmp", "mountPath": "/tmp"}
     store = {"name": "model-store", "mountPath": MODEL_STORE_MOUNT}
     loader_mounts: list[dict[str, Any]] = [
         {"name": "model-config", "mountPath": MODEL_CONFIG_MOUNT, "readOnly": True},
         store,
+        tmp,
     ]
     triton_mounts: list[dict[str, Any]] = [
         {**store, "readOnly": True},
         {"name": "dshm", "mountPath": "/dev/shm"},
+        tmp,
     ]
     claim = _pvc_claim(ccs.spec.model.repository)
     if claim is not None:
@@ -279,9 +284,14 @@ def render_children(
         "tolerations": _tolerations(spec),
         "affinity": spec.affinity,
         "priority_class_name": spec.priority_class_name,
+        # Pod Security "restricted" (with the pod's runAsNonRoot and RuntimeDefault seccomp),
+        # and a read-only root: Triton writes only /tmp, /dev/shm and nothing in the store.
         "container_security": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
         "resources": _resources(spec),
         "loader_image": settings.loader_image,
