@@ -39,6 +39,7 @@ ALL_ON = {
         "queryOverrides": {"mode": "namespaces", "namespaces": ["team-a"], "maxSeries": 5},
     },
     "image": {"digest": "sha256:" + "a" * 64},
+    "networkPolicy": {"enabled": True},
     "dashboard": {"namespace": "monitoring", "annotations": {"grafana_folder": "Inference"}},
 }
 
