@@ -12,6 +12,8 @@ from typing import Any
 
 import promql_parser as pp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ccs_operator.confine import (
     FIELD,
@@ -315,3 +317,72 @@ def test_what_admission_refuses_the_operator_refuses_too(query: str) -> None:
     assert not _cel_admits(query)
     with pytest.raises(QueryRefused):
         run(query)
+
+
+# -- property: whatever the query, what is sent is confined ---------------------------------
+
+_values = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=8)
+_labels = st.sampled_from(["namespace", "service", "pod", "le", "__name__", "job"])
+_ops = st.sampled_from(["=", "!=", "=~", "!~"])
+
+
+@st.composite
+def _selector(draw: st.DrawFn) -> str:
+    name = draw(st.sampled_from(["", "x", "nv_inference_exec_count", "a:b"]))
+    matchers = draw(
+        st.lists(
+            st.builds(
+                lambda label, op, value: f'{label}{op}"{_escape(value)}"',
+                _labels,
+                _ops,
+                st.one_of(st.sampled_from([NS, SVC, "other-tenant", ".+", ""]), _values),
+            ),
+            max_size=3,
+        )
+    )
+    text = name + ("{" + ",".join(matchers) + "}" if matchers or not name else "")
+    return text + draw(st.sampled_from(["", " offset 5m", " @ start()", " offset -1m"]))
+
+
+@st.composite
+def _query(draw: st.DrawFn, depth: int = 0) -> str:
+    leaf = draw(_selector())
+    if depth >= 2:
+        return leaf
+    inner = draw(_query(depth + 1))
+    other = draw(_query(depth + 1))
+    return draw(
+        st.sampled_from(
+            [
+                leaf,
+                f"rate({leaf.split(' ')[0]}[5m])",
+                f"sum by (namespace) ({inner})",
+                f"({inner}) or ({other})",
+                f"({inner}) unless on() ({other})",
+                f"max_over_time(({inner})[10m:1m])",
+                f'label_replace({inner}, "{draw(_labels)}", "v", "", "")',
+                f"absent({inner})",
+            ]
+        )
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(_query())
+def test_any_query_is_refused_or_fully_confined(query: str) -> None:
+    try:
+        got = confine(query, namespace=NS, service=SVC)
+    except QueryRefused:
+        return
+    assert_confined(got)
+    # Nothing else changed in the selectors: the user's other matchers are all still there.
+    original = [
+        m for vs in selectors(query) for m in matchers(vs) if m[0] not in ("namespace", "service")
+    ]
+    sent = [
+        m
+        for vs in selectors(got.promql)
+        for m in matchers(vs)
+        if m[0] not in ("namespace", "service")
+    ]
+    assert sorted(original) == sorted(sent)
