@@ -66,6 +66,35 @@ COUNTER_EXAMPLES = [
     ("model.cache", {"enabled": True, "hostPath": "/var/lib/kubelet"}, "not a system directory"),
     ("model.cache", {"hostPath": "/data/../etc"}, "plain absolute directory"),
     ("model.cache", {"sizeLimit": "lots"}, "spec.model.cache.sizeLimit"),
+    ("autoscaling.floor.query", "  ", "spec.autoscaling.floor.query is empty"),
+    (
+        "autoscaling.floor.query",
+        'sum(process_resident_memory_bytes{namespace="other-tenant"}) / 1e6',
+        "spec.autoscaling.floor.query may not name another namespace",
+    ),
+    (
+        "autoscaling.floor.query",
+        'max(x{namespace=~".+"})',
+        "spec.autoscaling.floor.query may match namespace and service only with =",
+    ),
+    (
+        "autoscaling.floor.query",
+        'max(x{service!="svc"})',
+        "spec.autoscaling.floor.query may match namespace and service only with =",
+    ),
+    (
+        "autoscaling.floor.query",
+        'max({__name__=~".+"})',
+        "spec.autoscaling.floor.query must name each metric",
+    ),
+]
+
+# Overrides the CRD admits (the operator confines them; tests/test_confine.py).
+ADMITTED_QUERIES = [
+    'max(nv_inference_queue_summary_us{namespace={namespace}, service="{service}"}) / 1e3',
+    "max(nv_inference_queue_summary_us{namespace='{namespace}'}) / 1e3",
+    'max(label_replace(rate(x[{window}]), "dst", "$1", "namespace", "(.*)"))',
+    "sum by (namespace, service) (rate(nv_inference_exec_count[1m]))",
 ]
 
 
@@ -104,6 +133,14 @@ def test_cel_rule_refuses_its_counter_example(
     result = _apply(cluster, namespace, _with(path, value))
     assert result.returncode != 0, f"accepted: {path}={value!r}"
     assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("query", ADMITTED_QUERIES)
+def test_legitimate_query_overrides_are_admitted(
+    cluster: Cluster, ccs_crd: None, namespace: str, query: str
+) -> None:
+    result = _apply(cluster, namespace, _with("autoscaling.floor.query", query, "ok"))
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize(

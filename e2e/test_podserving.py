@@ -327,3 +327,50 @@ def test_load_refuses_to_run_outside_the_pod_network(served_cluster: LocalCluste
         check=False,
     )
     assert done.returncode == 2 and "inside the pod network" in done.stderr
+
+
+def test_a_restricted_namespace_admits_the_serving_pods_and_they_serve(
+    served_cluster: LocalCluster,
+    cluster: Cluster,
+    core: client.CoreV1Api,
+    op_namespace: str,
+    services: Services,
+) -> None:
+    """Pod Security `restricted`, enforced by the API server, admits the operator's pods:
+    non-root, no privilege escalation, all capabilities dropped, seccomp RuntimeDefault, a
+    read-only root, no ServiceAccount token; and real Triton serves behind them."""
+    ns = op_namespace
+    cluster.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
+    # Negative control: the level is enforced here (a pod without a securityContext is not).
+    plain = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "plain"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+    }
+    refused = cluster.kubectl(
+        "apply", "--dry-run=server", "-n", ns, "-f", "-", input=json.dumps(plain), check=False
+    )
+    assert refused.returncode != 0 and "violates PodSecurity" in refused.stderr, refused.stderr
+
+    services.apply(ns, sample(NAME, **_spec()))
+    pod = _wait("pod Ready", lambda: next((p for p in _pods(core, ns) if _ready(p)), None))
+    assert pod.spec.automount_service_account_token is False
+    for container in [*pod.spec.init_containers, *pod.spec.containers]:
+        assert container.security_context.read_only_root_filesystem is True, container.name
+    reasons = _wait(
+        "TritonReady event",
+        lambda: "TritonReady" in (found := {e.reason for e in _events(core, ns, pod.metadata.name)})
+        and found,
+        timeout=10,
+    )
+    assert "NoServingCapacity" not in reasons
+    health = _http_inside(served_cluster, f"http://{pod.status.pod_ip}:8000/v2/health/ready")
+    assert health["status"] == 200, health
+    # The ReplicaSet was never refused a pod.
+    failed = [
+        e.message
+        for e in core.list_namespaced_event(ns).items
+        if e.reason == "FailedCreate" and "PodSecurity" in (e.message or "")
+    ]
+    assert failed == []

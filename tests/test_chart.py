@@ -33,8 +33,13 @@ ALL_ON = {
     **NAMESPACED,
     **MONITORING,
     "replicaCount": 2,
-    "operator": {"logLevel": "DEBUG", "prometheus": {"bearerTokenSecret": {"name": "prom"}}},
+    "operator": {
+        "logLevel": "DEBUG",
+        "prometheus": {"bearerTokenSecret": {"name": "prom"}},
+        "queryOverrides": {"mode": "namespaces", "namespaces": ["team-a"], "maxSeries": 5},
+    },
     "image": {"digest": "sha256:" + "a" * 64},
+    "networkPolicy": {"enabled": True},
     "dashboard": {"namespace": "monitoring", "annotations": {"grafana_folder": "Inference"}},
     "prometheusAdapter": {"rules": {"enabled": True, "namespace": "monitoring"}},
 }
@@ -164,9 +169,19 @@ def test_the_operator_reads_the_rendered_environment(values: dict[str, Any]) -> 
     deployment = _deployment(docs)
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     env = _env(container)
-    known = {f"CCS_{name.upper()}" for name in OperatorConfig.__dataclass_fields__}
-    assert {k for k in env if k.startswith("CCS_")} <= known | {"CCS_PROMETHEUS_BEARER_TOKEN"}
+    known = {f"CCS_{name.upper()}" for name in OperatorConfig.__dataclass_fields__} | {
+        "CCS_PROMETHEUS_BEARER_TOKEN",
+        "CCS_QUERY_OVERRIDE_NAMESPACES",
+        "CCS_QUERY_OVERRIDE_TIMEOUT_SECONDS",
+        "CCS_QUERY_OVERRIDE_MAX_SERIES",
+    }
+    assert {k for k in env if k.startswith("CCS_")} <= known
     config = OperatorConfig.from_env(env)
+    overrides = values.get("operator", {}).get("queryOverrides", {})
+    # Off unless the values allow them, exactly where they allow them.
+    assert config.query_overrides.mode == overrides.get("mode", "disabled")
+    assert config.query_overrides.namespaces == frozenset(overrides.get("namespaces", ()))
+    assert config.query_overrides.max_series == overrides.get("maxSeries", 20)
     assert config.leader_election is True
     assert config.lease_namespace == NAMESPACE
     assert config.namespaces == tuple(values.get("watchNamespaces", ()))
@@ -312,6 +327,12 @@ def test_namespaced_install_uses_roles_in_the_watched_namespaces_only() -> None:
         ({"securityContext": {"runAsUser": 0}}, "runAsUser"),
         ({"serviceMonitr": {"enabled": True}}, "serviceMonitr"),
         ({"rbac": {"scope": "Namespaced"}}, "rbac.scope Namespaced needs watchNamespaces"),
+        ({"operator": {"queryOverrides": {"mode": "yes"}}}, "queryOverrides"),
+        ({"operator": {"queryOverrides": {"mode": "namespaces"}}}, "queryOverrides"),
+        (
+            {"operator": {"queryOverrides": {"mode": "allowed", "namespaces": ["a"]}}},
+            "queryOverrides",
+        ),
         (
             {"replicaCount": 2, "operator": {"leaderElection": {"enabled": False}}},
             "replicaCount > 1 needs operator.leaderElection.enabled",

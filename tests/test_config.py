@@ -52,3 +52,40 @@ def test_flags_override_environment() -> None:
         log_format="text", namespaces=None
     )
     assert config.log_format == "text" and config.namespaces == ()
+
+
+def test_query_overrides_are_off_by_default() -> None:
+    overrides = OperatorConfig.from_env({}).query_overrides
+    assert overrides.mode == "disabled" and not overrides.permits("default")
+
+
+def test_query_overrides_in_listed_namespaces() -> None:
+    overrides = OperatorConfig.from_env(
+        {
+            "CCS_QUERY_OVERRIDES": "namespaces",
+            "CCS_QUERY_OVERRIDE_NAMESPACES": "team-a, team-b",
+            "CCS_QUERY_OVERRIDE_TIMEOUT_SECONDS": "1.5",
+            "CCS_QUERY_OVERRIDE_MAX_SERIES": "5",
+        }
+    ).query_overrides
+    assert overrides.permits("team-a") and overrides.permits("team-b")
+    assert not overrides.permits("team-c")
+    assert (overrides.timeout_seconds, overrides.max_series) == (1.5, 5)
+    assert OperatorConfig.from_env({"CCS_QUERY_OVERRIDES": "allowed"}).query_overrides.permits(
+        "team-c"
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"CCS_QUERY_OVERRIDES": "yes"}, "CCS_QUERY_OVERRIDES must be one of"),
+        ({"CCS_QUERY_OVERRIDES": "namespaces"}, "needs CCS_QUERY_OVERRIDE_NAMESPACES"),
+        ({"CCS_QUERY_OVERRIDE_NAMESPACES": "a"}, "set it to namespaces"),
+        ({"CCS_QUERY_OVERRIDE_TIMEOUT_SECONDS": "0"}, "CCS_QUERY_OVERRIDE_TIMEOUT_SECONDS"),
+        ({"CCS_QUERY_OVERRIDE_MAX_SERIES": "0"}, "CCS_QUERY_OVERRIDE_MAX_SERIES"),
+    ],
+)
+def test_bad_query_override_settings_name_the_variable(env: dict, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        OperatorConfig.from_env(env)

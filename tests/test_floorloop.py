@@ -8,14 +8,22 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
 from ccs_operator import floorloop, metrics
+from ccs_operator.confine import ConfinedQuery, OverridePolicy
 from ccs_operator.floorloop import ACCOUNTING_WRITE_SECONDS, FloorLoop
-from ccs_operator.prom import FloorSignals, PrometheusSettings, PrometheusUnavailable, QueueLatency
+from ccs_operator.prom import (
+    FloorSignals,
+    PrometheusSettings,
+    PrometheusUnavailable,
+    QueryTooExpensive,
+    QueueLatency,
+)
 from ccs_operator.reconcile import ChildRecord
 from ccs_operator.status import FLOOR_STATUS
 from fakekube import apply_status
@@ -94,6 +102,10 @@ class FakePrometheus:
         self.history: dict[tuple[str, str], float] = {}
         self.down = False
         self.history_queries: list[tuple[Any, ...]] = []
+        self.override_calls: list[tuple[Any, ...]] = []
+        self.override_error: Exception | None = None
+        self.override_value = 5.0
+        self.override_delay = 0.0
 
     def floor_signals_all(self, window: str) -> dict[Any, FloorSignals]:
         if self.down:
@@ -105,18 +117,30 @@ class FakePrometheus:
         return dict(self.history)
 
     def queue_latency(self, *args: Any, **kwargs: Any) -> QueueLatency:
-        return QueueLatency(5.0)
+        self.override_calls.append((args, kwargs))
+        if self.override_delay:
+            time.sleep(self.override_delay)
+        if self.override_error is not None:
+            raise self.override_error
+        return QueueLatency(self.override_value)
 
 
 def serving(rate: float, latency_ms: float = 5.0) -> FloorSignals:
     return FloorSignals(QueueLatency(latency_ms, latency_ms), rate, rate * 0.02, 0.0)
 
 
-def make(*bodies: dict[str, Any]) -> tuple[FloorLoop, FakeReconciler, FakePrometheus, list[float]]:
+def make(
+    *bodies: dict[str, Any], overrides: OverridePolicy | None = None
+) -> tuple[FloorLoop, FakeReconciler, FakePrometheus, list[float]]:
     reconciler = FakeReconciler(*bodies)
     prometheus = FakePrometheus()
     clock = [T0]
-    loop = FloorLoop(reconciler, prometheus, clock=lambda: clock[0])  # type: ignore[arg-type]
+    loop = FloorLoop(
+        reconciler,
+        prometheus,  # type: ignore[arg-type]
+        clock=lambda: clock[0],
+        overrides=overrides,
+    )
     return loop, reconciler, prometheus, clock
 
 
@@ -380,3 +404,114 @@ async def test_an_adapter_that_stops_answering_is_unavailable_not_present() -> N
     clock[0] += 30
     await loop.tick()
     assert condition(reconciler, "rps", "MetricsAvailable")["status"] == "True"
+ALLOWED = OverridePolicy(mode="allowed", timeout_seconds=1.5, max_series=7)
+LEGIT = "max(nv_inference_queue_summary_us{quantile=\"0.99\"}) / 1e3"
+FOREIGN = 'sum(process_resident_memory_bytes{namespace="other-tenant"}) / 1e6'
+
+
+def override_problem(reconciler: FakeReconciler, name: str, reason: str) -> str:
+    active = condition(reconciler, name, "FloorControllerActive")
+    available = condition(reconciler, name, "MetricsAvailable")
+    assert (active["status"], active["reason"]) == ("False", reason), active
+    assert (available["status"], available["reason"]) == ("False", reason), available
+    assert "spec.autoscaling.floor.query" in active["message"]
+    events = [(n, r) for n, r, _ in reconciler.events if r == reason]
+    assert events == [(name, reason)], reconciler.events  # one event, not one per condition
+    return str(active["message"])
+
+
+@pytest.mark.asyncio
+async def test_overrides_are_off_by_default_and_hold_only_their_own_floor() -> None:
+    loop, reconciler, prometheus, _ = make(
+        body("over", {"query": LEGIT}, floor=5), body("plain")
+    )
+    prometheus.signals[("ns", "plain")] = serving(300.0)
+    await loop.tick()
+    message = override_problem(reconciler, "over", "QueryOverrideDisabled")
+    assert "CCS_QUERY_OVERRIDES=disabled" in message and "Remove the field" in message
+    assert prometheus.override_calls == []  # nothing was sent
+    assert status(reconciler, "over")["floor"] == 5  # held
+    assert status(reconciler, "plain")["floor"] == 4  # the other service goes on
+
+
+@pytest.mark.asyncio
+async def test_overrides_only_in_listed_namespaces() -> None:
+    listed = OverridePolicy(mode="namespaces", namespaces=frozenset({"team-a"}))
+    loop, reconciler, prometheus, _ = make(body("over", {"query": LEGIT}), overrides=listed)
+    await loop.tick()
+    assert "does not list ns" in override_problem(reconciler, "over", "QueryOverrideDisabled")
+    assert prometheus.override_calls == []
+    listed = OverridePolicy(mode="namespaces", namespaces=frozenset({"ns"}))
+    loop, reconciler, prometheus, _ = make(body("over", {"query": LEGIT}), overrides=listed)
+    await loop.tick()
+    assert len(prometheus.override_calls) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_foreign_query_is_refused_and_never_sent() -> None:
+    loop, reconciler, prometheus, _ = make(
+        body("over", {"query": FOREIGN}, floor=5), overrides=ALLOWED
+    )
+    await loop.tick()
+    message = override_problem(reconciler, "over", "QueryRefused")
+    assert 'namespace="other-tenant"' in message and "namespace={namespace}" in message
+    assert prometheus.override_calls == []
+    assert status(reconciler, "over")["floor"] == 5
+    assert "queueLatencyMs" not in status(reconciler, "over")
+
+
+@pytest.mark.asyncio
+async def test_a_legitimate_override_is_sent_confined_with_its_budget() -> None:
+    loop, reconciler, prometheus, _ = make(body("over", {"query": LEGIT}), overrides=ALLOWED)
+    prometheus.override_value = 42.0
+    await loop.tick()
+    [(args, kwargs)] = prometheus.override_calls
+    assert args == ("ns", "over")
+    query: ConfinedQuery = kwargs["query"]
+    assert (query.namespace, query.service) == ("ns", "over")
+    assert 'namespace="ns"' in query.promql and 'service="over"' in query.promql
+    assert kwargs["timeout_seconds"] == 1.5 and kwargs["max_series"] == 7
+    assert status(reconciler, "over")["queueLatencyMs"] == 42.0
+    assert condition(reconciler, "over", "FloorControllerActive")["status"] == "True"
+
+
+@pytest.mark.asyncio
+async def test_at_most_one_override_query_per_service_per_interval() -> None:
+    loop, _, prometheus, clock = make(body("over", {"query": LEGIT}), overrides=ALLOWED)
+    await loop.tick()
+    # Whatever makes the loop evaluate again inside the same interval, nothing is re-sent.
+    loop.memory[("ns", "over")].next_due = 0.0
+    clock[0] += 5  # T0 is 20 s into its 30 s interval
+    await loop.tick()
+    assert len(prometheus.override_calls) == 1
+    clock[0] += 30
+    await loop.tick()
+    assert len(prometheus.override_calls) == 2
+
+
+@pytest.mark.asyncio
+async def test_overrides_run_side_by_side() -> None:
+    names = [f"s{i}" for i in range(4)]
+    loop, _, prometheus, _ = make(*(body(n, {"query": LEGIT}) for n in names), overrides=ALLOWED)
+    prometheus.override_delay = 0.4
+    started = time.perf_counter()
+    await loop.tick()
+    assert len(prometheus.override_calls) == 4
+    assert time.perf_counter() - started < 1.2  # not 4 x 0.4 s one after another
+
+
+@pytest.mark.parametrize(
+    ("what", "words"),
+    [("slow", "longer than its 1.5s budget"), ("series", "more than 7 series"),
+     ("samples", "more samples")],
+)
+@pytest.mark.asyncio
+async def test_an_expensive_override_says_so(what: str, words: str) -> None:
+    loop, reconciler, prometheus, _ = make(
+        body("over", {"query": LEGIT}, floor=5), overrides=ALLOWED
+    )
+    prometheus.override_error = QueryTooExpensive("too much", what)
+    await loop.tick()
+    message = override_problem(reconciler, "over", "QueryTooExpensive")
+    assert words in message and "max(...)" in message
+    assert status(reconciler, "over")["floor"] == 5

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from ccs_operator.confine import QueryRefused, confine_override
 from ccs_operator.floor import FloorObservation, FloorPolicy, FloorReason, FloorState, decide
 from ccs_operator.prom import (
     NoData,
@@ -31,6 +32,8 @@ from ccs_operator.prom import (
     PrometheusSettings,
     PrometheusUnavailable,
     QueryFailed,
+    QueryTooExpensive,
+    QueueLatency,
     ServiceKey,
     quote_label_value,
 )
@@ -284,6 +287,29 @@ def test_single_service_and_no_data(world: dict[str, Any]) -> None:
         client.queue_latency("missing", "one", window=WINDOW)
 
 
+def override(
+    client: PrometheusClient,
+    namespace: str,
+    service: str,
+    template: str,
+    *,
+    max_series: int | None = None,
+    timeout_seconds: float | None = None,
+) -> QueueLatency:
+    """A query override as the floor loop runs it: filled, confined, then sent."""
+    query = confine_override(
+        template, namespace=namespace, service=service, model="claude_code", window=WINDOW
+    )
+    return client.queue_latency(
+        namespace,
+        service,
+        query=query,
+        window=WINDOW,
+        max_series=max_series,
+        timeout_seconds=timeout_seconds,
+    )
+
+
 def test_template_override(world: dict[str, Any]) -> None:
     client: PrometheusClient = world["client"]
     template = (
@@ -292,19 +318,106 @@ def test_template_override(world: dict[str, Any]) -> None:
         " / sum(rate(nv_inference_request_success{namespace={namespace}, "
         "service={service}}[{window}]))"
     )
-    got = wait_for(
-        lambda: client.queue_latency(
-            "b", "two", model="claude_code", window=WINDOW, template=template
-        )
-    )
-    assert got.mean_ms == pytest.approx(40.0, rel=0.02)
+    def both_pods() -> None:  # until both pods' rates are in
+        got = override(client, "b", "two", template)
+        assert got.mean_ms == pytest.approx(40.0, rel=0.02)
+
+    wait_for(both_pods)
     # The raw ratio is 0/0 = NaN for the idle service: reported as NaN, and the floor holds.
-    idle = client.queue_latency("c", "idle", model="claude_code", window=WINDOW, template=template)
+    idle = override(client, "c", "idle", template)
     assert math.isnan(idle.mean_ms)
     policy = FloorPolicy(2, 10, 100.0)
     state = FloorState(5, last_change_at=0.0, below_watermark_since=0.0)
     d = decide(policy, state, FloorObservation(idle.mean_ms, 5, time.time()))
     assert (d.floor, d.reason) == (5, FloorReason.NO_DATA)
+
+
+# Service a/one reads 25 ms mean and 80 ms p99; b/two 10 and 100 ms per pod (40 ms mean).
+A_RATE = 250_000.0  # a/one's queue microseconds per second
+B_POD_RATE = 500_000.0  # the busiest pod, b/two-1
+
+
+def test_an_unpinned_override_reads_only_its_own_service(world: dict[str, Any]) -> None:
+    """Positive control first: without confinement the same PromQL reads every namespace."""
+    client: PrometheusClient = world["client"]
+    raw = "max(rate(nv_inference_queue_duration_us[5s]))"
+
+    def everyone() -> float:
+        [sample] = client.query(raw)
+        assert sample.value == pytest.approx(B_POD_RATE, rel=0.05)  # b/two-1's pod
+        return sample.value
+
+    wait_for(everyone)
+    own = wait_for(lambda: override(client, "a", "one", raw))
+    assert own.mean_ms == pytest.approx(A_RATE, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("template", "own"),
+    [
+        # `or` with a selector of another namespace's metric: both sides are confined.
+        ('max(nv_inference_queue_summary_us{quantile="0.99"}) / 1e3 or max(up) * 1e6', 80.0),
+        # A subquery over a metric only other namespaces have: confined, it reads nothing.
+        (
+            "max_over_time(max(nv_inference_pending_request_count)[5s:1s]) "
+            'or max(nv_inference_queue_summary_us{quantile="0.99"}) / 1e3',
+            80.0,
+        ),
+        # offset and @ move in time, not across namespaces.
+        ('max(nv_inference_queue_summary_us{quantile="0.99"} offset 1s) / 1e3', 80.0),
+        ('max(nv_inference_queue_summary_us{quantile="0.99"} @ end()) / 1e3', 80.0),
+        ("absent(nv_inference_pending_request_count) * 7", 7.0),  # b/two has it; a/one not
+    ],
+)
+def test_confined_variants_never_read_a_foreign_value(
+    world: dict[str, Any], template: str, own: float
+) -> None:
+    client: PrometheusClient = world["client"]
+    got = wait_for(lambda: override(client, "a", "one", template))
+    assert got.mean_ms == pytest.approx(own, rel=0.02)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        'sum(nv_inference_pending_request_count{namespace="b"})',
+        'max(nv_inference_queue_summary_us{namespace=~"a|b"}) / 1e3',
+        'max(nv_inference_queue_summary_us{namespace!="a"}) / 1e3',
+        'max({__name__=~".+", namespace="a"})',
+        'max(label_replace(nv_inference_queue_summary_us, "namespace", "b", "", ""))',
+        'max_over_time(max(nv_inference_pending_request_count{namespace="b"})[5s:1s])',
+        'max(nv_inference_queue_summary_us) or max(nv_inference_queue_summary_us{service="two"})',
+    ],
+)
+def test_foreign_variants_are_refused_before_prometheus(
+    world: dict[str, Any], template: str
+) -> None:
+    client: PrometheusClient = world["client"]
+    with pytest.raises(QueryRefused, match=r"spec\.autoscaling\.floor\.query"):
+        override(client, "a", "one", template)
+
+
+def test_too_many_series_is_too_expensive(world: dict[str, Any]) -> None:
+    client: PrometheusClient = world["client"]
+    per_pod = "nv_inference_request_success"  # b/two has two pods
+    got = wait_for(lambda: override(client, "b", "two", per_pod, max_series=2))
+    assert got.mean_ms > 0  # the larger pod's counter
+    with pytest.raises(QueryTooExpensive) as expensive:
+        override(client, "b", "two", per_pod, max_series=1)
+    assert expensive.value.what == "series"
+
+
+def test_a_slow_query_is_too_expensive(world: dict[str, Any]) -> None:
+    """Prometheus stops a query at the override's budget, and says so."""
+    client: PrometheusClient = world["client"]
+    heavy = "count_over_time(vector(1)[1h:1ms])"  # 3.6 million steps (confine refuses it)
+    started = time.monotonic()
+    with pytest.raises(QueryTooExpensive) as expensive:
+        client.query(heavy, timeout_seconds=0.001)
+    assert expensive.value.what in ("slow", "samples")
+    # Prometheus' answer, or the read timeout just after the budget; never retried.
+    assert time.monotonic() - started < 2.5
+    assert client.query("vector(1)", timeout_seconds=0.5)[0].value == 1.0  # budget is enough
 
 
 @pytest.mark.parametrize(
@@ -321,9 +434,7 @@ def test_hostile_values_parse_and_round_trip(world: dict[str, Any], value: str) 
     with pytest.raises(NoData):
         client.queue_latency("a", value, window=WINDOW)
     with pytest.raises(NoData):
-        client.queue_latency(
-            value, value, window=WINDOW, template="vector(1) and on() up{service={service}}"
-        )
+        override(client, value, value, "vector(1) and on() up{service={service}}")
 
 
 def test_bad_query_is_query_failed(world: dict[str, Any]) -> None:

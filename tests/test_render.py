@@ -284,3 +284,21 @@ def test_with_the_node_cache_replicas_prefer_nodes_running_the_service() -> None
     assert [c["topologyKey"] for c in plain["topologySpreadConstraints"]] == [
         "kubernetes.io/hostname"
     ]
+def test_serving_pods_meet_restricted_pod_security_with_a_read_only_root() -> None:
+    pod = _by_kind(parse_service(minimal_service()))["Deployment"]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes["tmp"]
+    for container in [*pod["initContainers"], *pod["containers"]]:
+        security = container["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"] == {"drop": ["ALL"]}
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        assert mounts["/tmp"]["name"] == "tmp"  # writable scratch
+    (triton,) = pod["containers"]
+    store = next(m for m in triton["volumeMounts"] if m["name"] == "model-store")
+    assert store["readOnly"] is True  # the loader writes the store, Triton only reads it

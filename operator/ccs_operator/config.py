@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from .confine import OVERRIDE_MODES, OverridePolicy
 from .floor import DEFAULT_LEAD_TIME_SECONDS
 from .render import DEFAULT_LOADER_IMAGE
 
@@ -76,6 +77,8 @@ class OperatorConfig:
     # Rate window of the default queue-latency query; at least two scrape intervals.
     floor_window: str = "1m"
     default_lead_time_seconds: int = DEFAULT_LEAD_TIME_SECONDS
+    # spec.autoscaling.floor.query: off unless the admin allows it (confine.OverridePolicy).
+    query_overrides: OverridePolicy = field(default_factory=OverridePolicy)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -86,6 +89,22 @@ class OperatorConfig:
         log_format = env.get(ENV_PREFIX + "LOG_FORMAT", "text")
         if log_format not in ("text", "json"):
             raise ConfigError(f"{ENV_PREFIX}LOG_FORMAT must be text or json, got {log_format!r}")
+        mode = env.get(ENV_PREFIX + "QUERY_OVERRIDES") or "disabled"
+        if mode not in OVERRIDE_MODES:
+            raise ConfigError(
+                f"{ENV_PREFIX}QUERY_OVERRIDES must be one of {', '.join(OVERRIDE_MODES)}, "
+                f"got {mode!r}"
+            )
+        overrides = OverridePolicy(
+            mode=mode,
+            namespaces=frozenset(
+                n.strip()
+                for n in env.get(ENV_PREFIX + "QUERY_OVERRIDE_NAMESPACES", "").split(",")
+                if n.strip()
+            ),
+            timeout_seconds=_float(env, "QUERY_OVERRIDE_TIMEOUT_SECONDS", 2.0),
+            max_series=_int(env, "QUERY_OVERRIDE_MAX_SERIES", 20),
+        )
         config = cls(
             namespaces=namespaces,
             log_format=log_format,  # type: ignore[arg-type]
@@ -111,6 +130,7 @@ class OperatorConfig:
             default_lead_time_seconds=_int(
                 env, "DEFAULT_LEAD_TIME_SECONDS", DEFAULT_LEAD_TIME_SECONDS
             ),
+            query_overrides=overrides,
         )
         config.validate()
         return config
@@ -137,5 +157,23 @@ class OperatorConfig:
             )
         if not 1 <= self.reconcile_workers <= 256:
             raise ConfigError(f"{ENV_PREFIX}RECONCILE_WORKERS must be between 1 and 256")
+        q = self.query_overrides
+        if q.mode == "namespaces" and not q.namespaces:
+            raise ConfigError(
+                f"{ENV_PREFIX}QUERY_OVERRIDES=namespaces needs "
+                f"{ENV_PREFIX}QUERY_OVERRIDE_NAMESPACES (comma-separated namespace names)"
+            )
+        if q.mode != "namespaces" and q.namespaces:
+            raise ConfigError(
+                f"{ENV_PREFIX}QUERY_OVERRIDE_NAMESPACES is set but {ENV_PREFIX}QUERY_OVERRIDES "
+                f"is {q.mode}; set it to namespaces"
+            )
+        if not 0 < q.timeout_seconds <= self.prometheus_timeout_seconds * 4:
+            raise ConfigError(
+                f"{ENV_PREFIX}QUERY_OVERRIDE_TIMEOUT_SECONDS must be > 0 and at most 4x "
+                f"{ENV_PREFIX}PROMETHEUS_TIMEOUT_SECONDS"
+            )
+        if not 1 <= q.max_series <= 10_000:
+            raise ConfigError(f"{ENV_PREFIX}QUERY_OVERRIDE_MAX_SERIES must be between 1 and 10000")
         if self.lease_duration_seconds < 5:
             raise ConfigError(f"{ENV_PREFIX}LEASE_DURATION_SECONDS must be >= 5")

@@ -24,6 +24,7 @@ from typing import Any
 from . import metrics
 from .api import ClaudeCodeService, SpecError, duration_seconds, parse_service
 from .coldstart import lead_time_seconds
+from .confine import OverridePolicy, QueryRefused, confine_override
 from .floor import (
     DEFAULT_LEAD_TIME_SECONDS,
     PREWARM_HISTORY_PERIODS,
@@ -45,6 +46,7 @@ from .prom import (
     PrometheusClient,
     PrometheusError,
     PrometheusUnavailable,
+    QueryTooExpensive,
     ServiceKey,
     arrival_rate_query,
     p99_queue_latency_query,
@@ -71,6 +73,10 @@ EXTERNAL_METRIC_CHECK_SECONDS = 300.0
 # (or a rule added) shows in MetricsAvailable within seconds, not minutes.
 EXTERNAL_METRIC_RECHECK_SECONDS = 15.0
 EXTERNAL_METRIC_PARALLELISM = 8
+# Query overrides in flight at once; each has its own timeout (OverridePolicy).
+OVERRIDE_PARALLELISM = 8
+# Reasons of a query override that does not run; the floor is held.
+OVERRIDE_PROBLEMS = ("QueryOverrideDisabled", "QueryRefused", "QueryTooExpensive")
 
 
 @dataclass
@@ -86,6 +92,10 @@ class _Memory:
     external_checked_at: float | None = None
     # Why the HPA's External requests-per-second metric is unusable; None when it is fine.
     external_problem: Condition | None = None
+    # The evaluation slot (time // interval) of the last query override sent, and what it
+    # read: at most one override query per service per interval, whatever calls tick.
+    override_slot: int | None = None
+    override_reading: Reading | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,7 @@ class FloorLoop:
         default_lead_time_seconds: int = DEFAULT_LEAD_TIME_SECONDS,
         tick_seconds: float = 1.0,
         clock: Callable[[], float] = time.time,
+        overrides: OverridePolicy | None = None,
     ) -> None:
         self.reconciler = reconciler
         self.prometheus = prometheus
@@ -138,6 +149,7 @@ class FloorLoop:
         self.clock = clock
         self.memory: dict[tuple[str, str], _Memory] = defaultdict(_Memory)
         self.queries_sent = 0
+        self.overrides = overrides if overrides is not None else OverridePolicy()
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("floor loop started (window %s)", self.window)
@@ -220,6 +232,7 @@ class FloorLoop:
             problem = _prometheus_problem(exc, self.prometheus.settings.url)
             log.warning("floor signals unavailable: %s", exc)
             return {_key(s): Reading(None, problem) for s in services}
+        overridden = []
         for ccs in services:
             signals = found.get(_key(ccs))
             if ccs.spec.autoscaling.floor.query is None:
@@ -231,39 +244,86 @@ class FloorLoop:
                     if latency is not None
                     else Reading(None, _no_series(ccs, self.window), signals)
                 )
-                continue
-            template = ccs.spec.autoscaling.floor.query
-            try:
-                value = await self._query(
-                    functools.partial(
-                        self.prometheus.queue_latency,
-                        ccs.namespace,
-                        ccs.name,
-                        model=ccs.spec.model.name,
-                        window=self.window,
-                        template=template,
-                    )
-                )
-                readings[_key(ccs)] = Reading(value.mean_ms, None, signals)
-            except NoData as exc:
-                log.info("query override of %s/%s: %s", *_key(ccs), exc)
-                readings[_key(ccs)] = Reading(
-                    None,
-                    Condition(
-                        FLOOR_ACTIVE,
-                        False,
-                        "NoData",
-                        "spec.autoscaling.floor.query returned no series; the floor is held. "
-                        "Check the query against Prometheus",
-                    ),
-                    signals,
-                )
-            except PrometheusError as exc:
-                log.warning("query override of %s/%s failed: %s", *_key(ccs), exc)
-                readings[_key(ccs)] = Reading(
-                    None, _prometheus_problem(exc, self.prometheus.settings.url), signals
-                )
+            else:
+                overridden.append((ccs, signals))
+        limit = asyncio.Semaphore(OVERRIDE_PARALLELISM)
+
+        async def one(ccs: ClaudeCodeService, signals: FloorSignals | None) -> None:
+            async with limit:
+                readings[_key(ccs)] = await self._read_override(ccs, signals)
+
+        # Side by side (bounded): one slow override never delays another service.
+        await asyncio.gather(*(one(ccs, signals) for ccs, signals in overridden))
         return readings
+
+    async def _read_override(
+        self, ccs: ClaudeCodeService, signals: FloorSignals | None
+    ) -> Reading:
+        """The service's query override, if the admin allows it there, confined to its own
+        namespace and service, at most once per evaluation interval."""
+        floor = ccs.spec.autoscaling.floor
+        assert floor.query is not None
+        policy = self.overrides
+        if not policy.permits(ccs.namespace):
+            return Reading(
+                None,
+                Condition(
+                    FLOOR_ACTIVE, False, "QueryOverrideDisabled", policy.refusal(ccs.namespace)
+                ),
+                signals,
+            )
+        try:
+            confined = confine_override(
+                floor.query,
+                namespace=ccs.namespace,
+                service=ccs.name,
+                model=ccs.spec.model.name,
+                window=self.window,
+            )
+        except QueryRefused as exc:
+            log.info("query override of %s/%s refused: %s", *_key(ccs), exc)
+            return Reading(None, Condition(FLOOR_ACTIVE, False, "QueryRefused", str(exc)), signals)
+        memory = self.memory[_key(ccs)]
+        slot = math.floor(self.clock() / floor.evaluation_interval_seconds)
+        if memory.override_slot == slot and memory.override_reading is not None:
+            return dataclasses.replace(memory.override_reading, signals=signals)
+        memory.override_slot = slot
+        try:
+            value = await self._query(
+                functools.partial(
+                    self.prometheus.queue_latency,
+                    ccs.namespace,
+                    ccs.name,
+                    query=confined,
+                    window=self.window,
+                    max_series=policy.max_series,
+                    timeout_seconds=policy.timeout_seconds,
+                )
+            )
+            reading = Reading(value.mean_ms, None, signals)
+        except QueryTooExpensive as exc:
+            log.warning("query override of %s/%s too expensive: %s", *_key(ccs), exc)
+            reading = Reading(None, _too_expensive(exc, policy), signals)
+        except NoData as exc:
+            log.info("query override of %s/%s: %s", *_key(ccs), exc)
+            reading = Reading(
+                None,
+                Condition(
+                    FLOOR_ACTIVE,
+                    False,
+                    "NoData",
+                    "spec.autoscaling.floor.query returned no series; the floor is held. "
+                    "Check the query against Prometheus",
+                ),
+                signals,
+            )
+        except PrometheusError as exc:
+            log.warning("query override of %s/%s failed: %s", *_key(ccs), exc)
+            reading = Reading(
+                None, _prometheus_problem(exc, self.prometheus.settings.url), signals
+            )
+        memory.override_reading = reading
+        return reading
 
     def _horizon(self, ccs: ClaudeCodeService, body: Mapping[str, Any]) -> int:
         """How far the floor looks ahead: the measured p95 cold start (status.coldStart)
@@ -548,6 +608,8 @@ class FloorLoop:
         memory.prewarm = prewarm
         if (
             available.status is False
+            # An override's problem was posted above under the same reason.
+            and (reading.problem is None or reading.problem.reason != available.reason)
             and "conditions" in patch
             and _condition_differs(
                 current.get("conditions"), patch["conditions"], METRICS_AVAILABLE
@@ -593,6 +655,21 @@ def _prometheus_problem(exc: PrometheusError, url: str) -> Condition:
         "QueryFailed",
         f"Prometheus at {url} refused the floor's query; the floor is held "
         "(the operator log has the query and the answer)",
+    )
+
+
+def _too_expensive(exc: QueryTooExpensive, policy: OverridePolicy) -> Condition:
+    why = {
+        "slow": f"ran longer than its {policy.timeout_seconds:g}s budget",
+        "samples": "loads more samples than Prometheus allows (--query.max-samples)",
+        "series": f"returns more than {policy.max_series} series",
+    }.get(exc.what, "is too expensive")
+    return Condition(
+        FLOOR_ACTIVE,
+        False,
+        "QueryTooExpensive",
+        f"spec.autoscaling.floor.query {why}; the floor is held. Aggregate it to one series "
+        "(e.g. max(...)), shorten its ranges, or remove the field to use Triton's queue series",
     )
 
 
@@ -749,6 +826,10 @@ def _metrics_available(
     """MetricsAvailable: do the series the floor and the HPA depend on exist for this ccs?"""
     problems: list[Condition] = []
     if _active(ccs) and reading.problem is not None:
+        if reading.problem.reason in OVERRIDE_PROBLEMS:
+            return Condition(
+                METRICS_AVAILABLE, False, reading.problem.reason, reading.problem.message
+            )
         if reading.problem.reason != "NoData":
             return Condition(
                 METRICS_AVAILABLE,

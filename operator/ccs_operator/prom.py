@@ -42,7 +42,8 @@ operator's own demand gauge would).
 It needs nothing but Triton's series in Prometheus, kept for two periods (retention >= 2
 days for Day, >= 15 days for Week).
 
-Query override templates: plain PromQL with placeholders `{namespace}`, `{service}`,
+Query override templates (confined by confine.py before they are sent: every selector gets
+this service's namespace and service): plain PromQL with placeholders `{namespace}`, `{service}`,
 `{model}` and `{window}`; no other braces are touched, so label matchers need no escaping.
 A label placeholder inside a "..." or '...' string is replaced by the escaped value; outside
 a string it becomes a complete double-quoted literal (`namespace={namespace}` works too).
@@ -61,12 +62,15 @@ import re
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import requests
 from prometheus_api_client import PrometheusApiClientException
 from prometheus_api_client.prometheus_connect import PrometheusConnect
 from urllib3.util.retry import Retry
+
+if TYPE_CHECKING:
+    from .confine import ConfinedQuery
 
 QUEUE_DURATION_METRIC = "nv_inference_queue_duration_us"
 REQUEST_SUCCESS_METRIC = "nv_inference_request_success"
@@ -98,6 +102,15 @@ class PrometheusUnavailable(PrometheusError):
 
 class QueryFailed(PrometheusError):
     """Prometheus answered but refused the query (bad PromQL, 4xx, auth) or sent garbage."""
+
+
+class QueryTooExpensive(QueryFailed):
+    """A query override that ran past its timeout, loaded too many samples, or returned
+    more series than allowed; `what` says which, in words for a status message."""
+
+    def __init__(self, message: str, what: str) -> None:
+        super().__init__(message)
+        self.what = what
 
 
 class NoData(PrometheusError):
@@ -462,15 +475,18 @@ class PrometheusClient:
         self._lock = threading.Lock()
         self._connections: list[PrometheusConnect] = []
 
-    def _connection(self) -> PrometheusConnect:
-        conn: PrometheusConnect | None = getattr(self._local, "conn", None)
+    def _connection(self, *, retry: bool = True) -> PrometheusConnect:
+        """This thread's connection; `retry=False` for budgeted queries (overrides), which
+        are sent once per interval and never again on a timeout."""
+        attr = "conn" if retry else "conn_once"
+        conn: PrometheusConnect | None = getattr(self._local, attr, None)
         if conn is None:
             s = self.settings
             session = requests.Session()
             session.verify = s.verify_tls
             headers = {"Authorization": f"Bearer {s.bearer_token}"} if s.bearer_token else {}
-            retry = Retry(
-                total=s.retries,
+            retries = Retry(
+                total=s.retries if retry else 0,
                 backoff_factor=0.2,
                 status_forcelist=(502, 503, 504),
                 allowed_methods=frozenset({"GET"}),
@@ -479,11 +495,11 @@ class PrometheusClient:
             conn = PrometheusConnect(
                 url=s.url.rstrip("/"),
                 headers=headers,
-                retry=retry,
+                retry=retries,
                 session=session,
                 timeout=s.timeout_seconds,  # type: ignore[arg-type]  # float works in requests
             )
-            self._local.conn = conn
+            setattr(self._local, attr, conn)
             with self._lock:
                 self._connections.append(conn)
         return conn
@@ -500,20 +516,55 @@ class PrometheusClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def query(self, promql: str, *, at: float | None = None) -> list[Sample]:
-        """One instant query; `at` is the evaluation time (epoch seconds), default now."""
-        params: dict[str, str] = {"timeout": f"{self.settings.timeout_seconds:g}s"}
+    def query(
+        self,
+        promql: str,
+        *,
+        at: float | None = None,
+        limit: int | None = None,
+        timeout_seconds: float | None = None,
+    ) -> list[Sample]:
+        """One instant query; `at` is the evaluation time (epoch seconds), default now.
+
+        With `timeout_seconds` (a query override's budget) Prometheus stops evaluating after
+        that long, and a timeout or a sample-limit refusal is QueryTooExpensive. `limit` is
+        Prometheus' series limit (`limit` parameter, Prometheus 3.x; older versions ignore
+        it, and callers check the result size as well)."""
+        budget = timeout_seconds
+        seconds = budget if budget is not None else self.settings.timeout_seconds
+        # Plain seconds (Prometheus reads a float), so that a budget under 1 ms still parses.
+        params: dict[str, str] = {"timeout": f"{max(seconds, 0.001):.3f}"}
         if at is not None:
             params["time"] = f"{at:.3f}"
+        if limit is not None:
+            params["limit"] = str(limit)
         try:
-            result = self._connection().custom_query(promql, params=params)
+            result = self._connection(retry=budget is None).custom_query(
+                promql,
+                params=params,
+                # The HTTP read waits a little longer than Prometheus' own budget, so that a
+                # slow query ends with Prometheus' answer, not a dropped connection.
+                timeout=(seconds + 1.0) if budget is not None else None,  # type: ignore[arg-type]
+            )
         except PrometheusApiClientException as e:
             m = _STATUS_RE.search(str(e))
             status = int(m.group(1)) if m else 0
+            text = str(e)
+            if budget is not None and ("timed out" in text or '"timeout"' in text):
+                raise QueryTooExpensive(f"{e} for query {promql!r:.300}", "slow") from e
+            if budget is not None and "too many samples" in text:
+                raise QueryTooExpensive(f"{e} for query {promql!r:.300}", "samples") from e
             if status >= 500:
                 raise PrometheusUnavailable(f"{self.settings.url}: {e}") from e
             raise QueryFailed(f"{e} for query {promql!r:.300}") from e
-        except (requests.ConnectionError, requests.Timeout) as e:
+        except requests.Timeout as e:
+            if budget is not None:
+                raise QueryTooExpensive(f"{self.settings.url}: {e}", "slow") from e
+            raise PrometheusUnavailable(f"{self.settings.url}: {e}") from e
+        except requests.ConnectionError as e:
+            # urllib3 reports a read timeout as a ConnectionError once its retries are spent.
+            if budget is not None and "Read timed out" in str(e):
+                raise QueryTooExpensive(f"{self.settings.url}: {e}", "slow") from e
             raise PrometheusUnavailable(f"{self.settings.url}: {e}") from e
         except (ValueError, KeyError, TypeError) as e:
             # A 200 whose body is not Prometheus JSON (a proxy's login page, say). Checked
@@ -538,17 +589,19 @@ class PrometheusClient:
         namespace: str,
         service: str,
         *,
-        model: str = "",
+        query: ConfinedQuery | None = None,
         window: str = DEFAULT_WINDOW,
-        template: str | None = None,
         at: float | None = None,
+        max_series: int | None = None,
+        timeout_seconds: float | None = None,
     ) -> QueueLatency:
-        """One service: its override `template` if given, else the default queries.
+        """One service: its confined override `query` if given, else the default queries.
 
-        A template's result must be a number in ms; if it returns several series the
-        largest is used (the worst pod or model is the one users wait on). Raises NoData.
+        An override's result must be a number in ms; if it returns several series the
+        largest is used (the worst pod or model is the one users wait on). More than
+        `max_series` series is QueryTooExpensive. Raises NoData.
         """
-        if template is None:
+        if query is None:
             got = self.queue_latency_all(
                 window, {"namespace": namespace, "service": service}, at=at
             )
@@ -556,10 +609,20 @@ class PrometheusClient:
             if key not in got:
                 raise NoData(f"no Triton queue series for service {namespace}/{service}")
             return got[key]
-        promql = render_template(
-            template, namespace=namespace, service=service, model=model, window=window
+        if (query.namespace, query.service) != (namespace, service):
+            raise ValueError("a confined query runs only for the service it was confined to")
+        samples = self.query(
+            query.promql,
+            at=at,
+            limit=None if max_series is None else max_series + 1,
+            timeout_seconds=timeout_seconds,
         )
-        samples = self.query(promql, at=at)
+        if max_series is not None and len(samples) > max_series:
+            raise QueryTooExpensive(
+                f"query override for {namespace}/{service} returned more than {max_series} "
+                "series",
+                "series",
+            )
         if not samples:
             raise NoData(f"query override returned nothing for {namespace}/{service}")
         values = [s.value for s in samples]

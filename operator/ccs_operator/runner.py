@@ -147,6 +147,7 @@ async def serve(config: OperatorConfig) -> int:
         window=config.floor_window,
         default_lead_time_seconds=config.default_lead_time_seconds,
         tick_seconds=config.floor_tick_seconds,
+        overrides=config.query_overrides,
     )
     registry = build_registry(reconciler, config, floor_loop)
     kopf_stop = asyncio.Event()
