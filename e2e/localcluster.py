@@ -48,6 +48,33 @@ PODSERVING = "podserving"
 EGRESS = "egress"
 
 
+# The API server's audit policy: at Metadata level (who, verb, the request URI with its query,
+# the response code; no bodies), what ServiceAccounts other than kube-system's controllers
+# ask of pods, secrets and the operator's child kinds. e2e/test_helm.py reads it to prove
+# that the operator, running as the chart's ServiceAccount, lists and watches only through
+# its label selector and never asks for a Secret.
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: None
+    userGroups: ["system:serviceaccounts:kube-system"]
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+    resources:
+      - group: ""
+        resources: [pods, secrets, configmaps, services]
+      - group: apps
+        resources: [deployments]
+      - group: autoscaling
+        resources: [horizontalpodautoscalers]
+      - group: monitoring.coreos.com
+        resources: [servicemonitors]
+  - level: None
+"""
+
+
 class ClusterError(RuntimeError):
     """A component failed to start or become ready; the message points at its log."""
 
@@ -109,6 +136,12 @@ class LocalCluster:
     @property
     def kubeconfig(self) -> Path:
         return self.state_dir / "kubeconfig"
+
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log: what ServiceAccounts outside kube-system list, watch
+        and write of pods, secrets and the operator's child kinds (see AUDIT_POLICY)."""
+        return self.state_dir / "logs" / "audit.log"
 
     def log_file(self, component: str) -> Path:
         return self.state_dir / "logs" / f"{component}.log"
@@ -282,6 +315,7 @@ class LocalCluster:
             self._write_kubeconfigs(pki, ports)
             kwok_config_changed = self._write_kwok_config()
             self._write_egress_selector()
+            (self.state_dir / "audit-policy.yaml").write_text(AUDIT_POLICY)
             argv = self._argv(pki, ports)
             for name in COMPONENTS:
                 if name == "kwok" and kwok_config_changed:
@@ -449,6 +483,10 @@ class LocalCluster:
                 "--requestheader-username-headers=X-Remote-User",
                 f"--proxy-client-cert-file={pki.front_proxy_client.cert}",
                 f"--proxy-client-key-file={pki.front_proxy_client.key}",
+                f"--audit-policy-file={self.state_dir / 'audit-policy.yaml'}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-maxsize=100",
+                "--audit-log-maxbackup=1",
                 "--profiling=false",
             ],
             "kube-controller-manager": [

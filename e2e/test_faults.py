@@ -244,7 +244,8 @@ def test_children_deleted_every_few_seconds_for_a_minute(
     services: Services,
     start_operator: Callable[..., OperatorProcess],
 ) -> None:
-    # ServiceMonitors are not watched (their CRD may vanish): the resync repairs them.
+    # Every kind is watched (ServiceMonitors by the operator's own watch, their CRD may
+    # vanish); the resync is the backstop.
     start_operator(solo_namespace, CCS_RESYNC_SECONDS="10")
     names = ["chaos-a", "chaos-b", "chaos-c"]
     for name in names:

@@ -1,6 +1,17 @@
 """`helm install` of chart/ccs-operator into the local cluster, then the operator running as
 the chart's ServiceAccount: the RBAC is enough to reconcile a sample to Ready, and no more.
 
+"The operator sees only what it manages", proven on the real API server:
+- RBAC, asked by impersonating the ServiceAccount (`kubectl auth can-i --as`) and with its
+  own token: no Secrets at all, no reads of single pods, no writes but the ones it makes.
+  RBAC cannot restrict a list or watch by label selector (a grant of `list pods` is a grant
+  of every pod), so the selector is proven where it is applied: the API server's audit log
+  shows that every list and watch the operator sent of pods and of every child kind carried
+  labelSelector=app.kubernetes.io/managed-by=ccs-operator.
+- Owned objects only: RBAC grants by kind, so the chart's ValidatingAdmissionPolicy (CEL in
+  the API server) refuses the ServiceAccount every create, change or delete of an object that
+  is not a labelled child controlled by a ClaudeCodeService, and any change of its owner.
+
 The chart's Deployment runs on a kwok node (its pod is admitted by the restricted Pod Security
 level but runs no process); the operator itself runs here as a process, configured with the
 Deployment's own environment and authenticated with a TokenRequest token of the chart's
@@ -12,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,6 +187,130 @@ def _delete_services(cluster: Cluster, namespace: str) -> None:
         cluster.kubectl("delete", "ccs", name, "-n", namespace, "--wait=false", check=False)
 
 
+MANAGED_SELECTOR = "app.kubernetes.io/managed-by=ccs-operator"
+# What the operator lists and watches: the serving pods and every child kind.
+WATCHED_RESOURCES = frozenset(
+    {"pods", "configmaps", "services", "deployments", "horizontalpodautoscalers"}
+)
+
+
+def _audit(cluster: Cluster, user: str) -> list[dict[str, Any]]:
+    """The API server's audit events of one user (e2e.localcluster.AUDIT_POLICY)."""
+    assert cluster.local is not None
+    path = cluster.local.audit_log
+    assert path.exists(), (
+        f"{path} is missing: the API server runs without the audit log (started by an older "
+        "harness); restart the test cluster (python -m e2e down, with CCS_E2E_STATE_DIR)"
+    )
+    events = []
+    for line in path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            event = json.loads(line)
+            if event.get("user", {}).get("username") == user:
+                events.append(event)
+    return events
+
+
+def _assert_reads_only_through_the_selector(cluster: Cluster, user: str, monitoring: bool) -> None:
+    """Every list and watch the operator sent of pods and children carried its selector; it
+    never asked for a Secret, nor for a single pod."""
+    events = _audit(cluster, user)
+    seen: set[str] = set()
+    for event in events:
+        resource = (event.get("objectRef") or {}).get("resource")
+        verb, uri = event.get("verb"), event.get("requestURI", "")
+        assert resource != "secrets", f"the operator asked for a Secret: {verb} {uri}"
+        assert not (resource == "pods" and verb == "get"), f"read a pod: {uri}"
+        if verb in ("list", "watch"):
+            selector = urllib.parse.parse_qs(urllib.parse.urlsplit(uri).query).get("labelSelector")
+            assert selector == [MANAGED_SELECTOR], f"{verb} without the operator's selector: {uri}"
+            seen.add(resource)
+    # Positive control: the audit log sees the operator's lists and watches of each kind.
+    expected = WATCHED_RESOURCES | ({"servicemonitors"} if monitoring else set())
+    assert expected <= seen, f"no list or watch of {sorted(expected - seen)} in the audit log"
+
+
+def _can_i(cluster: Cluster, user: str, *args: str) -> bool:
+    """`kubectl auth can-i --as=<user> ...` (the admin impersonating the ServiceAccount)."""
+    result = cluster.kubectl("auth", "can-i", f"--as={user}", *args, check=False)
+    assert result.stdout.strip() in ("yes", "no"), result.stdout + result.stderr
+    return result.stdout.strip() == "yes"
+
+
+def _refused(call: Any, *args: Any, **kwargs: Any) -> str:
+    """Call the API and return the refusal's message; fails if the call went through."""
+    with pytest.raises(ApiException) as refused:
+        call(*args, **kwargs)
+    assert refused.value.status == 403, (refused.value.status, refused.value.body)
+    return str(json.loads(refused.value.body or "{}").get("message", refused.value.body))
+
+
+def _assert_owned_objects_only(
+    cluster: Cluster, sa_client: client.ApiClient, namespace: str, child: str, monitoring: bool
+) -> None:
+    """The admission policy on the real API server: RBAC lets the ServiceAccount patch any
+    ConfigMap here, the policy lets it change only children of a ClaudeCodeService."""
+    core = client.CoreV1Api(sa_client)
+    cluster.kubectl("create", "configmap", "not-ours", "-n", namespace, "--from-literal=a=b")
+    assert _allowed(sa_client, "patch", "configmaps", namespace, name="not-ours")  # RBAC: yes
+    message = _refused(
+        core.patch_namespaced_config_map, "not-ours", namespace, {"data": {"a": "taken"}}
+    )
+    assert "changes only objects a ClaudeCodeService controls" in message, message
+    message = _refused(
+        core.create_namespaced_config_map,
+        namespace,
+        {"metadata": {"name": "made-up"}, "data": {"a": "b"}},
+    )
+    assert "must carry app.kubernetes.io/managed-by=ccs-operator" in message, message
+    # Its own child: a change is admitted ...
+    core.patch_namespaced_config_map(
+        child, namespace, {"metadata": {"annotations": {"e2e.ccs-operator.io/touched": "1"}}}
+    )
+    # ... but not one that drops its label or moves it to another owner.
+    message = _refused(
+        core.patch_namespaced_config_map,
+        child,
+        namespace,
+        {"metadata": {"labels": {"app.kubernetes.io/managed-by": None}}},
+    )
+    assert "must carry" in message, message
+    # (A JSON patch: a merge would add a second controller, which validation refuses first.)
+    message = _refused(
+        core.patch_namespaced_config_map,
+        child,
+        namespace,
+        [
+            {
+                "op": "replace",
+                "path": "/metadata/ownerReferences/0/uid",
+                "value": "00000000-0000-0000-0000-000000000000",
+            }
+        ],
+    )
+    assert "never moves a child to another owner" in message, message
+    if monitoring:
+        foreign = {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "ServiceMonitor",
+            "metadata": {"name": "not-ours", "namespace": namespace},
+            "spec": {"selector": {}, "endpoints": [{"port": "metrics"}]},
+        }
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(foreign))
+        assert _allowed(sa_client, "delete", "servicemonitors", namespace, "monitoring.coreos.com")
+        message = _refused(
+            client.CustomObjectsApi(sa_client).delete_namespaced_custom_object,
+            "monitoring.coreos.com",
+            "v1",
+            namespace,
+            "servicemonitors",
+            "not-ours",
+        )
+        assert "changes only objects a ClaudeCodeService controls" in message, message
+    # The admin (and the garbage collector) are not the operator: the policy leaves them be.
+    cluster.kubectl("delete", "configmap", "not-ours", "-n", namespace)
+
+
 def _assert_no_permission_errors(process: OperatorProcess) -> None:
     log = process.log_path.read_text(errors="replace")
     denied = [
@@ -245,12 +381,63 @@ def test_helm_install_then_operator_as_its_service_account_reconciles_a_sample(
         # `kubectl get ccs -o wide` shows the endpoint.
         wide = cluster.kubectl("get", "ccs", "claude-code", "-n", namespace, "-o", "wide").stdout
         assert "ENDPOINT" in wide and body["status"]["endpoint"]["http"] in wide
+        # It listed and watched only through its selector, as the API server recorded.
+        user = f"system:serviceaccount:{namespace}:{release.fullname}"
+        with cluster.api_client() as api_client:
+            monitoring = crds.installed(api_client, crds.SERVICEMONITOR)
+        if cluster.local is not None:  # the audit log is the local provider's
+            _assert_reads_only_through_the_selector(cluster, user, monitoring)
+        # It may write only children of a ClaudeCodeService (the admission policy).
+        with client.ApiClient(_client_configuration(kubeconfig)) as sa_client:
+            _assert_owned_objects_only(
+                cluster, sa_client, namespace, "claude-code-model-config", monitoring
+            )
         # Deleting the service: the garbage collector removes the children.
         cluster.kubectl("delete", "ccs", "claude-code", "-n", namespace, "--timeout=60s")
         _assert_no_permission_errors(operator)
     finally:
         operator.stop()
         _delete_services(cluster, namespace)
+
+    # Impersonating the ServiceAccount: RBAC grants lists and watches of pods and children
+    # (RBAC has no say over label selectors: the audit log above proves the selector), and
+    # refuses Secrets, single pods and anything the operator does not do.
+    for args in [
+        ("list", "pods", "-n", namespace),
+        ("watch", "pods", "-n", namespace),
+        ("list", "configmaps", "-n", namespace),
+        ("patch", "deployments.apps", "-n", namespace),
+        (
+            "patch",
+            "claudecodeservices.serving.claudecode.io",
+            "--subresource=status",
+            "-n",
+            namespace,
+        ),
+    ]:
+        assert _can_i(cluster, user, *args), args
+    for args in [
+        ("get", "secrets", "-n", namespace),
+        ("list", "secrets", "-n", namespace),
+        ("watch", "secrets", "-n", namespace),
+        ("list", "secrets", "--all-namespaces"),
+        ("get", "pods", "-n", namespace),
+        ("create", "pods", "-n", namespace),
+        ("patch", "pods", "-n", namespace),
+        ("create", "pods/exec", "-n", namespace),
+        ("get", "pods/log", "-n", namespace),
+        ("delete", "configmaps", "-n", namespace),
+        ("update", "deployments.apps", "-n", namespace),
+        ("patch", "deployments.apps", "--subresource=scale", "-n", namespace),
+        ("patch", "claudecodeservices.serving.claudecode.io", "-n", namespace),
+        ("create", "claudecodeservices.serving.claudecode.io", "-n", namespace),
+        ("get", "events", "-n", namespace),
+        ("create", "serviceaccounts/token", "-n", namespace),
+        ("list", "nodes"),
+        ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+        ("impersonate", "users"),
+    ]:
+        assert not _can_i(cluster, user, *args), args
 
     # What the ServiceAccount must not do.
     with client.ApiClient(_client_configuration(kubeconfig)) as sa_client:

@@ -11,23 +11,32 @@ what the fakes of tests/test_controller.py assume about the server, checked on t
 - The resync's read-back asks the server for metadata only (PartialObjectMetadata): an
   unchanged child is not read whole, and one deleted behind the controller's back (its
   cache never told) is re-created.
+- Fed by real label-filtered watches (watch.LabelWatch): a rollout costs one Deployment
+  apply (the Deployment controller's revision annotation is no drift), and a ServiceMonitor
+  deleted or edited by hand is applied back within seconds, while an unlabelled one in the
+  same namespace never reaches the controller.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Mapping
+import json
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from ccs_operator.handlers import MANAGED_BY_SELECTOR
+from ccs_operator.config import OperatorConfig
+from ccs_operator.handlers import MANAGED_BY_SELECTOR, own_watches
 from ccs_operator.kube import CHILD_TYPES, KubeClient
 from ccs_operator.reconcile import DIGEST_ANNOTATION, Reconciler
 from ccs_operator.render import RenderSettings
 from ccs_operator.status import FLOOR_STATUS, RECONCILE_STATUS
+from ccs_operator.watch import LabelWatch
+from e2e import crds
 from e2e.fixtures import Cluster
 from e2e.operator_fixtures import GROUP, PLURAL, VERSION, Services, sample
 
@@ -66,7 +75,7 @@ async def _controller(cluster: Cluster, namespace: str) -> tuple[Reconciler, Cou
     reconciler = Reconciler(kube, RenderSettings(), _no_events)
     for kind, resource in CHILD_TYPES.items():
         if kind == "ServiceMonitor":
-            continue  # not watched by the operator: read on demand
+            continue  # the operator's own watch, not kopf's: see the watch tests below
         reconciler.watched_kinds.add(kind)
         listed = await kube._call(
             "GET",
@@ -207,3 +216,152 @@ async def test_the_resync_reads_metadata_only_and_recreates_a_hidden_deletion(
         cluster.kubectl("get", "service", "meta", "-n", solo_namespace)
     finally:
         kube.close()
+
+
+async def _until(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout:.0f}s: {what}"
+        await asyncio.sleep(0.1)
+
+
+async def _settled(reconciler: Reconciler, quiet: float = 1.0, timeout: float = 60.0) -> None:
+    """The queue empty and idle for `quiet` seconds (late watch events included)."""
+    queue = reconciler.queue
+    deadline = time.monotonic() + timeout
+    idle_since: float | None = None
+    while True:
+        busy = len(queue) or queue.processing() or queue._waiting
+        now = time.monotonic()
+        if busy:
+            idle_since = None
+        elif idle_since is None:
+            idle_since = now
+        elif now - idle_since >= quiet:
+            return
+        assert now < deadline, "the controller's queue did not settle"
+        await asyncio.sleep(0.05)
+
+
+def _revision(reconciler: Reconciler, namespace: str, name: str) -> str | None:
+    known = reconciler.children.get(("Deployment", namespace, name))
+    return known.annotations.get("deployment.kubernetes.io/revision") if known else None
+
+
+@pytest.mark.asyncio
+async def test_a_rollout_costs_one_deployment_apply_on_the_server(
+    cluster: Cluster, solo_namespace: str, services: Services, ccs_crd: None
+) -> None:
+    """The Deployment controller writes its revision annotation after every rollout; read
+    through a real watch, that write is not drift (issue 14: it cost one more apply)."""
+    services.apply(solo_namespace, sample("roll"))
+    reconciler, kube = await _controller(cluster, solo_namespace)
+    stop = asyncio.Event()
+
+    def on_event(event_type: str | None, body: dict[str, Any]) -> None:
+        reconciler.child_event("Deployment", event_type, body)
+
+    watch = LabelWatch(
+        kube, "Deployment", MANAGED_BY_SELECTOR, solo_namespace, on_event, lambda _: None
+    )
+    watching = asyncio.create_task(watch.run(stop))
+    reconciler.workers.start()
+    try:
+        reconciler.remember_service(_service(cluster, solo_namespace, "roll"))
+        reconciler.queue.add((solo_namespace, "roll"))
+        await _until("revision 1", lambda: _revision(reconciler, solo_namespace, "roll") == "1")
+        await _settled(reconciler)
+        assert kube.applies.count("Deployment") == 1
+        # A change of the pod template: a rollout.
+        cluster.kubectl(
+            "patch", "ccs", "roll", "-n", solo_namespace, "--type=merge",
+            "-p", json.dumps({"spec": {"imagePullPolicy": "Always"}}),
+        )  # fmt: skip
+        reconciler.remember_service(_service(cluster, solo_namespace, "roll"))
+        reconciler.queue.add((solo_namespace, "roll"))
+        await _until("revision 2", lambda: _revision(reconciler, solo_namespace, "roll") == "2")
+        await _settled(reconciler, quiet=3.0)
+        assert kube.applies.count("Deployment") == 2, kube.applies
+        live = cluster.kubectl(
+            "get", "deployment", "roll", "-n", solo_namespace, "-o", "json"
+        ).stdout
+        assert (
+            json.loads(live)["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"]
+            == "Always"
+        )
+        # Every request of the watch carried the selector.
+        assert watch.requests and all(
+            q["labelSelector"] == MANAGED_BY_SELECTOR for _, _, q in watch.requests
+        )
+    finally:
+        stop.set()
+        await watching
+        await reconciler.workers.stop()
+        kube.close()
+
+
+@pytest.mark.asyncio
+async def test_a_service_monitor_deleted_or_edited_by_hand_is_restored_from_its_watch(
+    cluster: Cluster, solo_namespace: str, services: Services, ccs_crd: None
+) -> None:
+    with cluster.api_client() as api_client:
+        if not crds.installed(api_client, crds.SERVICEMONITOR):
+            pytest.fail("the ServiceMonitor CRD is missing (a test removed it and did not restore)")
+    services.apply(solo_namespace, sample("mon"))
+    reconciler, kube = await _controller(cluster, solo_namespace)
+    stop = asyncio.Event()
+    (watch,) = own_watches(
+        reconciler, "ServiceMonitor", OperatorConfig(namespaces=(solo_namespace,))
+    )
+    watching = asyncio.create_task(watch.run(stop))
+    reconciler.workers.start()
+    key = ("ServiceMonitor", solo_namespace, "mon")
+
+    def uid() -> str | None:
+        known = reconciler.children.get(key)
+        return known.uid if known else None
+
+    try:
+        await _until("the watch listed", lambda: "ServiceMonitor" in reconciler.watched_kinds)
+        reconciler.remember_service(_service(cluster, solo_namespace, "mon"))
+        reconciler.queue.add((solo_namespace, "mon"))
+        await _until("the ServiceMonitor applied and seen", lambda: uid() is not None)
+        await _settled(reconciler)
+        first = uid()
+        # An unlabelled ServiceMonitor of somebody else: the server never sends it.
+        stranger = {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "ServiceMonitor",
+            "metadata": {"name": "stranger", "namespace": solo_namespace},
+            "spec": {"selector": {}, "endpoints": [{"port": "metrics"}]},
+        }
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(stranger))
+        # Deleted by hand: applied back from the watch's DELETED, long before any resync.
+        started = time.monotonic()
+        cluster.kubectl("delete", "servicemonitor", "mon", "-n", solo_namespace)
+        await _until("re-created", lambda: uid() not in (None, first), timeout=15)
+        restored_in = time.monotonic() - started
+        # Edited by hand: the same.
+        cluster.kubectl(
+            "patch", "servicemonitor", "mon", "-n", solo_namespace, "--type=merge",
+            "-p", json.dumps({"spec": {"endpoints": [{"port": "http", "interval": "1h"}]}}),
+        )  # fmt: skip
+
+        def endpoints() -> Any:
+            raw = cluster.kubectl(
+                "get", "servicemonitor", "mon", "-n", solo_namespace, "-o", "json"
+            )
+            return json.loads(raw.stdout)["spec"]["endpoints"]
+
+        await _until("the edit undone", lambda: endpoints()[0]["port"] == "metrics", timeout=15)
+        await _settled(reconciler)
+        assert ("ServiceMonitor", solo_namespace, "stranger") not in reconciler.children
+        assert all(q["labelSelector"] == MANAGED_BY_SELECTOR for _, _, q in watch.requests)
+        assert kube.applies.count("ServiceMonitor") == 3, kube.applies
+        assert restored_in < 15
+    finally:
+        stop.set()
+        await watching
+        await reconciler.workers.stop()
+        kube.close()
+    assert "ServiceMonitor" not in reconciler.watched_kinds

@@ -136,9 +136,16 @@ class FakeKube:
         changed = {k: v for k, v in desired.items() if k not in ("metadata", "status")}
         before = copy.deepcopy(live)
         live.update(changed)
-        for field in ("labels", "annotations", "ownerReferences"):
+        # Server-side apply sets the labels and annotations it names and keeps other
+        # writers' (the Deployment controller's revision annotation).
+        for field in ("labels", "annotations"):
             if field in desired["metadata"]:
-                live["metadata"][field] = desired["metadata"][field]
+                live["metadata"][field] = {
+                    **(live["metadata"].get(field) or {}),
+                    **desired["metadata"][field],
+                }
+        if "ownerReferences" in desired["metadata"]:
+            live["metadata"]["ownerReferences"] = desired["metadata"]["ownerReferences"]
         if live != before:
             live["metadata"]["resourceVersion"] = str(next(self._rv))
             others = [

@@ -148,6 +148,8 @@ def test_default_install_renders_the_operator_cluster_wide() -> None:
             ("Deployment", RELEASE),
             ("Service", f"{RELEASE}-metrics"),
             ("ConfigMap", f"{RELEASE}-dashboard"),
+            ("ValidatingAdmissionPolicy", f"{RELEASE}-owned-children"),
+            ("ValidatingAdmissionPolicyBinding", f"{RELEASE}-owned-children"),
         ]
     )
     deployment = _deployment(docs)
@@ -284,6 +286,41 @@ def test_rbac_grants_exactly_what_the_operator_calls() -> None:
     assert cluster == expected
     lease = _grants(docs, "Role")
     assert lease == {("coordination.k8s.io", "leases", v) for v in ("create", "get", "update")}
+
+
+@pytest.mark.parametrize("values", [{}, NAMESPACED], ids=["default", "namespaced"])
+def test_the_admission_policy_confines_the_service_account_to_the_child_kinds(
+    values: dict[str, Any],
+) -> None:
+    """Tied to the code: the policy covers every child kind the operator writes
+    (kube.CHILD_TYPES), every write verb, and only the chart's ServiceAccount. What it allows
+    and refuses is proven on the real API server (e2e/test_helm.py)."""
+    docs = template(values)
+    (policy,) = find(docs, "ValidatingAdmissionPolicy")
+    (binding,) = find(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    covered = {
+        (group, resource, operation)
+        for rule in policy["spec"]["matchConstraints"]["resourceRules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for operation in rule["operations"]
+    }
+    assert covered == {
+        (c.api_version.rpartition("/")[0], c.plural, op)
+        for c in CHILD_TYPES.values()
+        for op in ("CREATE", "UPDATE", "DELETE")
+    }
+    (condition,) = policy["spec"]["matchConditions"]
+    assert condition["expression"] == (
+        f'request.userInfo.username == "system:serviceaccount:{NAMESPACE}:{RELEASE}"'
+    )
+    assert not find(
+        template({**values, "rbac": {**values.get("rbac", {}), "admissionPolicy": False}}),
+        "ValidatingAdmissionPolicy",
+    )
 
 
 def test_namespaced_install_uses_roles_in_the_watched_namespaces_only() -> None:

@@ -402,6 +402,14 @@ def test_watches_are_filtered_on_the_server() -> None:
         "Service",
         "HorizontalPodAutoscaler",
     }
+    # ServiceMonitors: the operator's own watch, with the same selector (tests/test_watch.py).
+    reconciler, _, _ = make()
+    (watch,) = handlers.own_watches(reconciler, "ServiceMonitor", OperatorConfig())
+    assert watch.label_selector == MANAGED_BY_SELECTOR and watch.namespace is None
+    scoped = handlers.own_watches(
+        reconciler, "ServiceMonitor", OperatorConfig(namespaces=("team-a", "team-b"))
+    )
+    assert [w.namespace for w in scoped] == ["team-a", "team-b"]
 
 
 def restarted(kube: FakeKube) -> Reconciler:
@@ -571,3 +579,123 @@ async def test_a_namespace_being_deleted_is_not_retried_or_reported() -> None:
     finally:
         await reconciler.workers.stop()
     assert kube.calls["apply"] == 1 and not events.posted
+
+
+def deliver(reconciler: Reconciler, kube: FakeKube, kind: str, name: str, type_: str) -> None:
+    """What the child's watch hands the reconciler after a write: the object as it is now."""
+    reconciler.child_event(kind, type_, copy.deepcopy(kube.objects[(kind, NS, name)]))
+
+
+def revision(kube: FakeKube, name: str, number: int) -> None:
+    """The Deployment controller's write of its revision annotation on a rollout."""
+    kube.edit(
+        "Deployment",
+        NS,
+        name,
+        {"metadata": {"annotations": {"deployment.kubernetes.io/revision": str(number)}}},
+        manager="kube-controller-manager",
+        fields={
+            "f:metadata": {"f:annotations": {".": {}, "f:deployment.kubernetes.io/revision": {}}}
+        },
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_rollout_costs_one_deployment_apply() -> None:
+    """Defect (issue 14): the Deployment controller's revision annotation was part of the
+    child's fingerprint, so its write after every rollout read as drift: one more reconcile
+    and one more Deployment apply per rollout."""
+    reconciler, kube, _ = make(service())
+    reconciler.workers.start()
+    try:
+        reconciler.queue.add((NS, "svc"))
+        await settle(reconciler)
+        for kind, name in [
+            ("ConfigMap", "svc-model-config"),
+            ("Deployment", "svc"),
+            ("Service", "svc"),
+            ("HorizontalPodAutoscaler", "svc"),
+        ]:
+            deliver(reconciler, kube, kind, name, "ADDED")
+        revision(kube, "svc", 1)
+        deliver(reconciler, kube, "Deployment", "svc", "MODIFIED")
+        await settle(reconciler)
+        assert applies(kube, "Deployment") == 1
+        # A spec change that rolls the pods: one apply, then the watch shows our write and
+        # the controller's new revision.
+        body = kube.service(NS, "svc")
+        body["spec"]["priorityClassName"] = "inference"
+        body["metadata"]["generation"] = 2
+        kube.objects[("ClaudeCodeService", NS, "svc")] = copy.deepcopy(body)
+        reconciler.remember_service(body)
+        reconciler.queue.add((NS, "svc"))
+        await settle(reconciler)
+        assert applies(kube, "Deployment") == 2
+        deployment = kube.objects[("Deployment", NS, "svc")]
+        assert deployment["spec"]["template"]["spec"]["priorityClassName"] == "inference"
+        deliver(reconciler, kube, "Deployment", "svc", "MODIFIED")
+        revision(kube, "svc", 2)
+        deliver(reconciler, kube, "Deployment", "svc", "MODIFIED")
+        await settle(reconciler)
+        reconciler.queue.add((NS, "svc"))  # and a resync-style pass on top
+        await settle(reconciler)
+        assert applies(kube, "Deployment") == 2
+        # A hand edit of a label we set is drift still: applied back at once.
+        kube.edit(
+            "Deployment",
+            NS,
+            "svc",
+            {"metadata": {"labels": {"app.kubernetes.io/component": "tampered"}}},
+            fields={"f:metadata": {"f:labels": {"f:app.kubernetes.io/component": {}}}},
+        )
+        deliver(reconciler, kube, "Deployment", "svc", "MODIFIED")
+        await settle(reconciler)
+    finally:
+        await reconciler.workers.stop()
+    assert applies(kube, "Deployment") == 3
+    labels = kube.objects[("Deployment", NS, "svc")]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "inference"
+
+
+@pytest.mark.asyncio
+async def test_a_refused_apply_reads_the_deployment_whole_only_if_it_is_ours_and_once() -> None:
+    """Defect (issue 14): after a refused apply the Deployment missing from the cache was read
+    whole (spec and pod template included) on every reconcile, even when it did not exist."""
+    reconciler, kube, _ = make(service())
+    kube.fail["apply"].append(Rejected("admission webhook denied the request", 400))
+    status = await reconciler.reconcile(kube.service(NS, "svc"))  # the ConfigMap is refused
+    assert status["replicas"] == 0
+    assert reads(kube, "GET") == [] and "Deployment" in reads(kube, "GET_METADATA")
+    # Now it exists and runs, and the cache lost it (e.g. just after a restart).
+    await reconciler.reconcile(kube.service(NS, "svc"))
+    kube.objects[("Deployment", NS, "svc")]["status"] = {"replicas": 2, "readyReplicas": 2}
+    reconciler.children.pop(("Deployment", NS, "svc"))
+    kube.log.clear()
+    for _ in range(3):
+        kube.fail["apply"].append(Rejected("admission webhook denied the request", 400))
+        status = await reconciler.reconcile(kube.service(NS, "svc"))
+        assert status["readyReplicas"] == 2
+    assert reads(kube, "GET") == ["Deployment"]  # read whole once, then from the cache
+
+
+@pytest.mark.asyncio
+async def test_a_service_monitor_switched_off_is_found_from_metadata_or_the_watch() -> None:
+    """Defect (issue 14): a ServiceMonitor this process had not applied was read whole to
+    learn its owner; its metadata says that, and once ServiceMonitors are watched the cache
+    does (nothing is read)."""
+    reconciler, kube, _ = make(service())
+    await reconciler.reconcile(kube.service(NS, "svc"))
+    body = kube.service(NS, "svc")
+    body["spec"]["monitoring"] = {"serviceMonitor": False}
+    kube.objects[("ClaudeCodeService", NS, "svc")] = copy.deepcopy(body)
+    fresh = restarted(kube)
+    kube.log.clear()
+    await fresh.reconcile(body)
+    assert "ServiceMonitor" not in kube.kinds(NS)
+    assert "ServiceMonitor" in reads(kube, "GET_METADATA") and reads(kube, "GET") == []
+    # With the ServiceMonitor watch listed, the cache is the answer: no read at all.
+    watching = restarted(kube)
+    watching.watched_kinds.add("ServiceMonitor")
+    kube.log.clear()
+    await watching.reconcile(body)
+    assert "ServiceMonitor" not in {kind for _, kind, _, _ in kube.log}

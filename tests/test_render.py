@@ -302,3 +302,24 @@ def test_serving_pods_meet_restricted_pod_security_with_a_read_only_root() -> No
     (triton,) = pod["containers"]
     store = next(m for m in triton["volumeMounts"] if m["name"] == "model-store")
     assert store["readOnly"] is True  # the loader writes the store, Triton only reads it
+def test_every_child_and_pod_carries_the_label_the_operator_watches_by() -> None:
+    """The operator lists and watches children and pods only through this label (filtered by
+    the API server): a child without it would be invisible to its own watches. A user's
+    ServiceMonitor labels cannot override it."""
+    from ccs_operator.handlers import MANAGED_BY_SELECTOR
+
+    key, value = MANAGED_BY_SELECTOR.split("=")
+    body = minimal_service(monitoring={"labels": {key: "somebody-else", "release": "kps"}})
+    children = _by_kind(parse_service(body))
+    assert set(children) == {
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "ServiceMonitor",
+    }
+    for kind, child in children.items():
+        assert child["metadata"]["labels"][key] == value, kind
+    pod = children["Deployment"]["spec"]["template"]["metadata"]
+    assert pod["labels"][key] == value
+    assert children["ServiceMonitor"]["metadata"]["labels"]["release"] == "kps"

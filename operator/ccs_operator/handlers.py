@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -19,20 +19,23 @@ from .api import API_GROUP, API_VERSION, PLURAL
 from .config import OperatorConfig
 from .floorloop import FloorLoop
 from .kube import CHILD_TYPES
-from .reconcile import Reconciler, child_changed, controller_name
+from .reconcile import Reconciler
+from .render import MANAGED_BY_LABEL, MANAGED_BY_VALUE
+from .watch import LabelWatch, watch_scopes
 
 # Children whose CRD may be removed while the operator runs. kopf stops the whole operator
-# when a watch of a vanished resource answers 404, so these are not watched: their drift
-# is repaired by the periodic resync, and a removed CRD only switches monitoring off.
+# when a watch of a vanished resource answers 404, so kopf does not watch these: the
+# operator's own label-filtered watch does (watch.py), and a removed CRD only switches
+# monitoring off.
 OPTIONAL_CRD_KINDS = frozenset({"ServiceMonitor"})
-MANAGED_BY = {"app.kubernetes.io/managed-by": "ccs-operator"}
+MANAGED_BY = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
 MANAGED_BY_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
 FINALIZER = f"{API_GROUP}/finalizer"
 ANNOTATION_PREFIX = f"operator.{API_GROUP}"
 
 
 def watched_children() -> list[tuple[str, str, str, str]]:
-    """(kind, group, version, plural) of every child kind the operator watches."""
+    """(kind, group, version, plural) of every child kind kopf watches."""
     watched = []
     for child in CHILD_TYPES.values():
         if child.kind in OPTIONAL_CRD_KINDS:
@@ -92,6 +95,10 @@ def build_registry(
         # whenever the operator is not running. Nothing outside the cluster needs cleaning,
         # so the services carry no finalizer.
         background.append(loop.create_task(reconciler.resync(stop, config.resync_seconds)))
+        for kind in sorted(OPTIONAL_CRD_KINDS):
+            background.extend(
+                loop.create_task(watch.run(stop)) for watch in own_watches(reconciler, kind, config)
+            )
         if floor_loop is not None:
             background.append(loop.create_task(floor_loop.run(stop)))
         reconciler.background = background
@@ -126,6 +133,43 @@ def build_registry(
     return registry
 
 
+def own_watches(reconciler: Reconciler, kind: str, config: OperatorConfig) -> list[LabelWatch]:
+    """The operator's own label-filtered watch of `kind` (one per namespace when it serves
+    named namespaces, else one for the cluster). The kind counts as watched (the reconcile
+    trusts its cache) only while every scope's listing is complete and its watch runs."""
+    scopes = watch_scopes(config.namespaces)
+    synced: set[str | None] = set()
+
+    def on_sync(scope: str | None) -> Callable[[bool], None]:
+        def mark(ok: bool) -> None:
+            if ok:
+                synced.add(scope)
+            else:
+                synced.discard(scope)
+            if synced >= set(scopes):
+                reconciler.watched_kinds.add(kind)
+            else:
+                reconciler.watched_kinds.discard(kind)
+
+        return mark
+
+    def on_event(event_type: str | None, body: dict[str, Any]) -> None:
+        reconciler.child_event(kind, event_type, body)
+
+    return [
+        LabelWatch(
+            reconciler.kube,
+            kind,
+            MANAGED_BY_SELECTOR,
+            scope,
+            on_event,
+            on_sync(scope),
+            patterns=config.namespaces,
+        )
+        for scope in scopes
+    ]
+
+
 def needs_reconcile(known: Mapping[str, Any] | None, body: Mapping[str, Any]) -> bool:
     """Whether a service's event asks for a reconcile: it is new to us, or something other
     than status changed (a status write of ours, or of the floor loop, is not a reason)."""
@@ -156,16 +200,4 @@ def _watch_child(
         group, version, plural, labels=MANAGED_BY, registry=registry, id=f"watch-{plural}"
     )
     async def _child_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
-        owner = controller_name(body)
-        if owner is None:
-            return
-        meta = body["metadata"]
-        deleted = event.get("type") == "DELETED"
-        known = reconciler.children.get((kind, meta["namespace"], meta["name"]))
-        reconciler.remember_child(kind, body, deleted=deleted)
-        now = reconciler.children.get((kind, meta["namespace"], meta["name"]))
-        if event.get("type") is None and known is None:
-            return  # the first listing at start: the cache is just filled
-        # A relist (after a watch gap or 410 Gone) that shows a change counts as one.
-        if child_changed(kind, known, now):
-            reconciler.queue.add((meta["namespace"], owner))
+        reconciler.child_event(kind, event.get("type"), body)

@@ -149,6 +149,32 @@ class KubeClient:
             raise Fenced(f"{method} {path}: not sent, this operator is no longer the leader")
 
         def call() -> Any:
+            response = self.send(
+                method, path, body=body, query=query, content_type=content_type, accept=accept
+            )
+            try:
+                data = response.read()
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise Transient(f"{method} {path}: {exc}") from exc
+            return json.loads(data) if data else None
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, call)
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+        accept: str = "application/json",
+        timeout: float | tuple[float, float] | None = None,
+    ) -> Any:
+        """One request, synchronous (on the caller's thread), its body not read yet: a
+        2xx response, or the KubeError its status maps to."""
+        try:
             serialized = self._api.param_serialize(
                 method=method,
                 resource_path=path,
@@ -157,17 +183,16 @@ class KubeClient:
                 body=body,
                 auth_settings=["BearerToken"],
             )
-            response = self._api.call_api(*serialized, _request_timeout=self._timeout)
-            data = response.read()
+            response = self._api.call_api(*serialized, _request_timeout=timeout or self._timeout)
             if not 200 <= response.status < 300:
                 raise _error(
-                    method, path, response.status, data, response.getheader("Retry-After")
+                    method,
+                    path,
+                    response.status,
+                    response.read(),
+                    response.getheader("Retry-After"),
                 )
-            return json.loads(data) if data else None
-
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._pool, call)
+            return response
         except k8s.ApiException as exc:
             headers = exc.headers or {}
             raise _error(

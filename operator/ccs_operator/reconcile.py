@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -86,7 +86,7 @@ class ChildRecord:
     owner_uid: str | None
     resource_version: str
     generation: int | None
-    # What the object says to anyone applying it (see `fingerprint`); status excluded.
+    # What an apply of ours sets whole: spec, data, owners (see `fingerprint`).
     fingerprint: str = ""
     # Deployments: the status the reconcile reports readiness from; HPAs: the status the
     # floor's accounting reads what the HPA alone would run from.
@@ -96,6 +96,10 @@ class ChildRecord:
     # matches and that nobody else touched since is not applied again.
     applied_digest: str | None = None
     foreign: tuple[frozenset[str] | None, ...] | None = None
+    # The child's labels and annotations: an apply of ours sets only the keys it names, so
+    # only those are compared (not the Deployment controller's revision annotation).
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
     def workload(self) -> dict[str, Any]:
         """The slice of a Deployment that status.build_status reads."""
@@ -103,22 +107,63 @@ class ChildRecord:
 
 
 def fingerprint(body: Mapping[str, Any]) -> str:
-    """A digest of everything an apply of ours could change: labels, annotations, owners,
-    spec, data. Status and bookkeeping (resourceVersion, managedFields) are left out, so a
-    controller's status write does not count as a change."""
+    """A digest of what an apply of ours sets whole: owners, spec, data. Status and
+    bookkeeping (resourceVersion, managedFields) are left out, so a controller's status write
+    does not count as a change; so are labels and annotations, of which an apply sets only
+    the keys it names (compared one by one, see `MetadataKey`)."""
     meta = body.get("metadata") or {}
     spec = body.get("spec")
     if body.get("kind") == "Deployment" and isinstance(spec, Mapping):
         # The HPA owns the replica count; its scaling is not a change to anything we apply.
         spec = {k: v for k, v in spec.items() if k != "replicas"}
     content = {
-        "labels": meta.get("labels"),
-        "annotations": meta.get("annotations"),
         "ownerReferences": meta.get("ownerReferences"),
         "spec": spec,
         "data": body.get("data"),
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# ("labels" | "annotations", key): one metadata entry an apply of ours sets.
+MetadataKey = tuple[str, str]
+_METADATA_MAPS = ("labels", "annotations")
+
+
+def metadata_keys(manifest: Mapping[str, Any]) -> frozenset[MetadataKey]:
+    """The labels and annotations a manifest sets (the only ones its apply changes)."""
+    meta = manifest.get("metadata") or {}
+    return frozenset((part, key) for part in _METADATA_MAPS for key in meta.get(part) or {})
+
+
+def metadata_holds(manifest: Mapping[str, Any], record: ChildRecord) -> bool:
+    """Whether every label and annotation the manifest sets has that value on the child."""
+    meta = manifest.get("metadata") or {}
+    return all(
+        getattr(record, part).get(key) == value
+        for part in _METADATA_MAPS
+        for key, value in (meta.get(part) or {}).items()
+    )
+
+
+def metadata_changes(before: ChildRecord, after: ChildRecord) -> set[MetadataKey]:
+    changed: set[MetadataKey] = set()
+    for part in _METADATA_MAPS:
+        old, new = getattr(before, part), getattr(after, part)
+        changed.update(
+            (part, key) for key in old.keys() | new.keys() if old.get(key) != new.get(key)
+        )
+    return changed
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What this process's last apply of a child sent and got back: while the digest is the
+    desired manifest's, the child's fingerprint is this one and the keys it set still hold
+    their values, another apply would be a no-op."""
+
+    digest: str
+    fingerprint: str
+    keys: frozenset[MetadataKey]
 
 
 # Readiness the reconcile reports from a Deployment's status; other status churn is no reason
@@ -143,13 +188,23 @@ def _readiness(status: Mapping[str, Any] | None) -> tuple[Any, ...]:
     return (*(status.get(f) for f in _READINESS_FIELDS), conditions)
 
 
-def child_changed(kind: str, before: ChildRecord | None, after: ChildRecord | None) -> bool:
+def child_changed(
+    kind: str,
+    before: ChildRecord | None,
+    after: ChildRecord | None,
+    ours: frozenset[MetadataKey] | None = None,
+) -> bool:
     """Whether a child's watch event asks for its owner's reconcile: it appeared, went away,
     someone changed what we apply (drift), or, for the Deployment, its readiness moved. An
-    HPA's status or the replicas it sets are no reason: nothing we render depends on them."""
+    HPA's status or the replicas it sets are no reason: nothing we render depends on them;
+    nor is a label or annotation outside `ours`, the keys our last apply set (any, when
+    unknown), like the Deployment controller's revision annotation."""
     if before is None or after is None or before.uid != after.uid:
         return True
     if before.fingerprint != after.fingerprint:
+        return True
+    changed = metadata_changes(before, after)
+    if changed and (ours is None or changed & ours):
         return True
     if kind == "Deployment":
         return before.generation != after.generation or _readiness(before.status) != _readiness(
@@ -241,6 +296,8 @@ def child_record(kind: str, body: Mapping[str, Any]) -> ChildRecord:
         status=body.get("status") if kind in STATUS_KINDS else None,
         applied_digest=(meta.get("annotations") or {}).get(DIGEST_ANNOTATION),
         foreign=foreign_writes(body),
+        labels=dict(meta.get("labels") or {}),
+        annotations=dict(meta.get("annotations") or {}),
     )
 
 
@@ -296,9 +353,9 @@ class Reconciler:
         self.clock = clock
         self.services: dict[ServiceKey, dict[str, Any]] = {}
         self.children: dict[ChildKey, ChildRecord] = {}
-        # Per child: (digest of the manifest we last applied, the child's fingerprint that
-        # apply returned). While both still hold, applying again is a no-op: skip the request.
-        self.applied: dict[ChildKey, tuple[str, str]] = {}
+        # Per child: what our last apply sent and got back. While it still holds, applying
+        # again is a no-op: the request is skipped.
+        self.applied: dict[ChildKey, Applied] = {}
         # Kinds whose watch keeps `children` current (handlers registers them). Others are
         # read back before an apply is skipped.
         self.watched_kinds: set[str] = set()
@@ -403,6 +460,24 @@ class Reconciler:
             self.applied.pop(key, None)
         else:
             self.children[key] = child_record(kind, body)
+
+    def child_event(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A watch event of a child (type None: the watch's listing, at start or after a
+        gap): keep the cache current and queue the owner when the change matters."""
+        owner = controller_name(body)
+        if owner is None:
+            return
+        meta = body["metadata"]
+        key = (kind, meta["namespace"], meta["name"])
+        known = self.children.get(key)
+        self.remember_child(kind, body, deleted=event_type == "DELETED")
+        now = self.children.get(key)
+        if event_type is None and known is None:
+            return  # the first listing at start: the cache is just filled
+        # A relist (after a watch gap or 410 Gone) that shows a change counts as one.
+        applied = self.applied.get(key)
+        if child_changed(kind, known, now, applied.keys if applied is not None else None):
+            self.queue.add((meta["namespace"], owner))
 
     def observe_pod(self, pod: Mapping[str, Any], initial: bool) -> None:
         """Count a serving pod's cold start once it is Ready; the reconcile stores the
@@ -546,18 +621,27 @@ class Reconciler:
         return new_status
 
     async def _known_deployment(self, ccs: ClaudeCodeService) -> dict[str, Any] | None:
-        name = ChildNames.of(ccs.name).deployment
-        known = self.children.get(("Deployment", ccs.namespace, name))
-        if known is not None and known.owner_uid == ccs.uid:
-            return known.workload()
+        """The service's Deployment as it runs (for status when an apply was refused before
+        the Deployment's turn): from the cache, else its metadata says whether it exists and
+        is ours, and only then is it read whole (its status is what is reported) and kept."""
+        key = ("Deployment", ccs.namespace, ChildNames.of(ccs.name).deployment)
+        known = self.children.get(key)
+        if known is not None:
+            return known.workload() if known.owner_uid == ccs.uid else None
         try:
-            live = await self.kube.get("Deployment", ccs.namespace, name)
+            head = await self.kube.get_metadata(*key)
+            if head is None or controller_uid(head) != ccs.uid:
+                return None
+            live = await self.kube.get(*key)
         except KubeError as exc:
             log.info("Deployment of %s/%s unreadable: %s", ccs.namespace, ccs.name, exc)
             return None
         if live is None or controller_uid(live) != ccs.uid:
             return None
-        return live
+        record = child_record("Deployment", live)
+        if key not in self.children:  # a watch event meanwhile is newer: keep that
+            self.children[key] = record
+        return record.workload()
 
     async def _served_or_retry(self) -> bool:
         try:
@@ -658,7 +742,9 @@ class Reconciler:
                 )
             self.remember_child(kind, live, deleted=False)
             self.absent.discard(key)
-            self.applied[key] = (digest, self.children[key].fingerprint)
+            self.applied[key] = Applied(
+                digest, self.children[key].fingerprint, metadata_keys(manifest)
+            )
             verb = _what_changed(previous, live, since=started)
             if verb is not None:
                 metrics.CHILDREN_APPLIED.labels(kind).inc()
@@ -728,18 +814,17 @@ class Reconciler:
         this process's own apply, or, after a restart, from the digest stamped on the child
         and its managedFields."""
         applied = self.applied.get(key)
-        if applied is not None and applied[0] != digest:
+        if applied is not None and applied.digest != digest:
             return False
         watched = key[0] in self.watched_kinds
         if watched:
             if known is None:
                 return False
-            fresh = applied is None
-            live_fingerprint = known.fingerprint
+            live = known
             same = (
                 untouched_since_apply(manifest, digest, known.applied_digest, known.foreign)
-                if fresh
-                else applied is not None and applied[1] == live_fingerprint
+                if applied is None
+                else applied.fingerprint == known.fingerprint and metadata_holds(manifest, known)
             )
         else:
             if key in self.absent:
@@ -748,9 +833,9 @@ class Reconciler:
             current = await self._current(key, known)
             if current is None:
                 return False
-            live_fingerprint = current.fingerprint
+            live = current
             same = (
-                applied[1] == live_fingerprint
+                applied.fingerprint == current.fingerprint and metadata_holds(manifest, current)
                 if applied is not None
                 else untouched_since_apply(
                     manifest, digest, current.applied_digest, current.foreign
@@ -759,7 +844,7 @@ class Reconciler:
             if same:
                 self.children[key] = current
         if same and applied is None:
-            self.applied[key] = (digest, live_fingerprint)
+            self.applied[key] = Applied(digest, live.fingerprint, metadata_keys(manifest))
         return same
 
     async def _prune_service_monitor(
@@ -780,18 +865,17 @@ class Reconciler:
         if key in self.absent:
             return
         known = self.children.get(key)
-        if known is None:
-            # Not applied by this process: switched off while the operator was down?
-            try:
-                live = await self.kube.get("ServiceMonitor", ccs.namespace, name)
-            except NotFound:
-                live = None  # the CRD itself is not served
-            if live is not None and controller_uid(live) == ccs.uid:
+        if known is None and "ServiceMonitor" not in self.watched_kinds:
+            # Not applied by this process, and no watch lists them: switched off while the
+            # operator was down? Its metadata says whether it exists and whose it is (None
+            # as well when the CRD itself is not served).
+            head = await self._get_or_retry(key, metadata_only=True)
+            if head is not None and controller_uid(head) == ccs.uid:
                 known = ChildRecord(
-                    uid=live["metadata"]["uid"],
+                    uid=head["metadata"]["uid"],
                     owner_uid=ccs.uid,
-                    resource_version=live["metadata"]["resourceVersion"],
-                    generation=live["metadata"].get("generation"),
+                    resource_version=head["metadata"]["resourceVersion"],
+                    generation=head["metadata"].get("generation"),
                 )
         if known is not None and known.owner_uid == ccs.uid:
             await self.kube.delete("ServiceMonitor", ccs.namespace, name, known.uid)
@@ -922,4 +1006,3 @@ def _what_changed(
     if meta.get("generation") is not None and previous.generation is not None:
         return "Updated" if meta["generation"] != previous.generation else None
     return "Updated" if meta["resourceVersion"] != previous.resource_version else None
-

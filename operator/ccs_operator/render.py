@@ -26,6 +26,9 @@ PVC_MOUNT_ROOT = "/mnt/pvc"
 MODEL_CACHE_MOUNT = "/var/cache/ccs-models"
 CONFIG_HASH_ANNOTATION = f"{API_GROUP}/config-hash"
 SERVICE_LABEL = f"{API_GROUP}/service"
+# On every child and serving pod: the operator lists and watches only objects carrying it.
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "ccs-operator"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 DEFAULT_LOADER_IMAGE = f"ghcr.io/claudecode/ccs-model-loader:{__version__}"
@@ -70,7 +73,7 @@ def common_labels(ccs: ClaudeCodeService) -> dict[str, str]:
         "app.kubernetes.io/instance": ccs.name,
         "app.kubernetes.io/component": "inference",
         "app.kubernetes.io/part-of": ccs.name,
-        "app.kubernetes.io/managed-by": "ccs-operator",
+        MANAGED_BY_LABEL: MANAGED_BY_VALUE,
         **selector_labels(ccs.name),
     }
 

@@ -1,6 +1,10 @@
 {{/*
-Least privilege: exactly the calls the operator makes, nothing else (no Secrets, no Pods,
-no delete of its children: the garbage collector removes them through owner references).
+Least privilege: exactly the calls the operator makes, nothing else (no Secrets, no writes
+of Pods, no delete of its children but a switched-off ServiceMonitor: the garbage collector
+removes them through owner references). RBAC cannot narrow by label: every list and watch of
+children and pods is filtered by the API server (labelSelector
+app.kubernetes.io/managed-by=ccs-operator, set by the operator), and the admission policy
+(admissionpolicy.yaml) confines its writes to the children of ClaudeCodeServices.
 */}}
 {{- define "ccs-operator.rules" -}}
 # The ClaudeCodeServices: kopf lists and watches them (the operator works from that cache;
@@ -17,8 +21,9 @@ no delete of its children: the garbage collector removes them through owner refe
 - apiGroups: [serving.claudecode.io]
   resources: [claudecodeservices/finalizers]
   verbs: [update]
-# The children: server-side apply (patch, and create when the child is new), reads to
-# detect name collisions, and label-filtered watches for drift repair.
+# The children: server-side apply (patch, and create when the child is new), metadata reads
+# to detect name collisions and for the resync, and label-filtered lists and watches for
+# drift repair (ServiceMonitors by the operator's own watch, the rest by kopf's).
 - apiGroups: [""]
   resources: [configmaps, services]
   verbs: [get, list, watch, create, patch]
@@ -32,7 +37,8 @@ no delete of its children: the garbage collector removes them through owner refe
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors]
   verbs: [get, list, watch, create, patch, delete]
-# The serving pods (a label-filtered watch): their cold-start times, from creation to ready.
+# The serving pods (a label-filtered list and watch, never a read of one pod): their
+# cold-start times, from creation to ready.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
