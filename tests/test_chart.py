@@ -256,6 +256,9 @@ def test_rbac_grants_exactly_what_the_operator_calls() -> None:
             for v in ("get", "list", "watch", "create", "patch")
         ),
         ("monitoring.coreos.com", "servicemonitors", "delete"),  # a ServiceMonitor switched off
+        # The autoscaler of the engine a service switched away from.
+        ("autoscaling", "horizontalpodautoscalers", "delete"),
+        ("keda.sh", "scaledobjects", "delete"),
         ("", "events", "create"),
         ("", "events", "patch"),  # a repeated Event bumps its count
         ("", "pods", "list"),  # serving pods, watched for cold-start times

@@ -23,8 +23,9 @@ from .reconcile import Reconciler, child_changed, controller_name
 
 # Children whose CRD may be removed while the operator runs. kopf stops the whole operator
 # when a watch of a vanished resource answers 404, so these are not watched: their drift
-# is repaired by the periodic resync, and a removed CRD only switches monitoring off.
-OPTIONAL_CRD_KINDS = frozenset({"ServiceMonitor"})
+# is repaired by the periodic resync; a removed ServiceMonitor CRD only switches monitoring
+# off, a removed KEDA CRD is reported (KEDAMissing) and nothing is applied.
+OPTIONAL_CRD_KINDS = frozenset({"ServiceMonitor", "ScaledObject"})
 MANAGED_BY = {"app.kubernetes.io/managed-by": "ccs-operator"}
 MANAGED_BY_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
 FINALIZER = f"{API_GROUP}/finalizer"

@@ -1,6 +1,7 @@
 {{/*
 Least privilege: exactly the calls the operator makes, nothing else (no Secrets, no Pods,
-no delete of its children: the garbage collector removes them through owner references).
+no delete of its children but a switched-off ServiceMonitor and the autoscaler of an engine
+no longer used: the garbage collector removes the rest through owner references).
 */}}
 {{- define "ccs-operator.rules" -}}
 # The ClaudeCodeServices: kopf lists and watches them (the operator works from that cache;
@@ -25,9 +26,15 @@ no delete of its children: the garbage collector removes them through owner refe
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch]
+# The autoscaler: an HPA (engine HPA) or a KEDA ScaledObject (engine KEDA); switching the
+# engine deletes the other one (only the operator's own, by uid). KEDA's own HPA
+# (keda-hpa-<name>) is KEDA's: never applied or deleted.
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [keda.sh]
+  resources: [scaledobjects]
+  verbs: [get, list, watch, create, patch, delete]
 # A ServiceMonitor switched off in a service's spec is deleted (only the operator's own).
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors]
