@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from ccs_operator.handlers import MANAGED_BY_SELECTOR
+from ccs_operator.handlers import MANAGED_BY_SELECTOR, OPTIONAL_CRD_KINDS
 from ccs_operator.kube import CHILD_TYPES, KubeClient
 from ccs_operator.reconcile import DIGEST_ANNOTATION, Reconciler
 from ccs_operator.render import RenderSettings
@@ -65,7 +65,7 @@ async def _controller(cluster: Cluster, namespace: str) -> tuple[Reconciler, Cou
     kube = Counting(cluster.api_client())
     reconciler = Reconciler(kube, RenderSettings(), _no_events)
     for kind, resource in CHILD_TYPES.items():
-        if kind == "ServiceMonitor":
+        if kind in OPTIONAL_CRD_KINDS:
             continue  # not watched by the operator: read on demand
         reconciler.watched_kinds.add(kind)
         listed = await kube._call(

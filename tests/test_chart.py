@@ -33,7 +33,10 @@ ALL_ON = {
     **NAMESPACED,
     **MONITORING,
     "replicaCount": 2,
-    "operator": {"logLevel": "DEBUG", "prometheus": {"bearerTokenSecret": {"name": "prom"}}},
+    "operator": {
+        "logLevel": "DEBUG",
+        "prometheus": {"bearerTokenSecret": {"name": "prom"}, "kedaTriggerAuthentication": "prom"},
+    },
     "image": {"digest": "sha256:" + "a" * 64},
     "dashboard": {"namespace": "monitoring", "annotations": {"grafana_folder": "Inference"}},
 }
@@ -167,6 +170,9 @@ def test_the_operator_reads_the_rendered_environment(values: dict[str, Any]) -> 
     assert {k for k in env if k.startswith("CCS_")} <= known | {"CCS_PROMETHEUS_BEARER_TOKEN"}
     config = OperatorConfig.from_env(env)
     assert config.leader_election is True
+    assert config.keda_trigger_authentication == (
+        "prom" if values is ALL_ON else None
+    )
     assert config.lease_namespace == NAMESPACE
     assert config.namespaces == tuple(values.get("watchNamespaces", ()))
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
