@@ -14,6 +14,7 @@ KEDA itself needs KEDA's operator and metrics server (not built by this harness)
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -204,3 +205,50 @@ async def test_keda_absent_is_a_condition_and_nothing_is_created(
             if c.metadata.name != "kube-root-ca.crt"
         ] == []
     assert _autoscalers(cluster, ns) == set()
+
+
+@pytest.mark.asyncio
+async def test_scaled_to_zero_status_on_the_server(
+    cluster: Cluster, solo_namespace: str, services: Services, ccs_crd: None
+) -> None:
+    """HPA mode, min 0: the HPA is admitted with minReplicas 0; once the Deployment is at 0
+    (scaled by hand here, standing in for the HPA: no external metrics adapter runs in this
+    test, and the real HPA controller leaves a target at zero it did not scale there), the
+    status written to the server says ScaledToZero (condition and phase, both admitted by
+    the CRD); raising min to 1 removes the condition from the server's status."""
+    ns, name = solo_namespace, "zero"
+    services.apply(ns, _keda_sample(name, engine="HPA"))
+    reconciler, kube = await _controller(cluster, ns)
+    try:
+        body = await _reconcile(reconciler, cluster, ns, name)
+        zero = condition(body, "ScaledToZero")
+        assert zero is not None and zero["status"] == "False", body["status"]
+        cluster.kubectl("scale", "deployment", name, "-n", ns, "--replicas=0")
+        with cluster.api_client() as api_client:
+            apps = client.AppsV1Api(api_client)
+            deadline = asyncio.get_running_loop().time() + 60
+            while True:
+                deployment = apps.read_namespaced_deployment(name, ns)
+                status = deployment.status
+                if (
+                    (status.replicas or 0) == 0
+                    and status.observed_generation == deployment.metadata.generation
+                ):
+                    break
+                assert asyncio.get_running_loop().time() < deadline, status
+                await asyncio.sleep(0.5)
+        # What the Deployment's watch tells the operator: a fresh listing of the children.
+        kube.close()
+        reconciler, kube = await _controller(cluster, ns)
+        body = await _reconcile(reconciler, cluster, ns, name)
+        zero = condition(body, "ScaledToZero")
+        assert zero is not None and (zero["status"], zero["reason"]) == ("True", "ScaledToZero")
+        assert body["status"]["phase"] == "ScaledToZero"
+        ready = condition(body, "Ready")
+        assert ready is not None and ready["reason"] == "ScaledToZero"
+
+        services.patch(ns, name, {"spec": {"replicas": {"min": 1}}})
+        body = await _reconcile(reconciler, cluster, ns, name)
+        assert condition(body, "ScaledToZero") is None, body["status"]["conditions"]
+    finally:
+        kube.close()
