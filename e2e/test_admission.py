@@ -87,6 +87,11 @@ COUNTER_EXAMPLES = [
         'max({__name__=~".+"})',
         "spec.autoscaling.floor.query must name each metric",
     ),
+    (
+        "autoscaling",
+        {"engine": "KEDA", "requestsPerSecond": 0, "cpuUtilization": 0},
+        "spec.autoscaling.engine KEDA needs at least one trigger",
+    ),
 ]
 
 # Overrides the CRD admits (the operator confines them; tests/test_confine.py).
@@ -158,6 +163,38 @@ def test_bad_service_names_are_refused(
 def test_schema_errors_name_the_field(cluster: Cluster, ccs_crd: None, namespace: str) -> None:
     result = _apply(cluster, namespace, _with("batching.maxBatchSize", 0))
     assert result.returncode != 0 and "spec.batching.maxBatchSize" in result.stderr
+
+
+def test_engine_is_hpa_or_keda(cluster: Cluster, ccs_crd: None, namespace: str) -> None:
+    result = _apply(cluster, namespace, _with("autoscaling.engine", "Keda"))
+    assert result.returncode != 0
+    assert "spec.autoscaling.engine" in result.stderr and '"KEDA"' in result.stderr
+    for engine in ("HPA", "KEDA"):
+        accepted = _apply(cluster, namespace, _with("autoscaling.engine", engine))
+        assert accepted.returncode == 0, accepted.stderr
+
+
+@pytest.mark.parametrize("engine", ["HPA", "KEDA"])
+def test_scale_to_zero_needs_the_requests_per_second_metric(
+    cluster: Cluster, ccs_crd: None, namespace: str, engine: str
+) -> None:
+    """HPAScaleToZero refuses minReplicas 0 without an External or Object metric, and KEDA
+    cannot idle on CPU alone: the CRD says so at `kubectl apply`, with the fix."""
+    body = _with("replicas", {"min": 0, "max": 3})
+    body["spec"]["autoscaling"] = {
+        **(body["spec"].get("autoscaling") or {}),
+        "engine": engine,
+        "requestsPerSecond": 0,
+    }
+    result = _apply(cluster, namespace, body)
+    assert result.returncode != 0, "min 0 without the rps metric was accepted"
+    assert "spec.replicas.min 0 (scale to zero) needs the requests-per-second metric" in (
+        result.stderr
+    )
+    assert "set spec.autoscaling.requestsPerSecond above 0" in result.stderr
+    body["spec"]["autoscaling"]["requestsPerSecond"] = 50  # the fix the message names
+    accepted = _apply(cluster, namespace, body)
+    assert accepted.returncode == 0, accepted.stderr
 
 
 def test_every_sample_is_admitted(cluster: Cluster, ccs_crd: None, namespace: str) -> None:

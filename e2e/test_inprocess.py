@@ -30,7 +30,7 @@ import pytest
 from kubernetes import client
 
 from ccs_operator.config import OperatorConfig
-from ccs_operator.handlers import MANAGED_BY_SELECTOR, own_watches
+from ccs_operator.handlers import MANAGED_BY_SELECTOR, OPTIONAL_CRD_KINDS, own_watches
 from ccs_operator.kube import CHILD_TYPES, KubeClient
 from ccs_operator.reconcile import DIGEST_ANNOTATION, Reconciler
 from ccs_operator.render import RenderSettings
@@ -74,7 +74,7 @@ async def _controller(cluster: Cluster, namespace: str) -> tuple[Reconciler, Cou
     kube = Counting(cluster.api_client())
     reconciler = Reconciler(kube, RenderSettings(), _no_events)
     for kind, resource in CHILD_TYPES.items():
-        if kind == "ServiceMonitor":
+        if kind in OPTIONAL_CRD_KINDS:
             continue  # the operator's own watch, not kopf's: see the watch tests below
         reconciler.watched_kinds.add(kind)
         listed = await kube._call(

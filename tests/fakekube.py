@@ -28,6 +28,7 @@ class FakeKube:
         self.log: list[tuple[str, str, str, str]] = []  # (verb, kind, namespace, name)
         self.fail: dict[str, list[BaseException]] = defaultdict(list)
         self.servicemonitors_served = True
+        self.scaledobjects_served = False  # KEDA's CRD: absent unless a test installs it
         self.fenced = False
         # Set to make apply_service_status wait (a write in flight) until released.
         self.hold_status: asyncio.Event | None = None
@@ -87,7 +88,14 @@ class FakeKube:
     # -- the KubeClient surface the controller uses ---------------------------------------
     async def served(self, api_version: str, plural: str, ttl_seconds: float = 30.0) -> bool:
         self._maybe_fail("served")
+        if plural == "scaledobjects":
+            return self.scaledobjects_served
         return self.servicemonitors_served
+
+    def _crd_missing(self, kind: str) -> bool:
+        return (kind == "ServiceMonitor" and not self.servicemonitors_served) or (
+            kind == "ScaledObject" and not self.scaledobjects_served
+        )
 
     def forget_discovery(self) -> None:
         pass
@@ -95,8 +103,8 @@ class FakeKube:
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         self._maybe_fail("get")
         self.log.append(("GET", kind, namespace, name))
-        if kind == "ServiceMonitor" and not self.servicemonitors_served:
-            raise NotFound("GET servicemonitors: not found", 404)
+        if self._crd_missing(kind):
+            raise NotFound(f"GET {kind}: not found", 404)
         found = self.objects.get((kind, namespace, name))
         return copy.deepcopy(found) if found is not None else None
 
@@ -105,8 +113,8 @@ class FakeKube:
         metadata (managedFields included), nothing of its spec, data or status."""
         self._maybe_fail("get_metadata")
         self.log.append(("GET_METADATA", kind, namespace, name))
-        if kind == "ServiceMonitor" and not self.servicemonitors_served:
-            raise NotFound("GET servicemonitors: not found", 404)
+        if self._crd_missing(kind):
+            raise NotFound(f"GET {kind}: not found", 404)
         found = self.objects.get((kind, namespace, name))
         if found is None:
             return None
@@ -120,6 +128,8 @@ class FakeKube:
         self._maybe_fail("apply")
         kind, meta = manifest["kind"], manifest["metadata"]
         self.log.append(("APPLY", kind, meta["namespace"], meta["name"]))
+        if self._crd_missing(kind):
+            raise NotFound(f"PATCH {kind}: not found", 404)
         key = (kind, meta["namespace"], meta["name"])
         live = self.objects.get(key)
         desired = copy.deepcopy(dict(manifest))

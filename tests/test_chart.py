@@ -35,8 +35,8 @@ ALL_ON = {
     "replicaCount": 2,
     "operator": {
         "logLevel": "DEBUG",
-        "prometheus": {"bearerTokenSecret": {"name": "prom"}},
         "queryOverrides": {"mode": "namespaces", "namespaces": ["team-a"], "maxSeries": 5},
+        "prometheus": {"bearerTokenSecret": {"name": "prom"}, "kedaTriggerAuthentication": "prom"},
     },
     "image": {"digest": "sha256:" + "a" * 64},
     "networkPolicy": {"enabled": True},
@@ -185,6 +185,9 @@ def test_the_operator_reads_the_rendered_environment(values: dict[str, Any]) -> 
     assert config.query_overrides.namespaces == frozenset(overrides.get("namespaces", ()))
     assert config.query_overrides.max_series == overrides.get("maxSeries", 20)
     assert config.leader_election is True
+    assert config.keda_trigger_authentication == (
+        "prom" if values is ALL_ON else None
+    )
     assert config.lease_namespace == NAMESPACE
     assert config.namespaces == tuple(values.get("watchNamespaces", ()))
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -274,6 +277,9 @@ def test_rbac_grants_exactly_what_the_operator_calls() -> None:
             for v in ("get", "list", "watch", "create", "patch")
         ),
         ("monitoring.coreos.com", "servicemonitors", "delete"),  # a ServiceMonitor switched off
+        # The autoscaler of the engine a service switched away from.
+        ("autoscaling", "horizontalpodautoscalers", "delete"),
+        ("keda.sh", "scaledobjects", "delete"),
         ("", "events", "create"),
         ("", "events", "patch"),  # a repeated Event bumps its count
         ("", "pods", "list"),  # serving pods, watched for cold-start times

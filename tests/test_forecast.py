@@ -44,3 +44,15 @@ def test_rises_quantile_and_decay() -> None:
         r = r.add(0.0, decay)
     assert r.quantile(0.95) == 0.0
     assert decay_for(30.0, 0.0) == 0.0
+
+
+def test_a_fall_to_nothing_never_forecasts_traffic_again() -> None:
+    """Defect (found with scale to zero): after 40/s fell to 0, the level overshot below 0
+    and its recovery read as a rising trend: a forecast of 0.2/s with nothing arriving,
+    which woke a service from zero and put it back to sleep every cool-down."""
+    holt = Holt.start(40.0, 0.0)
+    for t in range(1, 200):
+        holt = holt.update(0.0, 30.0 * t, 0.5, 0.3)
+        assert holt.level >= 0.0
+        if t > 10:
+            assert holt.forecast(240.0, 120.0, 2.0) < 1e-3

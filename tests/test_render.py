@@ -13,7 +13,7 @@ from ccs_operator.api import ClaudeCodeService, parse_service
 from ccs_operator.render import (
     CONFIG_HASH_ANNOTATION,
     RenderSettings,
-    hpa_min_replicas,
+    autoscaler_min_replicas,
     render_children,
 )
 from ccs_operator.tritonconfig import parse_config_pbtxt
@@ -88,16 +88,26 @@ def test_config_change_changes_the_pod_template_hash() -> None:
 
 def test_hpa_minimum_follows_the_floor_within_bounds() -> None:
     spec = parse_service(minimal_service(replicas={"min": 2, "max": 6})).spec
-    assert hpa_min_replicas(spec, None) == 2
-    assert hpa_min_replicas(spec, 4) == 4
-    assert hpa_min_replicas(spec, 9) == 6
-    assert hpa_min_replicas(spec, 1) == 2
+    assert autoscaler_min_replicas(spec, None) == 2
+    assert autoscaler_min_replicas(spec, 4) == 4
+    assert autoscaler_min_replicas(spec, 9) == 6
+    assert autoscaler_min_replicas(spec, 1) == 2
     disabled = parse_service(
         minimal_service(replicas={"min": 2, "max": 6}, autoscaling={"floor": {"enabled": False}})
     ).spec
-    assert hpa_min_replicas(disabled, 5) == 2
-    zero = parse_service(minimal_service(replicas={"min": 0, "max": 3})).spec
-    assert hpa_min_replicas(zero, None) == 1
+    assert autoscaler_min_replicas(disabled, 5) == 2
+
+
+def test_min_zero_is_rendered_as_zero_not_one() -> None:
+    """Defect: replicas.min 0 was rendered as minReplicas 1 while status said floor 0."""
+    ccs = parse_service(minimal_service(replicas={"min": 0, "max": 3}))
+    assert autoscaler_min_replicas(ccs.spec, None) == 0
+    assert autoscaler_min_replicas(ccs.spec, 0) == 0
+    assert autoscaler_min_replicas(ccs.spec, 2) == 2  # the floor wakes it
+    hpa = _by_kind(ccs, floor=0)["HorizontalPodAutoscaler"]["spec"]
+    assert hpa["minReplicas"] == 0
+    # HPAScaleToZero's rule: minReplicas 0 needs an External (or Object) metric.
+    assert any(m["type"] == "External" for m in hpa["metrics"])
 
 
 def test_no_service_monitor_without_its_crd() -> None:
@@ -160,7 +170,7 @@ def test_every_sample_renders_valid_kubernetes_objects(sample: Any) -> None:
 
     ccs = parse_service(yaml.safe_load(sample.read_text()))
     for manifest in render_children(ccs, floor=3):
-        if manifest["apiVersion"].startswith("monitoring.coreos.com"):
+        if manifest["apiVersion"].startswith(("monitoring.coreos.com", "keda.sh")):
             continue  # not in the core schema; checked against its CRD on the API server
         kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
 

@@ -272,11 +272,32 @@ class Floor(_Model):
         return self
 
 
+Engine = Literal["HPA", "KEDA"]
+
+
 class Autoscaling(_Model):
+    # Which autoscaler is rendered: an autoscaling/v2 HPA, or KEDA's ScaledObject.
+    engine: Engine = "HPA"
     cpu_utilization: int = Field(default=60, ge=0, le=100)
     requests_per_second: int = Field(default=1000, ge=0)
+    # KEDA's activationThreshold on the requests-per-second trigger (KEDA mode only).
+    activation_requests_per_second: int = Field(default=0, ge=0)
     scale_down_stabilization_seconds: int = Field(default=300, ge=0, le=3600)
     floor: Floor = Floor()
+
+    @model_validator(mode="after")
+    def _keda_has_a_trigger(self) -> Autoscaling:
+        if (
+            self.engine == "KEDA"
+            and self.requests_per_second <= 0
+            and self.cpu_utilization <= 0
+            and self.floor.enabled
+        ):
+            raise ValueError(
+                "engine KEDA needs at least one trigger: set requestsPerSecond or "
+                "cpuUtilization above 0"
+            )
+        return self
 
 
 class Monitoring(_Model):
@@ -343,6 +364,14 @@ class ServiceSpec(_Model):
             and self.model.warmup.batch_size > self.batching.max_batch_size
         ):
             raise ValueError("model.warmup.batchSize must not exceed batching.maxBatchSize")
+        if self.replicas.min == 0 and self.autoscaling.requests_per_second <= 0:
+            # Kubernetes refuses an HPA with minReplicas 0 and no External or Object metric,
+            # and KEDA a ScaledObject that scales to zero on CPU alone; the requests-per-second
+            # metric is the only such metric this spec renders.
+            raise ValueError(
+                "replicas.min 0 (scale to zero) needs the requests-per-second metric: set "
+                "autoscaling.requestsPerSecond above 0, or raise replicas.min to 1"
+            )
         return self
 
 

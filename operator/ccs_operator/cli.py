@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,9 +43,11 @@ def _render(args: argparse.Namespace) -> int:
             return _fail(f"{args.file}: {exc}")
         if args.namespace:
             ccs = ccs.model_copy(update={"namespace": args.namespace})
+        prometheus_url = args.prometheus_url or os.environ.get("CCS_PROMETHEUS_URL")
         settings = RenderSettings(
             service_monitor_crd=not args.no_service_monitor,
             **({"loader_image": args.loader_image} if args.loader_image else {}),
+            **({"prometheus_url": prometheus_url} if prometheus_url else {}),
         )
         manifests.extend(render_children(ccs, floor=args.floor, settings=settings))
     sys.stdout.write(to_yaml(manifests))
@@ -108,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("-n", "--namespace", help="namespace for the children")
     render.add_argument("--floor", type=int, default=None, help="replica floor to render")
     render.add_argument("--loader-image", default=None, help="model loader image")
+    render.add_argument(
+        "--prometheus-url",
+        default=None,
+        help="Prometheus the KEDA triggers query (default: $CCS_PROMETHEUS_URL or the "
+        "operator's default)",
+    )
     render.add_argument(
         "--no-service-monitor",
         action="store_true",

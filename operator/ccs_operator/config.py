@@ -10,7 +10,7 @@ from typing import Literal
 
 from .confine import OVERRIDE_MODES, OverridePolicy
 from .floor import DEFAULT_LEAD_TIME_SECONDS
-from .render import DEFAULT_LOADER_IMAGE
+from .render import DEFAULT_LOADER_IMAGE, DEFAULT_PROMETHEUS_URL, RenderSettings
 
 ENV_PREFIX = "CCS_"
 
@@ -69,7 +69,7 @@ class OperatorConfig:
     # Services reconciled at once (the work queue's workers); more wait in the queue.
     reconcile_workers: int = 8
     request_timeout_seconds: float = 30.0
-    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    prometheus_url: str = DEFAULT_PROMETHEUS_URL
     prometheus_bearer_token: str | None = field(default=None, repr=False)
     prometheus_timeout_seconds: float = 5.0
     # Floor decisions are evaluated by one shared scheduler at this granularity.
@@ -79,6 +79,9 @@ class OperatorConfig:
     default_lead_time_seconds: int = DEFAULT_LEAD_TIME_SECONDS
     # spec.autoscaling.floor.query: off unless the admin allows it (confine.OverridePolicy).
     query_overrides: OverridePolicy = field(default_factory=OverridePolicy)
+    # KEDA mode: a ClusterTriggerAuthentication the ScaledObjects' Prometheus triggers use
+    # (KEDA reads credentials from Secrets; the operator never does).
+    keda_trigger_authentication: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -131,6 +134,8 @@ class OperatorConfig:
                 env, "DEFAULT_LEAD_TIME_SECONDS", DEFAULT_LEAD_TIME_SECONDS
             ),
             query_overrides=overrides,
+            keda_trigger_authentication=env.get(ENV_PREFIX + "KEDA_TRIGGER_AUTHENTICATION")
+            or None,
         )
         config.validate()
         return config
@@ -141,6 +146,16 @@ class OperatorConfig:
         config = replace(self, **given)  # type: ignore[arg-type]
         config.validate()
         return config
+
+    def render_settings(self) -> RenderSettings:
+        """What rendering takes from the operator's settings (the reconcile adds whether the
+        ServiceMonitor CRD is served)."""
+        return RenderSettings(
+            loader_image=self.loader_image,
+            prometheus_url=self.prometheus_url,
+            rate_window=self.floor_window,
+            keda_authentication=self.keda_trigger_authentication,
+        )
 
     def validate(self) -> None:
         for name in ("metrics_port", "health_port"):

@@ -142,6 +142,13 @@ PREWARM_MIN_RISE_SHARE = 0.25
 # at least PREWARM_MIN_EPISODES (decayed with a half-life of three periods) were judged.
 PREWARM_MIN_HIT_RATE = 1 / 3
 PREWARM_MIN_EPISODES = 2.0
+# Scale to zero (spec.replicas.min 0): at zero replicas no pod counts requests, so today's
+# arrival rate is unknown, not zero. Pre-warm's history is a rise relative to the rate one
+# period earlier, clamped from below at this rate (prom.MIN_HISTORY_RATE, the same number);
+# a service at zero applies the rise to this rate too, which gives back the absolute rate
+# the history saw ahead. Pre-warm wakes a service from zero when that expected rate is at
+# least this much, and the first replica is always a sizeable rise for a service at zero.
+ZERO_BASE_RATE = 0.1
 
 
 class FloorReason(StrEnum):
@@ -506,6 +513,11 @@ def decide(policy: FloorPolicy, state: FloorState, observation: FloorObservation
         model = _Model(policy, learned, now, rate, pending, service)
         step = _leading(policy, learned, observation, model, current, latency)
         learned = model.state
+    elif rate is not None and current == 0 and policy.min_replicas == 0:
+        # Asleep, and no service time measured (never served, or the operator restarted
+        # while the service was at zero): nothing to size with, but pre-warm may still wake
+        # it to one replica, whose counters then size the rest.
+        step = _asleep_unsized(policy, observation, pending)
     elif latency is not None:
         step = _latency_only(policy, learned, observation, current, latency)
     else:
@@ -625,6 +637,9 @@ class _Model:
 
     def replicas(self, rate: float) -> int:
         p = self.policy
+        if rate <= IDLE_RATE:
+            # No arrivals need no replica (a Holt level decaying towards 0 never reaches it).
+            return 0
         if self.batch_capacity is not None:
             if rate <= 0 or not math.isfinite(rate):
                 return 0
@@ -810,7 +825,9 @@ def _prewarm(
     if not pw.enabled or rise is None:
         return 0, "", stored
     rise = min(rise, PREWARM_MAX_RISE)
-    planned = m.replicas(m.rate * rise)
+    at_zero = policy.min_replicas == 0 and m.rate < ZERO_BASE_RATE
+    expected = max(m.rate, ZERO_BASE_RATE) * rise if at_zero else m.rate * rise
+    planned = m.replicas(expected) if not at_zero or expected >= ZERO_BASE_RATE else 0
     episode = state.prewarm_episode
     hits, misses = state.prewarm_hits, state.prewarm_misses
     if state.prewarm_judged_at is not None:
@@ -818,7 +835,9 @@ def _prewarm(
         hits, misses = hits * decay, misses * decay
     # Small differences from one period to the next are noise the headroom covers: only a
     # sizeable predicted rise is pre-warmed, and judged.
-    sizeable = planned >= plan + max(PREWARM_MIN_RISE, PREWARM_MIN_RISE_SHARE * plan)
+    sizeable = planned >= plan + max(PREWARM_MIN_RISE, PREWARM_MIN_RISE_SHARE * plan) or (
+        at_zero and plan == 0 and planned >= 1
+    )
     # An episode is judged once the rise it predicted should have come and been seen: a
     # lead time (plus the history's slack) and one horizon after it opened.
     window = pw.lead_time_seconds + PREWARM_SLACK_SECONDS + policy.horizon_seconds
@@ -850,6 +869,39 @@ def _prewarm(
         f"last {PREWARM_HISTORY_PERIODS} periods: pre-warming {policy.clamp(planned)} replicas"
     )
     return planned, message, stored
+
+
+def _asleep_unsized(policy: FloorPolicy, observation: FloorObservation, pending: float) -> _Step:
+    """A service at zero with no measured service time: pre-warm wakes it to one replica
+    when the last periods' arrivals rose to at least ZERO_BASE_RATE within the lead time
+    (not judged as an episode: nothing sizes it); otherwise the floor stays at zero."""
+    pw = policy.prewarm
+    rise = _usable(observation.prewarm_rise)
+    if pw.enabled and rise is not None:
+        expected = ZERO_BASE_RATE * min(rise, PREWARM_MAX_RISE)
+        if expected >= ZERO_BASE_RATE:
+            return _Step(
+                1,
+                FloorReason.PREWARM_FOR_RECURRING_PEAK,
+                f"scaled to zero; arrivals reached {expected:.2f}/s within the next "
+                f"{pw.lead_time_seconds}s on each of the last {PREWARM_HISTORY_PERIODS} "
+                "periods: waking one replica ahead of them; raising floor 0 -> 1",
+                0,
+            )
+    if pending > 0:
+        return _Step(
+            1,
+            FloorReason.DEMAND_FORECAST,
+            f"scaled to zero with {pending:.0f} requests pending: waking one replica; "
+            "raising floor 0 -> 1",
+            1,
+        )
+    return _Step(
+        0,
+        FloorReason.AT_MINIMUM,
+        "scaled to zero; no arrivals counted and no recurring peak ahead; floor at minimum 0",
+        0,
+    )
 
 
 def _prewarm_hit_rate(hits: float, misses: float) -> float | None:

@@ -52,6 +52,7 @@ from .prom import (
     p99_queue_latency_query,
 )
 from .reconcile import Reconciler
+from .render import ChildNames
 from .status import (
     FLOOR_ACTIVE,
     FLOOR_STATUS,
@@ -77,6 +78,8 @@ EXTERNAL_METRIC_PARALLELISM = 8
 OVERRIDE_PARALLELISM = 8
 # Reasons of a query override that does not run; the floor is held.
 OVERRIDE_PROBLEMS = ("QueryOverrideDisabled", "QueryRefused", "QueryTooExpensive")
+# KEDA's HPA (for the floor's accounting only) is read at most this often per service.
+KEDA_HPA_READ_SECONDS = 60.0
 
 
 @dataclass
@@ -90,6 +93,9 @@ class _Memory:
     accounting_written_at: float | None = None
     prewarm: PrewarmState | None = None
     external_checked_at: float | None = None
+    # KEDA mode: the status of KEDA's HPA, and when it was read.
+    keda_hpa_status: Mapping[str, Any] | None = None
+    keda_hpa_read_at: float | None = None
     # Why the HPA's External requests-per-second metric is unusable; None when it is fine.
     external_problem: Condition | None = None
     # The evaluation slot (time // interval) of the last query override sent, and what it
@@ -186,6 +192,7 @@ class FloorLoop:
             [(ccs, self._prewarm_lead(ccs, body)) for ccs, body, _ in due if _active(ccs)]
         )
         await self._check_external_metrics([ccs for ccs, _, _ in due], now)
+        await self._read_keda_hpas([ccs for ccs, _, _ in due if _active(ccs)], now)
         await asyncio.gather(
             *(
                 self._evaluate_isolated(
@@ -339,6 +346,35 @@ class FloorLoop:
         lead = ccs.spec.autoscaling.floor.prewarm.lead_time_seconds
         return lead if lead is not None else self._horizon(ccs, body)
 
+    async def _read_keda_hpas(self, services: list[ClaudeCodeService], now: float) -> None:
+        """KEDA mode: the status of the HPA KEDA creates (keda-hpa-<name>), for the floor's
+        accounting. Not watched (it is KEDA's, labelled as KEDA's), so read on demand."""
+        limit = asyncio.Semaphore(EXTERNAL_METRIC_PARALLELISM)
+
+        async def read(ccs: ClaudeCodeService) -> None:
+            memory = self.memory[_key(ccs)]
+            if ccs.spec.autoscaling.engine != "KEDA":
+                memory.keda_hpa_status = None
+                return
+            if (
+                memory.keda_hpa_read_at is not None
+                and now - memory.keda_hpa_read_at < KEDA_HPA_READ_SECONDS
+            ):
+                return
+            memory.keda_hpa_read_at = now
+            name = ChildNames.of(ccs.name).keda_hpa
+            try:
+                async with limit:
+                    hpa = await self.reconciler.kube.get(
+                        "HorizontalPodAutoscaler", ccs.namespace, name
+                    )
+            except KubeError as exc:
+                log.info("KEDA's HPA of %s/%s unreadable: %s", *_key(ccs), exc)
+                return
+            memory.keda_hpa_status = (hpa or {}).get("status")
+
+        await asyncio.gather(*(read(ccs) for ccs in services))
+
     async def _check_external_metrics(self, services: list[ClaudeCodeService], now: float) -> None:
         """Whether the HPA can read its requests-per-second External metric, per service;
         the reads run side by side (bounded), never one after another."""
@@ -346,7 +382,12 @@ class FloorLoop:
 
         async def check(ccs: ClaudeCodeService) -> None:
             memory = self.memory[_key(ccs)]
-            if ccs.spec.autoscaling.requests_per_second <= 0:
+            if (
+                ccs.spec.autoscaling.requests_per_second <= 0
+                or ccs.spec.autoscaling.engine == "KEDA"
+            ):
+                # KEDA's triggers query Prometheus themselves and its metrics server serves
+                # them under its own names (s0-prometheus): requests_per_second is not used.
                 memory.external_problem = None
                 return
             period = (
@@ -434,6 +475,13 @@ class FloorLoop:
         reading = reading or Reading(None)
         signals = reading.signals
         now = self.clock()
+        arrival_rps = signals.arrival_rps if signals else None
+        if asleep(ccs, status) and (reading.problem is None or reading.problem.reason == "NoData"):
+            # Scaled to zero by design: no pod, so no Triton series; that is no arrival
+            # counted, not missing data. Pre-warm may wake it (floor.py).
+            reading = Reading(None, None, signals)
+            if arrival_rps is None:
+                arrival_rps = 0.0
         decision = decide(
             policy,
             state,
@@ -441,7 +489,7 @@ class FloorLoop:
                 queue_latency_ms=reading.latency_ms,
                 ready_replicas=int(status.get("readyReplicas", 0)),
                 now=now,
-                arrival_rps=signals.arrival_rps if signals else None,
+                arrival_rps=arrival_rps,
                 pending_requests=signals.pending_requests if signals else None,
                 busy_instances=signals.busy_instances if signals else None,
                 executions_per_s=signals.executions_per_s if signals else None,
@@ -456,11 +504,19 @@ class FloorLoop:
         await self._store(ccs, decision, reading, state.current_floor, now)
 
     def _hpa_alone(self, ccs: ClaudeCodeService) -> int | None:
-        record = self.reconciler.children.get(("HorizontalPodAutoscaler", ccs.namespace, ccs.name))
-        if record is None:
+        """What the HPA alone would run, from its status: ours (watched), or in KEDA mode
+        the one KEDA creates and owns, read at most every KEDA_HPA_READ_SECONDS."""
+        if ccs.spec.autoscaling.engine == "KEDA":
+            hpa_status = self.memory[_key(ccs)].keda_hpa_status
+        else:
+            record = self.reconciler.children.get(
+                ("HorizontalPodAutoscaler", ccs.namespace, ccs.name)
+            )
+            hpa_status = record.status if record is not None else None
+        if hpa_status is None:
             return None
         return hpa_alone_replicas(
-            record.status,
+            hpa_status,
             cpu_target_percent=ccs.spec.autoscaling.cpu_utilization,
             rps_target=ccs.spec.autoscaling.requests_per_second,
             min_replicas=ccs.spec.replicas.min,
@@ -519,6 +575,7 @@ class FloorLoop:
                 memory.external_problem,
                 current.get("conditions"),
                 _prewarm_problem(ccs, body, decision, reading, now),
+                asleep=asleep(ccs, current),
             )
             patch: dict[str, Any] = {}
             conditions = merge_conditions(
@@ -616,6 +673,17 @@ class FloorLoop:
             )
         ):
             self.reconciler.post_event(body, "Warning", available.reason, available.message)
+
+
+def asleep(ccs: ClaudeCodeService, status: Mapping[str, Any]) -> bool:
+    """Scaled to zero by design: spec.replicas.min 0, the floor at 0 and no replica exists,
+    so no pod exports Triton's series."""
+    return (
+        ccs.spec.replicas.min == 0
+        and not status.get("floor")
+        and not status.get("replicas")
+        and not status.get("readyReplicas")
+    )
 
 
 def _active(ccs: ClaudeCodeService) -> bool:
@@ -822,9 +890,19 @@ def _metrics_available(
     external_problem: Condition | None,
     conditions: Any,
     prewarm_problem: Condition | None = None,
+    *,
+    asleep: bool = False,
 ) -> Condition:
     """MetricsAvailable: do the series the floor and the HPA depend on exist for this ccs?"""
     problems: list[Condition] = []
+    if asleep and external_problem is None and prewarm_problem is None:
+        return Condition(
+            METRICS_AVAILABLE,
+            None,
+            "ScaledToZero",
+            "no replica runs (scaled to zero), so Triton's series are absent by design; "
+            "they are checked again once a replica runs",
+        )
     if _active(ccs) and reading.problem is not None:
         if reading.problem.reason in OVERRIDE_PROBLEMS:
             return Condition(
@@ -870,7 +948,11 @@ def _metrics_available(
     if _active(ccs):
         sources.append("Triton queue latency in Prometheus")
     if ccs.spec.autoscaling.requests_per_second > 0:
-        sources.append(f"the HPA's External metric {EXTERNAL_RPS_METRIC}")
+        sources.append(
+            "KEDA's requests-per-second trigger (Prometheus)"
+            if ccs.spec.autoscaling.engine == "KEDA"
+            else f"the HPA's External metric {EXTERNAL_RPS_METRIC}"
+        )
     return Condition(
         METRICS_AVAILABLE,
         True,

@@ -37,7 +37,10 @@ class Holt:
         if dt <= 0:
             return self
         predicted = self.level + self.trend * dt
-        level = alpha * value + (1 - alpha) * predicted
+        # A rate is never negative: after a fall to nothing, an unclamped level overshoots
+        # below 0 and its recovery reads as a rising trend (a forecast of traffic that is
+        # not there, which would wake a service scaled to zero).
+        level = max(0.0, alpha * value + (1 - alpha) * predicted)
         trend = beta * (level - self.level) / dt + (1 - beta) * self.trend
         return Holt(level, trend, at)
 

@@ -25,9 +25,9 @@ from .watch import LabelWatch, watch_scopes
 
 # Children whose CRD may be removed while the operator runs. kopf stops the whole operator
 # when a watch of a vanished resource answers 404, so kopf does not watch these: the
-# operator's own label-filtered watch does (watch.py), and a removed CRD only switches
-# monitoring off.
-OPTIONAL_CRD_KINDS = frozenset({"ServiceMonitor"})
+# operator's own label-filtered watch does (watch.py); a removed ServiceMonitor CRD only
+# switches monitoring off, a removed KEDA CRD is reported (KEDAMissing) and nothing is applied.
+OPTIONAL_CRD_KINDS = frozenset({"ServiceMonitor", "ScaledObject"})
 MANAGED_BY = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
 MANAGED_BY_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
 FINALIZER = f"{API_GROUP}/finalizer"

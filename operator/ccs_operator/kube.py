@@ -87,6 +87,7 @@ CHILD_TYPES: dict[str, ResourceType] = {
         ResourceType("v1", "Service", "services"),
         ResourceType("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
         ResourceType("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors"),
+        ResourceType("keda.sh/v1alpha1", "ScaledObject", "scaledobjects"),
     )
 }
 # Ask for an object's metadata only; plain JSON (the whole object) where that form is not

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -31,12 +32,22 @@ from .kube import (
     Rejected,
     Transient,
 )
-from .render import SERVICE_LABEL, ChildNames, RenderSettings, render_children
+from .render import (
+    AUTOSCALER_KINDS,
+    KEDA_API_VERSION,
+    SCALED_OBJECT_KIND,
+    SERVICE_LABEL,
+    ChildNames,
+    RenderSettings,
+    autoscaler_min_replicas,
+    render_children,
+)
 from .status import (
     DEGRADED,
     MONITORING,
     READY,
     RECONCILE_STATUS,
+    SCALED_TO_ZERO,
     ApplyOutcome,
     Condition,
     build_status,
@@ -577,14 +588,22 @@ class Reconciler:
             raise InvalidSpec(str(exc)) from exc
 
         sm_crd = await self._served_or_retry()
-        settings = RenderSettings(
-            loader_image=self.settings.loader_image, service_monitor_crd=sm_crd
-        )
+        settings = dataclasses.replace(self.settings, service_monitor_crd=sm_crd)
         desired = render_children(ccs, floor=current.get("floor"), settings=settings)
 
-        collisions = await self._foreign_objects(ccs, desired)
+        # KEDA mode without KEDA's CRD: nothing is applied at all, so the children stay a
+        # whole set (an existing HPA keeps scaling the service) instead of a Deployment
+        # without its autoscaler, or the old autoscaler deleted and no new one.
+        keda_missing = ccs.spec.autoscaling.engine == "KEDA" and not await self._served_or_retry(
+            KEDA_API_VERSION, "scaledobjects"
+        )
+        collisions = [] if keda_missing else await self._foreign_objects(ccs, desired)
         deployment: dict[str, Any] | None = None
-        if collisions:
+        if keda_missing:
+            message = _keda_missing_message(ccs)
+            outcome = ApplyOutcome(problem=Condition(DEGRADED, True, "KEDAMissing", message))
+            metrics.RECONCILE_ERRORS.labels("KEDAMissing").inc()
+        elif collisions:
             outcome = ApplyOutcome(
                 problem=Condition(
                     DEGRADED,
@@ -603,7 +622,8 @@ class Reconciler:
                 monitoring=self._monitoring_condition(ccs, sm_crd),
             )
         if deployment is None and not collisions:
-            # An apply was refused before the Deployment's turn: report what runs, not 0.
+            # An apply was refused before the Deployment's turn (or none was sent): report
+            # what runs, not 0.
             deployment = await self._known_deployment(ccs)
 
         new_status = build_status(
@@ -613,6 +633,9 @@ class Reconciler:
             deployment=deployment,
             endpoint=endpoints(ccs),
             now=self.clock(),
+            zero_minimum=autoscaler_min_replicas(ccs.spec, current.get("floor"))
+            if ccs.spec.replicas.min == 0
+            else None,
         )
         cold_start = self._cold_start_summary((ccs.namespace, ccs.name), current.get("coldStart"))
         if cold_start is not None:
@@ -643,13 +666,15 @@ class Reconciler:
             self.children[key] = record
         return record.workload()
 
-    async def _served_or_retry(self) -> bool:
+    async def _served_or_retry(
+        self, api_version: str = "monitoring.coreos.com/v1", plural: str = "servicemonitors"
+    ) -> bool:
         try:
-            return await self.kube.served("monitoring.coreos.com/v1", "servicemonitors")
+            return await self.kube.served(api_version, plural)
         except Transient as exc:
             raise RetryLater.of("API discovery", exc) from exc
         except KubeError as exc:
-            log.warning("cannot discover ServiceMonitor support, assuming absent: %s", exc)
+            log.warning("cannot discover %s/%s, assuming absent: %s", api_version, plural, exc)
             return False
 
     def _monitoring_condition(self, ccs: ClaudeCodeService, sm_crd: bool) -> Condition:
@@ -700,6 +725,11 @@ class Reconciler:
             kind = manifest["kind"]
             name = manifest["metadata"]["name"]
             key = (kind, ccs.namespace, name)
+            if kind in AUTOSCALER_KINDS.values():
+                # The other engine's autoscaler goes first: two autoscalers never scale the
+                # Deployment at once (KEDA's admission webhook refuses a ScaledObject for a
+                # Deployment an HPA already scales).
+                await self._prune_other_autoscaler(body, ccs, keep=kind)
             previous = self.children.get(key)
             digest = manifest_digest(manifest)
             manifest = stamped(manifest, digest)
@@ -716,6 +746,14 @@ class Reconciler:
             try:
                 live = await self.kube.apply(manifest)
             except NotFound as exc:
+                if kind == SCALED_OBJECT_KIND:
+                    # KEDA's CRD went away since discovery was cached; the next reconcile
+                    # finds it absent and applies nothing.
+                    self.kube.forget_discovery()
+                    message = _keda_missing_message(ccs)
+                    return ApplyOutcome(
+                        problem=Condition(DEGRADED, True, "KEDAMissing", message)
+                    ), deployment
                 if kind != "ServiceMonitor":
                     raise RetryLater.of(f"applying {kind} {name}", exc) from exc
                 # The CRD went away since discovery was cached: monitoring is off, not broken.
@@ -763,6 +801,8 @@ class Reconciler:
             if metadata_only:
                 return await self.kube.get_metadata(*key)
             return await self.kube.get(*key)
+        except NotFound:
+            return None  # the kind itself is not served (an optional CRD gone)
         except Transient as exc:
             raise RetryLater.of(f"reading {key[0]} {key[2]}", exc) from exc
 
@@ -887,6 +927,48 @@ class Reconciler:
             )
         self.remember_child_gone(key)
 
+    async def _prune_other_autoscaler(
+        self, body: Mapping[str, Any], ccs: ClaudeCodeService, keep: str
+    ) -> None:
+        """Delete this service's autoscaler of the engine it no longer uses (ours only: the
+        controller reference names this service's uid). KEDA's own HPA (keda-hpa-<name>) is
+        never touched: KEDA deletes it with the ScaledObject."""
+        names = ChildNames.of(ccs.name)
+        for engine, kind in AUTOSCALER_KINDS.items():
+            if kind == keep:
+                continue
+            name = names.autoscaler(engine)[1]
+            key = (kind, ccs.namespace, name)
+            if key in self.absent:
+                continue
+            if kind == SCALED_OBJECT_KIND and not await self._served_or_retry(
+                KEDA_API_VERSION, "scaledobjects"
+            ):
+                # No CRD, no ScaledObject (a discovery miss is not remembered as absence).
+                continue
+            known = self.children.get(key)
+            uid = known.uid if known is not None and known.owner_uid == ccs.uid else None
+            if known is None:
+                # Not seen by this process (switched while the operator was down?).
+                live = await self._get_or_retry(key, metadata_only=True)
+                if live is not None and controller_uid(live) == ccs.uid:
+                    uid = live["metadata"]["uid"]
+            if uid is not None:
+                try:
+                    await self.kube.delete(kind, ccs.namespace, name, uid)
+                except Transient as exc:
+                    raise RetryLater.of(f"deleting {kind} {name}", exc) from exc
+                self.post_event(
+                    body,
+                    "Normal",
+                    "Deleted",
+                    f"Deleted {kind} {name}: spec.autoscaling.engine is "
+                    f"{ccs.spec.autoscaling.engine}",
+                )
+            elif known is not None:
+                continue  # not ours: the name collision check reports it, nothing is deleted
+            self.remember_child_gone(key)
+
     def remember_child_gone(self, key: ChildKey) -> None:
         self.children.pop(key, None)
         self.applied.pop(key, None)
@@ -959,6 +1041,14 @@ class Reconciler:
 COLD_START_SETTLE_SECONDS = 1.0
 
 
+def _keda_missing_message(ccs: ClaudeCodeService) -> str:
+    return (
+        "spec.autoscaling.engine is KEDA but the keda.sh/v1alpha1 ScaledObject CRD is not "
+        "installed: nothing was applied (the children are left as they were); install KEDA "
+        "(operator and metrics server) or set spec.autoscaling.engine: HPA"
+    )
+
+
 def _count_result(key: ServiceKey, outcome: str, delay: float | None) -> None:
     metrics.RECONCILES.labels(outcome).inc()
 
@@ -972,7 +1062,14 @@ def _first_sentence(message: str, limit: int = 200) -> str:
 def _export_conditions(key: ServiceKey, conditions: Any) -> None:
     """ccs_service_condition{type,status}: 1 on the current status, for alerts."""
     current = {c["type"]: c["status"] for c in conditions}
-    for type_ in (READY, DEGRADED, "Progressing", MONITORING, "FloorControllerActive"):
+    for type_ in (
+        READY,
+        DEGRADED,
+        "Progressing",
+        MONITORING,
+        "FloorControllerActive",
+        SCALED_TO_ZERO,
+    ):
         for value in ("True", "False", "Unknown"):
             if type_ in current:
                 metrics.SERVICE_CONDITION.labels(*key, type_, value).set(

@@ -17,6 +17,14 @@ import yaml
 
 from . import __version__
 from .api import API_GROUP, API_VERSION, KIND, ClaudeCodeService, ServiceSpec
+from .prom import (
+    DEFAULT_WINDOW,
+    REQUEST_FAILURE_METRIC,
+    REQUEST_SUCCESS_METRIC,
+    p99_queue_latency_query,
+    quote_label_value,
+    validate_window,
+)
 from .tritonconfig import config_hash, render_config_pbtxt
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
@@ -32,6 +40,15 @@ MANAGED_BY_VALUE = "ccs-operator"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 DEFAULT_LOADER_IMAGE = f"ghcr.io/claudecode/ccs-model-loader:{__version__}"
+DEFAULT_PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
+HPA_KIND = "HorizontalPodAutoscaler"
+SCALED_OBJECT_KIND = "ScaledObject"
+KEDA_API_VERSION = "keda.sh/v1alpha1"
+# The two autoscaler kinds; a service has exactly one of them, the one its engine names.
+AUTOSCALER_KINDS = {"HPA": HPA_KIND, "KEDA": SCALED_OBJECT_KIND}
+# KEDA copies a ScaledObject's labels to the HPA it creates, unless this annotation lists
+# them: the HPA KEDA makes and owns must not say it is managed by ccs-operator.
+KEDA_EXCLUDED_LABELS_ANNOTATION = "scaledobject.keda.sh/hpa-excluded-labels"
 
 
 @dataclass(frozen=True)
@@ -41,6 +58,12 @@ class RenderSettings:
     loader_image: str = DEFAULT_LOADER_IMAGE
     # Whether the monitoring.coreos.com ServiceMonitor CRD is served by the cluster.
     service_monitor_crd: bool = True
+    # KEDA mode: the Prometheus server the ScaledObject's triggers query (the operator's own
+    # Prometheus URL), the rate window of their queries (the floor's), and an optional
+    # ClusterTriggerAuthentication the triggers authenticate with (e.g. a bearer token).
+    prometheus_url: str = DEFAULT_PROMETHEUS_URL
+    rate_window: str = DEFAULT_WINDOW
+    keda_authentication: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +73,9 @@ class ChildNames:
     service: str
     hpa: str
     service_monitor: str
+    scaled_object: str
+    # The HPA KEDA creates for the ScaledObject (KEDA's, never applied or deleted by us).
+    keda_hpa: str
 
     @classmethod
     def of(cls, name: str) -> ChildNames:
@@ -59,7 +85,14 @@ class ChildNames:
             service=name,
             hpa=name,
             service_monitor=name,
+            scaled_object=name,
+            keda_hpa=f"keda-hpa-{name}",
         )
+
+    def autoscaler(self, engine: str) -> tuple[str, str]:
+        """(kind, name) of the autoscaler `engine` renders."""
+        kind = AUTOSCALER_KINDS[engine]
+        return kind, self.hpa if kind == HPA_KIND else self.scaled_object
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -94,15 +127,17 @@ def owner_references(ccs: ClaudeCodeService) -> list[dict[str, Any]]:
     ]
 
 
-def hpa_min_replicas(spec: ServiceSpec, floor: int | None) -> int:
-    """The HPA minimum: the floor when the floor controller runs, clamped to the spec bounds.
+def autoscaler_min_replicas(spec: ServiceSpec, floor: int | None) -> int:
+    """The autoscaler's minimum (the HPA's minReplicas, the ScaledObject's minReplicaCount):
+    the floor when the floor controller runs, clamped to the spec bounds.
 
-    The HPA rejects minReplicas 0 unless the cluster enables HPAScaleToZero, so it stays >= 1.
+    0 only where spec.replicas.min is 0, which the CRD allows only with the requests-per-second
+    metric (an External metric for the HPA: Kubernetes' HPAScaleToZero needs one).
     """
     wanted = spec.replicas.min
     if spec.autoscaling.floor.enabled and floor is not None:
         wanted = max(wanted, floor)
-    return max(1, min(wanted, spec.replicas.max))
+    return max(0, min(wanted, spec.replicas.max))
 
 
 def _pvc_claim(repository: str) -> str | None:
@@ -284,6 +319,112 @@ def _hpa_metrics(ccs: ClaudeCodeService) -> list[dict[str, Any]]:
     return metrics
 
 
+def autoscaling_behavior(spec: ServiceSpec) -> dict[str, Any]:
+    """The HPA's scaling behaviour, the same for our HPA and for the one KEDA creates."""
+    return {
+        "scaleDown": {
+            "stabilizationWindowSeconds": spec.autoscaling.scale_down_stabilization_seconds,
+            "selectPolicy": "Max",
+            "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
+        },
+        "scaleUp": {
+            "stabilizationWindowSeconds": 0,
+            "selectPolicy": "Max",
+            "policies": [
+                {"type": "Percent", "value": 100, "periodSeconds": 30},
+                {"type": "Pods", "value": 4, "periodSeconds": 30},
+            ],
+        },
+    }
+
+
+def requests_per_second_query(ccs: ClaudeCodeService, window: str = DEFAULT_WINDOW) -> str:
+    """Triton's successful + failed inference requests per second, summed over the service's
+    pods (one series, as KEDA's Prometheus scaler needs): the quantity the HPA's External
+    requests_per_second metric carries. A service that never failed has no failure series:
+    it counts 0 failures. No pod scraped: no series at all (KEDA reads 0)."""
+    w = validate_window(window)
+    selector = (
+        f"{{namespace={quote_label_value(ccs.namespace)}, "
+        f"service={quote_label_value(ccs.name)}}}"
+    )
+    return (
+        f"sum(rate({REQUEST_SUCCESS_METRIC}{selector}[{w}]))"
+        f" + (sum(rate({REQUEST_FAILURE_METRIC}{selector}[{w}])) or vector(0))"
+    )
+
+
+def keda_triggers(ccs: ClaudeCodeService, settings: RenderSettings) -> list[dict[str, Any]]:
+    """The ScaledObject's triggers: requests per second (AverageValue, like the HPA's External
+    metric, with KEDA's activation threshold), CPU where set, and queue latency only where
+    the floor is off.
+
+    Why queue latency only then: the floor already raises the minimum in proportion to a
+    queue-wait breach, and holds while replicas are still starting. A Value-type latency
+    trigger would answer the same breach a second time, inside the HPA, which cannot tell
+    a replica still loading its model from one that is not enough, so the two together
+    would stack cold starts. Without the floor it is the only latency feedback there is.
+    """
+    autoscaling = ccs.spec.autoscaling
+    auth = (
+        {
+            "authenticationRef": {
+                "name": settings.keda_authentication,
+                "kind": "ClusterTriggerAuthentication",
+            }
+        }
+        if settings.keda_authentication
+        else {}
+    )
+    triggers: list[dict[str, Any]] = []
+    if autoscaling.requests_per_second > 0:
+        triggers.append(
+            {
+                "type": "prometheus",
+                "name": "requests-per-second",
+                "metricType": "AverageValue",
+                "metadata": {
+                    "serverAddress": settings.prometheus_url,
+                    "query": requests_per_second_query(ccs, settings.rate_window),
+                    "threshold": str(autoscaling.requests_per_second),
+                    "activationThreshold": str(autoscaling.activation_requests_per_second),
+                    # No series (no pod scraped yet, or none left) reads as 0 requests.
+                    "ignoreNullValues": "true",
+                },
+                **auth,
+            }
+        )
+    if autoscaling.cpu_utilization > 0:
+        triggers.append(
+            {
+                "type": "cpu",
+                "name": "cpu",
+                "metricType": "Utilization",
+                "metadata": {"value": str(autoscaling.cpu_utilization)},
+            }
+        )
+    if not autoscaling.floor.enabled:
+        triggers.append(
+            {
+                "type": "prometheus",
+                "name": "queue-latency",
+                "metricType": "Value",
+                "metadata": {
+                    "serverAddress": settings.prometheus_url,
+                    "query": p99_queue_latency_query(
+                        {"namespace": ccs.namespace, "service": ccs.name}
+                    ),
+                    "threshold": str(autoscaling.floor.queue_latency_target_ms),
+                    # Queue latency never wakes a service from zero (there is none at zero).
+                    "activationThreshold": str(autoscaling.floor.queue_latency_target_ms),
+                    "ignoreNullValues": "true",
+                },
+                **auth,
+            }
+        )
+    return triggers
+
+
 # Every reconcile renders every child: parse with libyaml where PyYAML has it (the pure-Python
 # parser was ~40% of the operator's CPU at 500 services); the same safe schema either way.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -400,14 +541,23 @@ def render_children(
         "triton_args": triton_args(spec),
         "triton_mounts": triton_mounts,
         "volumes": volumes,
-        "min_replicas": hpa_min_replicas(spec, floor),
-        "hpa_metrics": _hpa_metrics(ccs),
+        "min_replicas": autoscaler_min_replicas(spec, floor),
+        "behavior": autoscaling_behavior(spec),
     }
+    if spec.autoscaling.engine == "KEDA":
+        context["scaled_object_annotations"] = {
+            KEDA_EXCLUDED_LABELS_ANNOTATION: "app.kubernetes.io/managed-by"
+        }
+        context["keda_triggers"] = keda_triggers(ccs, settings)
+        autoscaler = _render("scaledobject.yaml.j2", context)
+    else:
+        context["hpa_metrics"] = _hpa_metrics(ccs)
+        autoscaler = _render("hpa.yaml.j2", context)
     children = [
         _render("configmap.yaml.j2", context),
         _render("deployment.yaml.j2", context),
         _render("service.yaml.j2", context),
-        _render("hpa.yaml.j2", context),
+        autoscaler,
     ]
     if spec.monitoring.service_monitor and settings.service_monitor_crd:
         children.append(_render("servicemonitor.yaml.j2", context))

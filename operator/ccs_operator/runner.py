@@ -23,7 +23,6 @@ from .kube import EventRecorder, KubeClient
 from .leader import LeaseElector
 from .prom import PrometheusClient, PrometheusSettings
 from .reconcile import Reconciler
-from .render import RenderSettings
 
 log = logging.getLogger("ccs_operator")
 
@@ -130,7 +129,7 @@ async def serve(config: OperatorConfig) -> int:
     events = EventRecorder(kube)
     reconciler = Reconciler(
         kube,
-        RenderSettings(loader_image=config.loader_image),
+        config.render_settings(),
         events,
         workers=config.reconcile_workers,
     )

@@ -17,6 +17,7 @@ DEGRADED = "Degraded"
 MONITORING = "MonitoringConfigured"
 FLOOR_ACTIVE = "FloorControllerActive"
 METRICS_AVAILABLE = "MetricsAvailable"
+SCALED_TO_ZERO = "ScaledToZero"
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ RECONCILE_STATUS = StatusOwner(
     frozenset(
         {"phase", "observedGeneration", "replicas", "readyReplicas", "endpoint", "coldStart"}
     ),
-    frozenset({READY, PROGRESSING, DEGRADED, MONITORING}),
+    frozenset({READY, PROGRESSING, DEGRADED, MONITORING, SCALED_TO_ZERO}),
 )
 FLOOR_STATUS = StatusOwner(
     "ccs-operator-floor",
@@ -112,6 +113,8 @@ def condition_true(conditions: Sequence[Mapping[str, Any]], type_: str) -> bool:
 def derive_phase(conditions: Sequence[Mapping[str, Any]], has_workload: bool) -> str:
     if condition_true(conditions, DEGRADED):
         return "Degraded"
+    if condition_true(conditions, SCALED_TO_ZERO):
+        return "ScaledToZero"
     if condition_true(conditions, PROGRESSING):
         return "Progressing"
     if condition_true(conditions, READY):
@@ -168,6 +171,33 @@ def workload_conditions(deployment: Mapping[str, Any] | None) -> tuple[Condition
     return ready_condition, Condition(PROGRESSING, False, "Complete", "all replicas up to date")
 
 
+def scaled_to_zero_condition(deployment: Mapping[str, Any] | None, minimum: int) -> Condition:
+    """ScaledToZero, for a service whose spec.replicas.min is 0: True when no replica runs
+    by design (the autoscaler's minimum, the floor, is 0 and the Deployment has caught up
+    with it at 0 replicas); False while replicas run or are waking up."""
+    status = (deployment or {}).get("status") or {}
+    replicas = int(status.get("replicas") or 0)
+    generation = (deployment or {}).get("metadata", {}).get("generation", 0)
+    settled = deployment is not None and status.get("observedGeneration", 0) >= (generation or 0)
+    if replicas == 0 and minimum == 0 and settled:
+        return Condition(
+            SCALED_TO_ZERO,
+            True,
+            "ScaledToZero",
+            "no replica runs: idle, with spec.replicas.min 0; the floor (pre-warm ahead of a "
+            "recurring peak) or the autoscaler's metric wakes it, and the first requests wait "
+            "for a cold start",
+        )
+    if replicas == 0 and minimum > 0:
+        return Condition(
+            SCALED_TO_ZERO,
+            False,
+            "Waking",
+            f"the autoscaler's minimum is {minimum} (the floor); replicas are starting",
+        )
+    return Condition(SCALED_TO_ZERO, False, "Serving", f"{replicas} replicas")
+
+
 def build_status(
     current: Mapping[str, Any] | None,
     *,
@@ -176,10 +206,16 @@ def build_status(
     deployment: Mapping[str, Any] | None,
     endpoint: Mapping[str, str],
     now: datetime,
+    zero_minimum: int | None = None,
 ) -> dict[str, Any]:
-    """The reconcile's part of .status, merged over the current status."""
+    """The reconcile's part of .status, merged over the current status. `zero_minimum`: for
+    a service that may scale to zero (spec.replicas.min 0), the autoscaler's minimum as
+    rendered; None for the others (they carry no ScaledToZero condition)."""
     current = dict(current or {})
     ready, progressing = workload_conditions(deployment)
+    zero = None if zero_minimum is None else scaled_to_zero_condition(deployment, zero_minimum)
+    if zero is not None and zero.status is True:
+        ready = Condition(READY, False, "ScaledToZero", zero.message)
     degraded = outcome.problem or Condition(DEGRADED, False, "AsExpected", "all children applied")
     if outcome.problem is None and progressing.reason == "PodsCannotBeCreated":
         # Pods refused at admission (a missing PriorityClass or ServiceAccount, a quota)
@@ -195,7 +231,11 @@ def build_status(
     updates = [ready, progressing, degraded]
     if outcome.monitoring is not None:
         updates.append(outcome.monitoring)
+    if zero is not None:
+        updates.append(zero)
     conditions = merge_conditions(current.get("conditions"), updates, generation, now)
+    if zero is None:
+        conditions = [c for c in conditions if c["type"] != SCALED_TO_ZERO]
     workload_status = (deployment or {}).get("status") or {}
     status = {
         **current,

@@ -1,10 +1,11 @@
 {{/*
 Least privilege: exactly the calls the operator makes, nothing else (no Secrets, no writes
-of Pods, no delete of its children but a switched-off ServiceMonitor: the garbage collector
-removes them through owner references). RBAC cannot narrow by label: every list and watch of
-children and pods is filtered by the API server (labelSelector
-app.kubernetes.io/managed-by=ccs-operator, set by the operator), and the admission policy
-(admissionpolicy.yaml) confines its writes to the children of ClaudeCodeServices.
+of Pods, no delete of its children but a switched-off ServiceMonitor and the autoscaler of an
+engine no longer used: the garbage collector removes the rest through owner references).
+RBAC cannot narrow by label: every list and watch of children and pods is filtered by the
+API server (labelSelector app.kubernetes.io/managed-by=ccs-operator, set by the operator),
+and the admission policy (admissionpolicy.yaml) confines its writes to the children of
+ClaudeCodeServices.
 */}}
 {{- define "ccs-operator.rules" -}}
 # The ClaudeCodeServices: kopf lists and watches them (the operator works from that cache;
@@ -30,9 +31,15 @@ app.kubernetes.io/managed-by=ccs-operator, set by the operator), and the admissi
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch]
+# The autoscaler: an HPA (engine HPA) or a KEDA ScaledObject (engine KEDA); switching the
+# engine deletes the other one (only the operator's own, by uid). KEDA's own HPA
+# (keda-hpa-<name>) is KEDA's: never applied or deleted.
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [keda.sh]
+  resources: [scaledobjects]
+  verbs: [get, list, watch, create, patch, delete]
 # A ServiceMonitor switched off in a service's spec is deleted (only the operator's own).
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors]
