@@ -1,10 +1,11 @@
 """`python -m e2e demo`: the product doing its job on this machine, from nothing.
 
 Steps, each announced on stderr: build (first run only) and start the local control plane
-with fake GPU nodes and its pod network; the CRD; prometheus-operator and Prometheus; the
-operator (`ccs-operator run`, detached, pid file and log in the cluster's state dir);
-samples/claude-code.yaml with the local changes it prints as LOCAL ONLY (its pods on the
-Triton-backed nodes, a real CPU tritonserver behind each); then a bounded load through the
+with fake GPU nodes and its pod network; the CRD; prometheus-operator and Prometheus;
+prometheus-adapter for the HPA's requests-per-second metric; the operator (`ccs-operator
+run`, detached, pid file and log in the cluster's state dir); samples/claude-code.yaml with
+the local changes it prints as LOCAL ONLY (its pods on the Triton-backed nodes, a real CPU
+tritonserver behind each, the HPA on requests per second only); then a bounded load through the
 Service's endpoints while a live table shows READY, FLOOR and QUEUE-P99 move, until the
 floor is back at its minimum. It ends with `kubectl get ccs`, the children and where to look
 next. `python -m e2e down` stops it all. Exit status 1 when the floor never rose.
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e import kwok, loadgen, podserving, procs
+from e2e.adapter import AdapterStack
 from e2e.localcluster import LocalCluster
 from e2e.monitoring import MonitoringStack
 from e2e.prometheus import free_port
@@ -129,8 +131,19 @@ def shutdown(cluster: LocalCluster) -> list[str]:
     if DemoOperator(cluster).stop():
         print("[e2e] stopped the demo operator", file=sys.stderr, flush=True)
         stopped.append("demo operator")
-    MonitoringStack(cluster).down()
+    monitoring = MonitoringStack(cluster)
+    stopped += stop_adapter(cluster, monitoring)
+    monitoring.down()
     return stopped + cluster.down()
+
+
+def stop_adapter(cluster: LocalCluster, monitoring: MonitoringStack) -> list[str]:
+    """Stop the demo's prometheus-adapter and remove its APIService, so a cluster shared
+    with the test suite serves no external metrics nobody asked for."""
+    adapter = AdapterStack(cluster, monitoring)
+    if procs.read_pid(adapter.pidfile, "prometheus-adapter") is None:
+        return []
+    return adapter.down()
 
 
 def _kubectl(cluster: LocalCluster, *args: str, check: bool = True) -> str:
@@ -182,10 +195,16 @@ def demo_manifest() -> tuple[dict[str, Any], list[str]]:
     placement = kwok.serving_placement()
     spec["nodeSelector"] = {**spec.get("nodeSelector", {}), **placement["nodeSelector"]}
     spec["tolerations"] = [*spec.get("tolerations", []), *placement["tolerations"]]
-    floor = spec.setdefault("autoscaling", {}).setdefault("floor", {})
+    autoscaling = spec.setdefault("autoscaling", {})
+    cpu_target = autoscaling.get("cpuUtilization")
+    autoscaling["cpuUtilization"] = 0
+    floor = autoscaling.setdefault("floor", {})
     before = {k: floor.get(k) for k in DEMO_FLOOR}
     floor.update(DEMO_FLOOR)
     notes = [
+        f"autoscaling cpuUtilization {cpu_target} -> 0: the HPA scales on requests per second "
+        "(served by prometheus-adapter); no metrics-server runs here, and a CPU metric the HPA "
+        "cannot read would keep it from ever scaling down",
         "pods are placed on the Triton-backed fake GPU nodes (nodeSelector and toleration "
         f"{kwok.SERVING_LABEL}={kwok.SERVING_VALUE}); each pod is a real tritonserver on CPU",
         f"floor evaluationIntervalSeconds/cooldownSeconds {before['evaluationIntervalSeconds']}/"
@@ -285,6 +304,11 @@ def run_demo(cluster: LocalCluster) -> int:
         "which scrapes only what the operator's ServiceMonitors select"
     )
     stack = MonitoringStack(cluster).up()
+    _say(
+        "step 3/7: prometheus-adapter (built from its Go module) serves the HPA's "
+        "requests-per-second metric from Prometheus, with the chart's rules"
+    )
+    AdapterStack(cluster, stack).up()
     _say(
         f"step 4/7: start the operator (ccs-operator run, namespace {DEMO_NAMESPACE}, "
         f"Prometheus {stack.url})"

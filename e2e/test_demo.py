@@ -15,8 +15,9 @@ import sys
 import pytest
 
 from e2e import podserving
-from e2e.demo import DEMO_NAMESPACE, DemoOperator
+from e2e.demo import DEMO_NAMESPACE, DemoOperator, stop_adapter
 from e2e.fixtures import Cluster
+from e2e.monitoring import MonitoringStack
 from e2e.paths import REPO_ROOT
 
 pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.prometheus]
@@ -46,6 +47,8 @@ def test_the_demo_shows_the_floor_rising_under_load_and_ends_with_kubectl_get_cc
         # The rest of the suite shares this cluster: no demo pods, operator or settings left.
         cluster.kubectl("delete", "ccs", "--all", "-n", DEMO_NAMESPACE, "--wait=true", check=False)
         DemoOperator(local).stop()
+        # Its prometheus-adapter too: later tests see external metrics served only by their own.
+        stop_adapter(local, MonitoringStack(local))
         podserving.write_settings(local.state_dir, before.max_tritons, before.env)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [m for m in (ROW.match(line) for line in done.stdout.splitlines()) if m]
@@ -56,3 +59,7 @@ def test_the_demo_shows_the_floor_rising_under_load_and_ends_with_kubectl_get_cc
     assert any(q > 0 for q in queue), done.stdout
     assert "$ kubectl -n ccs-demo get ccs" in done.stdout
     assert "LOCAL ONLY:" in done.stderr
+    # The HPA reads its requests-per-second metric (prometheus-adapter), not <unknown>.
+    hpa = [line for line in done.stdout.splitlines() if "horizontalpodautoscaler" in line]
+    assert hpa, done.stdout
+    assert "<unknown>" not in hpa[0], hpa[0]
