@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e import kwok, loadgen, podserving, procs
+from e2e.adapter import NAME as ADAPTER
 from e2e.adapter import AdapterStack
 from e2e.localcluster import LocalCluster
 from e2e.monitoring import MonitoringStack
@@ -141,7 +142,7 @@ def stop_adapter(cluster: LocalCluster, monitoring: MonitoringStack) -> list[str
     """Stop the demo's prometheus-adapter and remove its APIService, so a cluster shared
     with the test suite serves no external metrics nobody asked for."""
     adapter = AdapterStack(cluster, monitoring)
-    if procs.read_pid(adapter.pidfile, "prometheus-adapter") is None:
+    if procs.read_pid(adapter.pidfile, ADAPTER) is None:
         return []
     return adapter.down()
 
