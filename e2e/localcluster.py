@@ -71,6 +71,8 @@ rules:
         resources: [horizontalpodautoscalers]
       - group: monitoring.coreos.com
         resources: [servicemonitors]
+      - group: networking.k8s.io
+        resources: [networkpolicies]
   - level: None
 """
 

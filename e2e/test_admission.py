@@ -92,6 +92,17 @@ COUNTER_EXAMPLES = [
         {"engine": "KEDA", "requestsPerSecond": 0, "cpuUtilization": 0},
         "spec.autoscaling.engine KEDA needs at least one trigger",
     ),
+    ("networkPolicy.allowFrom", [{}], "allowFrom entries need podSelector, namespaceSelector"),
+    (
+        "networkPolicy.allowFrom",
+        [{"ipBlock": {"cidr": "192.0.2.0/24"}, "podSelector": {}}],
+        "ipBlock cannot be combined with podSelector",
+    ),
+    (
+        "networkPolicy.allowFrom",
+        [{"ipBlock": {"cidr": "192.0.2.300/24"}}],
+        "ipBlock.cidr must be a CIDR",
+    ),
 ]
 
 # Overrides the CRD admits (the operator confines them; tests/test_confine.py).
@@ -101,6 +112,24 @@ ADMITTED_QUERIES = [
     'max(label_replace(rate(x[{window}]), "dst", "$1", "namespace", "(.*)"))',
     "sum by (namespace, service) (rate(nv_inference_exec_count[1m]))",
 ]
+
+
+def test_a_network_policy_with_its_peers_is_admitted(
+    cluster: Cluster, ccs_crd: None, namespace: str
+) -> None:
+    peers = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}}},
+        {
+            "namespaceSelector": {},
+            "podSelector": {
+                "matchExpressions": [{"key": "app", "operator": "In", "values": ["a"]}]
+            },
+        },
+        {"ipBlock": {"cidr": "192.0.2.0/24", "except": ["192.0.2.128/25"]}},
+    ]
+    body = _with("networkPolicy", {"enabled": True, "allowFrom": peers})
+    result = _apply(cluster, namespace, body)
+    assert result.returncode == 0, result.stderr
 
 
 def test_the_node_cache_is_refused_for_repositories_already_on_the_node(

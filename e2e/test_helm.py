@@ -190,7 +190,14 @@ def _delete_services(cluster: Cluster, namespace: str) -> None:
 MANAGED_SELECTOR = "app.kubernetes.io/managed-by=ccs-operator"
 # What the operator lists and watches: the serving pods and every child kind.
 WATCHED_RESOURCES = frozenset(
-    {"pods", "configmaps", "services", "deployments", "horizontalpodautoscalers"}
+    {
+        "pods",
+        "configmaps",
+        "services",
+        "deployments",
+        "horizontalpodautoscalers",
+        "networkpolicies",
+    }
 )
 
 
@@ -307,8 +314,22 @@ def _assert_owned_objects_only(
             "not-ours",
         )
         assert "changes only objects a ClaudeCodeService controls" in message, message
+    # A NetworkPolicy the operator does not own: RBAC lets it delete one, the policy does not.
+    foreign_policy = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "not-ours", "namespace": namespace},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(foreign_policy))
+    assert _allowed(sa_client, "delete", "networkpolicies", namespace, "networking.k8s.io")
+    message = _refused(
+        client.NetworkingV1Api(sa_client).delete_namespaced_network_policy, "not-ours", namespace
+    )
+    assert "changes only objects a ClaudeCodeService controls" in message, message
     # The admin (and the garbage collector) are not the operator: the policy leaves them be.
     cluster.kubectl("delete", "configmap", "not-ours", "-n", namespace)
+    cluster.kubectl("delete", "networkpolicy", "not-ours", "-n", namespace)
 
 
 def _assert_no_permission_errors(process: OperatorProcess) -> None:
@@ -368,13 +389,27 @@ def test_helm_install_then_operator_as_its_service_account_reconciles_a_sample(
     operator = _operator_as_service_account(cluster, release, kubeconfig, operator_logs)
     try:
         operator.start()
-        services.apply(namespace, sample("claude-code"))
+        services.apply(namespace, sample("claude-code", networkPolicy={"enabled": True}))
         body = services.wait_ready(namespace, "claude-code", timeout=90)
         assert body["status"]["endpoint"]["http"].startswith("http://claude-code.")
-        for kind in ("deployment", "service", "horizontalpodautoscaler"):
+        for kind in ("deployment", "service", "horizontalpodautoscaler", "networkpolicy"):
             child = _get(cluster, kind, "claude-code", "-n", namespace)
             assert child is not None, kind
             assert child["metadata"]["ownerReferences"][0]["uid"] == body["metadata"]["uid"]
+        # The chart's networkPolicy.metricsFrom reached the serving pods' policy (Prometheus
+        # to Triton's metrics port).
+        policy = _get(cluster, "networkpolicy", "claude-code", "-n", namespace)
+        assert policy is not None
+        assert {
+            "from": [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}
+                    }
+                }
+            ],
+            "ports": [{"port": 8002, "protocol": "TCP"}],
+        } in policy["spec"]["ingress"], policy["spec"]
         # The Lease the chart's Role names is the one the operator holds.
         lease = _get(cluster, "lease", "ccs-operator-leader", "-n", namespace)
         assert lease is not None and lease["spec"]["holderIdentity"]

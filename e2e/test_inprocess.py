@@ -175,6 +175,56 @@ async def test_a_restarted_controller_applies_only_what_drifted(
 
 
 @pytest.mark.asyncio
+async def test_a_network_policy_is_admitted_kept_without_drift_and_deleted_when_off(
+    cluster: Cluster, solo_namespace: str, services: Services, ccs_crd: None
+) -> None:
+    """spec.networkPolicy on the real API server: the NetworkPolicy is accepted as rendered,
+    what the server stores reads as no drift (a restarted controller applies nothing), and
+    switching it off deletes it (ours only: an admin's policy in the namespace stays)."""
+    peers = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}}},
+        {"ipBlock": {"cidr": "192.0.2.0/24", "except": ["192.0.2.128/25"]}},
+    ]
+    services.apply(
+        solo_namespace, sample("policed", networkPolicy={"enabled": True, "allowFrom": peers})
+    )
+    admins = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "admins", "namespace": solo_namespace},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(admins))
+    applied = await _applies_of_a_fresh_controller(cluster, solo_namespace, "policed")
+    assert "NetworkPolicy" in applied, applied
+    policy = json.loads(
+        cluster.kubectl(
+            "get", "networkpolicy", "policed", "-n", solo_namespace, "-o", "json"
+        ).stdout
+    )
+    assert policy["spec"]["podSelector"] == {
+        "matchLabels": {"serving.claudecode.io/service": "policed"}
+    }
+    assert {
+        "from": peers,
+        "ports": [{"port": 8000, "protocol": "TCP"}, {"port": 8001, "protocol": "TCP"}],
+    } in policy["spec"]["ingress"]
+    await asyncio.sleep(6)  # the Deployment and HPA controllers write what they write
+    assert await _applies_of_a_fresh_controller(cluster, solo_namespace, "policed") == []
+    # Switched off: a fresh controller (it finds the policy from the watch's listing)
+    # deletes it, and only it.
+    cluster.kubectl(
+        "patch", "ccs", "policed", "-n", solo_namespace, "--type=merge",
+        "-p", '{"spec": {"networkPolicy": {"enabled": false}}}',
+    )  # fmt: skip
+    await _applies_of_a_fresh_controller(cluster, solo_namespace, "policed")
+    left = json.loads(
+        cluster.kubectl("get", "networkpolicy", "-n", solo_namespace, "-o", "json").stdout
+    )
+    assert [item["metadata"]["name"] for item in left["items"]] == ["admins"]
+
+
+@pytest.mark.asyncio
 async def test_the_resync_reads_metadata_only_and_recreates_a_hidden_deletion(
     cluster: Cluster, solo_namespace: str, services: Services, ccs_crd: None
 ) -> None:

@@ -280,6 +280,7 @@ def test_rbac_grants_exactly_what_the_operator_calls() -> None:
         # The autoscaler of the engine a service switched away from.
         ("autoscaling", "horizontalpodautoscalers", "delete"),
         ("keda.sh", "scaledobjects", "delete"),
+        ("networking.k8s.io", "networkpolicies", "delete"),  # a NetworkPolicy switched off
         ("", "events", "create"),
         ("", "events", "patch"),  # a repeated Event bumps its count
         ("", "pods", "list"),  # serving pods, watched for cold-start times

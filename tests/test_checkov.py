@@ -125,3 +125,22 @@ def test_the_chart_passes(tmp_path: Path, values: list[str]) -> None:
     skipped = {c["check_id"] for c in report["results"].get("skipped_checks", [])}
     if values:  # the values that meet a check remove its exception
         assert skipped == {"CKV_K8S_38", "CKV_K8S_15"}, skipped
+
+
+def test_with_its_network_policy_a_service_needs_no_network_policy_exception(
+    tmp_path: Path,
+) -> None:
+    """CKV2_K8S_6 (pods without a NetworkPolicy) passes on its own merit once
+    spec.networkPolicy is on: the policy selects the Deployment's pods."""
+    document = yaml.safe_load((ROOT / "samples" / "claude-code.yaml").read_text())
+    document["spec"]["networkPolicy"] = {"enabled": True}
+    ccs = parse_service(document).model_copy(update={"namespace": NAMESPACE})
+    manifests = render_children(ccs)
+    assert "NetworkPolicy" in {m["kind"] for m in manifests}
+    _write(tmp_path, "policed", manifests)
+    report = scan(tmp_path)
+    _assert_passes(report)
+    skipped = {c["check_id"] for c in report["results"].get("skipped_checks", [])}
+    assert "CKV2_K8S_6" not in skipped
+    passed = {c["check_id"] for c in report["results"].get("passed_checks", [])}
+    assert "CKV2_K8S_6" in passed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ccs_operator.config import ConfigError, OperatorConfig
@@ -40,6 +42,9 @@ def test_environment_is_read_with_prefix() -> None:
         ({"CCS_METRICS_PORT": "8081"}, "must differ"),
         ({"CCS_RESYNC_SECONDS": "1"}, "CCS_RESYNC_SECONDS"),
         ({"CCS_RECONCILE_WORKERS": "0"}, "CCS_RECONCILE_WORKERS"),
+        ({"CCS_METRICS_FROM": "monitoring"}, "CCS_METRICS_FROM must be a JSON list"),
+        ({"CCS_METRICS_FROM": "[{}]"}, "set podSelector, namespaceSelector or ipBlock"),
+        ({"CCS_METRICS_FROM": '{"podSelector": {}}'}, "CCS_METRICS_FROM"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict, words: str) -> None:
@@ -89,3 +94,15 @@ def test_query_overrides_in_listed_namespaces() -> None:
 def test_bad_query_override_settings_name_the_variable(env: dict, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         OperatorConfig.from_env(env)
+
+
+def test_prometheus_peers_reach_rendering() -> None:
+    """CCS_METRICS_FROM (the chart's networkPolicy.metricsFrom, as JSON) is what the serving
+    pods' NetworkPolicy admits to the metrics port; unset, the `monitoring` namespace."""
+    default = OperatorConfig.from_env({}).render_settings().metrics_from
+    assert [p.manifest() for p in default] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    peers = [{"namespaceSelector": {"matchLabels": {"team": "obs"}}, "podSelector": {}}]
+    config = OperatorConfig.from_env({"CCS_METRICS_FROM": json.dumps(peers)})
+    assert [p.manifest() for p in config.render_settings().metrics_from] == peers

@@ -256,6 +256,58 @@ async def test_a_service_monitor_switched_off_while_the_operator_was_down_is_del
 
 
 @pytest.mark.asyncio
+async def test_a_network_policy_is_applied_when_asked_and_deleted_once_when_switched_off() -> None:
+    reconciler, kube, events = make(service(networkPolicy={"enabled": True}))
+    await reconciler.reconcile(kube.service(NS, "svc"))
+    assert "NetworkPolicy" in kube.kinds(NS)
+    body = kube.service(NS, "svc")
+    body["spec"]["networkPolicy"] = {"enabled": False}
+    body["metadata"]["generation"] = 2
+    kube.objects[("ClaudeCodeService", NS, "svc")] = copy.deepcopy(body)
+    reconciler.remember_service(body)
+    for _ in range(3):
+        await reconciler.reconcile(kube.service(NS, "svc"))
+    assert "NetworkPolicy" not in kube.kinds(NS)
+    assert [e for e in kube.log if e[0] == "DELETE"] == [("DELETE", "NetworkPolicy", NS, "svc")]
+    assert (
+        "svc",
+        "Deleted",
+        "Deleted NetworkPolicy svc: spec.networkPolicy.enabled is false",
+    ) in events.posted
+    # The other children are untouched, and a service that never asked deletes nothing.
+    assert {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler"} <= kube.kinds(NS)
+    plain, plain_kube, _ = make(service())
+    await plain.reconcile(plain_kube.service(NS, "svc"))
+    assert not [e for e in plain_kube.log if e[0] == "DELETE"]
+
+
+@pytest.mark.asyncio
+async def test_a_network_policy_of_someone_else_is_never_taken_over() -> None:
+    """A NetworkPolicy the namespace's admin made with the service's name: nothing is
+    applied (a NameCollision), and switching ours off does not delete theirs."""
+    reconciler, kube, _ = make(service(networkPolicy={"enabled": True}))
+    theirs = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "svc", "namespace": NS, "uid": "admins"},
+        "spec": {"podSelector": {}},
+    }
+    kube.objects[("NetworkPolicy", NS, "svc")] = copy.deepcopy(theirs)
+    status = await reconciler.reconcile(kube.service(NS, "svc"))
+    degraded = [c for c in status["conditions"] if c["type"] == "Degraded"]
+    assert degraded[0]["reason"] == "NameCollision", degraded
+    assert "NetworkPolicy ns/svc already exists" in degraded[0]["message"]
+    assert applies(kube) == 0
+    body = kube.service(NS, "svc")
+    body["spec"]["networkPolicy"] = {"enabled": False}
+    kube.objects[("ClaudeCodeService", NS, "svc")] = copy.deepcopy(body)
+    reconciler.remember_service(body)
+    await reconciler.reconcile(kube.service(NS, "svc"))
+    assert kube.objects[("NetworkPolicy", NS, "svc")]["metadata"]["uid"] == "admins"
+    assert not [e for e in kube.log if e[0] == "DELETE"]
+
+
+@pytest.mark.asyncio
 async def test_nothing_is_kept_for_a_deleted_service() -> None:
     """Defect: per-service locks and cold-start records were never pruned on delete."""
     reconciler, kube, _ = make(service())
@@ -390,6 +442,7 @@ def test_watches_are_filtered_on_the_server() -> None:
         ("", "v1", "services"),
         ("apps", "v1", "deployments"),
         ("autoscaling", "v2", "horizontalpodautoscalers"),
+        ("networking.k8s.io", "v1", "networkpolicies"),
     ]:
         resource = Resource(group, version, plural)
         assert list(settings.watching.label_selectors.collect(resource)) == [MANAGED_BY_SELECTOR]
@@ -401,6 +454,7 @@ def test_watches_are_filtered_on_the_server() -> None:
         "Deployment",
         "Service",
         "HorizontalPodAutoscaler",
+        "NetworkPolicy",
     }
     # ServiceMonitors: the operator's own watch, with the same selector (tests/test_watch.py).
     reconciler, _, _ = make()

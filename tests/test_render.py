@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ccs_operator.api import ClaudeCodeService, parse_service
+from ccs_operator.api import ClaudeCodeService, NetworkPeer, SpecError, parse_service
 from ccs_operator.render import (
     CONFIG_HASH_ANNOTATION,
     RenderSettings,
@@ -333,3 +333,85 @@ def test_every_child_and_pod_carries_the_label_the_operator_watches_by() -> None
     pod = children["Deployment"]["spec"]["template"]["metadata"]
     assert pod["labels"][key] == value
     assert children["ServiceMonitor"]["metadata"]["labels"]["release"] == "kps"
+
+
+def test_no_network_policy_unless_asked() -> None:
+    children = _by_kind(parse_service(minimal_service()))
+    assert "NetworkPolicy" not in children
+    annotations = children["Deployment"]["metadata"]["annotations"].values()
+    assert any(v.startswith("CKV2_K8S_6=spec.networkPolicy is off") for v in annotations)
+
+
+def test_network_policy_admits_the_namespace_the_allowed_peers_and_prometheus() -> None:
+    ccs = parse_service(
+        minimal_service(
+            ports={"http": 9000, "grpc": 9001, "metrics": 9002},
+            networkPolicy={
+                "enabled": True,
+                "allowFrom": [
+                    {"namespaceSelector": {"matchLabels": {"team": "gateway"}}},
+                    {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "ui"}}},
+                    {"ipBlock": {"cidr": "192.0.2.0/24", "except": ["192.0.2.1/32"]}},
+                ],
+            },
+        )
+    )
+    prometheus = {"namespaceSelector": {"matchLabels": {"name": "obs"}}}
+    settings = RenderSettings(metrics_from=(NetworkPeer.model_validate(prometheus),))
+    children = _by_kind(ccs, settings=settings)
+    policy = children["NetworkPolicy"]
+    kubernetes_validate.validate(policy, K8S_VERSION, strict=True)
+    assert policy["metadata"]["name"] == "svc" and policy["metadata"]["namespace"] == "ns"
+    # It selects exactly the serving pods (the Deployment's selector).
+    deployment = children["Deployment"]
+    assert policy["spec"]["podSelector"] == deployment["spec"]["selector"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["ingress"] == [
+        {"from": [{"podSelector": {}}]},
+        {
+            "from": [
+                {"namespaceSelector": {"matchLabels": {"team": "gateway"}}},
+                {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "ui"}}},
+                {"ipBlock": {"cidr": "192.0.2.0/24", "except": ["192.0.2.1/32"]}},
+            ],
+            "ports": [{"port": 9000, "protocol": "TCP"}, {"port": 9001, "protocol": "TCP"}],
+        },
+        {"from": [prometheus], "ports": [{"port": 9002, "protocol": "TCP"}]},
+    ]
+    # With the policy rendered, the "no NetworkPolicy" exception is gone.
+    annotations = deployment["metadata"]["annotations"].values()
+    assert not any(v.startswith("CKV2_K8S_6") for v in annotations)
+
+
+def test_network_policy_without_peers_admits_the_namespace_and_prometheus_only() -> None:
+    ccs = parse_service(minimal_service(networkPolicy={"enabled": True}))
+    ingress = _by_kind(ccs)["NetworkPolicy"]["spec"]["ingress"]
+    assert ingress == [
+        {"from": [{"podSelector": {}}]},
+        {
+            "from": [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}
+                    }
+                }
+            ],
+            "ports": [{"port": 8002, "protocol": "TCP"}],
+        },
+    ]
+
+
+@pytest.mark.parametrize(
+    ("peer", "words"),
+    [
+        ({}, "set podSelector, namespaceSelector or ipBlock"),
+        ({"ipBlock": {"cidr": "192.0.2.0/24"}, "podSelector": {}}, "ipBlock cannot be combined"),
+        ({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Is"}]}}, "'NotIn'"),
+        ({"namespaceSelector": {"labels": {}}}, "unknown field"),
+    ],
+)
+def test_bad_network_policy_peers_name_the_field(peer: dict[str, Any], words: str) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_service(minimal_service(networkPolicy={"enabled": True, "allowFrom": [peer]}))
+    assert err.value.path.startswith("spec.networkPolicy.allowFrom[0]"), err.value.path
+    assert words in err.value.message, err.value.message

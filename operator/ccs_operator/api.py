@@ -53,7 +53,6 @@ Platform = Literal[
 Quantity = str | int
 
 
-
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -64,6 +63,7 @@ def duration_seconds(duration: str) -> float:
         if number != duration and number.isdigit():
             return int(number) * _DURATION_UNITS[unit]
     raise ValueError(f"not a duration such as 15s or 1m: {duration!r}")
+
 
 class SpecError(ValueError):
     """An invalid ClaudeCodeService; `path` is the offending field, e.g. spec.replicas.min."""
@@ -310,6 +310,54 @@ class Monitoring(_Model):
         return duration_seconds(self.interval)
 
 
+class SelectorRequirement(_Model):
+    key: str = Field(min_length=1, max_length=316)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: tuple[str, ...] = Field(default=(), max_length=64)
+
+
+class LabelSelector(_Model):
+    """A Kubernetes label selector; empty selects everything (as in a NetworkPolicy peer)."""
+
+    match_labels: dict[str, str] = Field(default_factory=dict, max_length=32)
+    match_expressions: tuple[SelectorRequirement, ...] = Field(default=(), max_length=16)
+
+
+class IPBlock(_Model):
+    cidr: str = Field(min_length=1, max_length=64)
+    except_: tuple[str, ...] = Field(default=(), max_length=32, alias="except")
+
+
+class NetworkPeer(_Model):
+    """A NetworkPolicy peer: pods by namespace and/or pod labels, or an IP block."""
+
+    pod_selector: LabelSelector | None = None
+    namespace_selector: LabelSelector | None = None
+    ip_block: IPBlock | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> NetworkPeer:
+        selectors = self.pod_selector is not None or self.namespace_selector is not None
+        if not selectors and self.ip_block is None:
+            raise ValueError("set podSelector, namespaceSelector or ipBlock")
+        if selectors and self.ip_block is not None:
+            raise ValueError("ipBlock cannot be combined with podSelector or namespaceSelector")
+        return self
+
+    def manifest(self) -> dict[str, Any]:
+        """The peer as a NetworkPolicy carries it (an empty selector as `{}`)."""
+        return self.model_dump(by_alias=True, exclude_defaults=True)
+
+
+class NetworkPolicy(_Model):
+    """An optional NetworkPolicy for the serving pods: ingress only from the service's own
+    namespace, from Prometheus (the operator's setting) to the metrics port, and from
+    `allow_from` to the inference ports."""
+
+    enabled: bool = False
+    allow_from: tuple[NetworkPeer, ...] = Field(default=(), max_length=16)
+
+
 class Toleration(_Model):
     key: str | None = None
     operator: Literal["Exists", "Equal"] | None = None
@@ -342,6 +390,7 @@ class ServiceSpec(_Model):
     replicas: Replicas = Replicas()
     autoscaling: Autoscaling = Autoscaling()
     monitoring: Monitoring = Monitoring()
+    network_policy: NetworkPolicy = NetworkPolicy()
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: tuple[Toleration, ...] = ()
     # Free-form like a Pod's affinity; passed through to the pod template untouched.

@@ -12,7 +12,13 @@ import yaml
 
 from . import __version__
 from .api import SpecError, parse_service
-from .render import RenderSettings, render_children, to_yaml
+from .render import (
+    DEFAULT_LOADER_IMAGE,
+    DEFAULT_PROMETHEUS_URL,
+    RenderSettings,
+    render_children,
+    to_yaml,
+)
 from .tune import add_arguments as add_tune_arguments
 
 CRD_FILE = Path(__file__).parent / "crds" / "claudecodeservices.yaml"
@@ -46,8 +52,8 @@ def _render(args: argparse.Namespace) -> int:
         prometheus_url = args.prometheus_url or os.environ.get("CCS_PROMETHEUS_URL")
         settings = RenderSettings(
             service_monitor_crd=not args.no_service_monitor,
-            **({"loader_image": args.loader_image} if args.loader_image else {}),
-            **({"prometheus_url": prometheus_url} if prometheus_url else {}),
+            loader_image=args.loader_image or DEFAULT_LOADER_IMAGE,
+            prometheus_url=prometheus_url or DEFAULT_PROMETHEUS_URL,
         )
         manifests.extend(render_children(ccs, floor=args.floor, settings=settings))
     sys.stdout.write(to_yaml(manifests))

@@ -2,21 +2,51 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from pydantic import TypeAdapter, ValidationError
+
+from .api import NetworkPeer
 from .confine import OVERRIDE_MODES, OverridePolicy
 from .floor import DEFAULT_LEAD_TIME_SECONDS
-from .render import DEFAULT_LOADER_IMAGE, DEFAULT_PROMETHEUS_URL, RenderSettings
+from .render import (
+    DEFAULT_LOADER_IMAGE,
+    DEFAULT_METRICS_FROM,
+    DEFAULT_PROMETHEUS_URL,
+    RenderSettings,
+)
 
 ENV_PREFIX = "CCS_"
 
 
 class ConfigError(ValueError):
     """A bad operator setting; the message names the variable."""
+
+
+_PEERS = TypeAdapter(tuple[NetworkPeer, ...])
+
+
+def _peers(
+    env: Mapping[str, str], name: str, default: tuple[NetworkPeer, ...]
+) -> tuple[NetworkPeer, ...]:
+    """A JSON list of NetworkPolicy peers (`[{"namespaceSelector": {...}}]`)."""
+    raw = env.get(ENV_PREFIX + name)
+    if not raw:
+        return default
+    try:
+        return _PEERS.validate_python(json.loads(raw))
+    except (ValueError, ValidationError) as exc:
+        first = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+        raise ConfigError(
+            f"{ENV_PREFIX}{name} must be a JSON list of NetworkPolicy peers such as "
+            f'[{{"namespaceSelector": {{"matchLabels": {{"kubernetes.io/metadata.name": '
+            f'"monitoring"}}}}}}]: {first}'
+        ) from None
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -82,6 +112,9 @@ class OperatorConfig:
     # KEDA mode: a ClusterTriggerAuthentication the ScaledObjects' Prometheus triggers use
     # (KEDA reads credentials from Secrets; the operator never does).
     keda_trigger_authentication: str | None = None
+    # Where Prometheus scrapes from: admitted to the serving pods' metrics port by their
+    # NetworkPolicy (spec.networkPolicy); the chart passes networkPolicy.metricsFrom.
+    metrics_from: tuple[NetworkPeer, ...] = DEFAULT_METRICS_FROM
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -136,6 +169,7 @@ class OperatorConfig:
             query_overrides=overrides,
             keda_trigger_authentication=env.get(ENV_PREFIX + "KEDA_TRIGGER_AUTHENTICATION")
             or None,
+            metrics_from=_peers(env, "METRICS_FROM", DEFAULT_METRICS_FROM),
         )
         config.validate()
         return config
@@ -155,6 +189,7 @@ class OperatorConfig:
             prometheus_url=self.prometheus_url,
             rate_window=self.floor_window,
             keda_authentication=self.keda_trigger_authentication,
+            metrics_from=self.metrics_from,
         )
 
     def validate(self) -> None:

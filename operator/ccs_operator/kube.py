@@ -88,6 +88,7 @@ CHILD_TYPES: dict[str, ResourceType] = {
         ResourceType("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
         ResourceType("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors"),
         ResourceType("keda.sh/v1alpha1", "ScaledObject", "scaledobjects"),
+        ResourceType("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
     )
 }
 # Ask for an object's metadata only; plain JSON (the whole object) where that form is not

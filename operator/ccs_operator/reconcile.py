@@ -789,7 +789,7 @@ class Reconciler:
                 self.post_event(body, "Normal", verb, f"{verb} {kind} {name}")
             if kind == "Deployment":
                 deployment = live
-        await self._prune_service_monitor(ccs, desired)
+        await self._prune_switched_off(ccs, desired)
         return ApplyOutcome(), deployment
 
     async def _get_or_retry(
@@ -887,25 +887,42 @@ class Reconciler:
             self.applied[key] = Applied(digest, live.fingerprint, metadata_keys(manifest))
         return same
 
-    async def _prune_service_monitor(
+    async def _prune_switched_off(
         self, ccs: ClaudeCodeService, desired: list[dict[str, Any]]
     ) -> None:
-        """A ServiceMonitor switched off in the spec is deleted, once, and only if it is ours.
+        """Optional children switched off in the spec are deleted, once, and only if ours.
 
-        Only the spec decides: a discovery answer that the CRD is not served (true, or a
-        transient miss right after an API server restart) deletes nothing; if the CRD is
-        really gone, its objects went with it.
+        Only the spec decides: a discovery answer that the ServiceMonitor CRD is not served
+        (true, or a transient miss right after an API server restart) deletes nothing; if the
+        CRD is really gone, its objects went with it.
         """
-        if ccs.spec.monitoring.service_monitor or any(
-            m["kind"] == "ServiceMonitor" for m in desired
-        ):
-            return
-        name = ChildNames.of(ccs.name).service_monitor
-        key = ("ServiceMonitor", ccs.namespace, name)
+        names = ChildNames.of(ccs.name)
+        optional = (
+            (
+                "ServiceMonitor",
+                names.service_monitor,
+                ccs.spec.monitoring.service_monitor,
+                "spec.monitoring.serviceMonitor is false",
+            ),
+            (
+                "NetworkPolicy",
+                names.network_policy,
+                ccs.spec.network_policy.enabled,
+                "spec.networkPolicy.enabled is false",
+            ),
+        )
+        rendered = {m["kind"] for m in desired}
+        for kind, name, wanted, why in optional:
+            if not wanted and kind not in rendered:
+                await self._prune_child(ccs, kind, name, why)
+
+    async def _prune_child(self, ccs: ClaudeCodeService, kind: str, name: str, why: str) -> None:
+        """Delete one child of `ccs` that its spec no longer asks for, if it exists and is ours."""
+        key = (kind, ccs.namespace, name)
         if key in self.absent:
             return
         known = self.children.get(key)
-        if known is None and "ServiceMonitor" not in self.watched_kinds:
+        if known is None and kind not in self.watched_kinds:
             # Not applied by this process, and no watch lists them: switched off while the
             # operator was down? Its metadata says whether it exists and whose it is (None
             # as well when the CRD itself is not served).
@@ -918,12 +935,15 @@ class Reconciler:
                     generation=head["metadata"].get("generation"),
                 )
         if known is not None and known.owner_uid == ccs.uid:
-            await self.kube.delete("ServiceMonitor", ccs.namespace, name, known.uid)
+            try:
+                await self.kube.delete(kind, ccs.namespace, name, known.uid)
+            except Transient as exc:
+                raise RetryLater.of(f"deleting {kind} {name}", exc) from exc
             self.post_event(
                 {"metadata": {"namespace": ccs.namespace, "name": ccs.name, "uid": ccs.uid}},
                 "Normal",
                 "Deleted",
-                f"Deleted ServiceMonitor {name}: spec.monitoring.serviceMonitor is false",
+                f"Deleted {kind} {name}: {why}",
             )
         self.remember_child_gone(key)
 

@@ -16,7 +16,15 @@ import jinja2
 import yaml
 
 from . import __version__
-from .api import API_GROUP, API_VERSION, KIND, ClaudeCodeService, ServiceSpec
+from .api import (
+    API_GROUP,
+    API_VERSION,
+    KIND,
+    ClaudeCodeService,
+    LabelSelector,
+    NetworkPeer,
+    ServiceSpec,
+)
 from .prom import (
     DEFAULT_WINDOW,
     REQUEST_FAILURE_METRIC,
@@ -41,6 +49,12 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 DEFAULT_LOADER_IMAGE = f"ghcr.io/claudecode/ccs-model-loader:{__version__}"
 DEFAULT_PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
+# Prometheus runs in the `monitoring` namespace (as DEFAULT_PROMETHEUS_URL says).
+DEFAULT_METRICS_FROM = (
+    NetworkPeer(
+        namespace_selector=LabelSelector(match_labels={"kubernetes.io/metadata.name": "monitoring"})
+    ),
+)
 HPA_KIND = "HorizontalPodAutoscaler"
 SCALED_OBJECT_KIND = "ScaledObject"
 KEDA_API_VERSION = "keda.sh/v1alpha1"
@@ -64,6 +78,9 @@ class RenderSettings:
     prometheus_url: str = DEFAULT_PROMETHEUS_URL
     rate_window: str = DEFAULT_WINDOW
     keda_authentication: str | None = None
+    # Where Prometheus scrapes from (NetworkPolicy peers): admitted to the serving pods'
+    # metrics port when spec.networkPolicy is on (the chart's networkPolicy.metricsFrom).
+    metrics_from: tuple[NetworkPeer, ...] = DEFAULT_METRICS_FROM
 
 
 @dataclass(frozen=True)
@@ -74,6 +91,7 @@ class ChildNames:
     hpa: str
     service_monitor: str
     scaled_object: str
+    network_policy: str
     # The HPA KEDA creates for the ScaledObject (KEDA's, never applied or deleted by us).
     keda_hpa: str
 
@@ -86,6 +104,7 @@ class ChildNames:
             hpa=name,
             service_monitor=name,
             scaled_object=name,
+            network_policy=name,
             keda_hpa=f"keda-hpa-{name}",
         )
 
@@ -460,11 +479,12 @@ CHECK_EXCEPTIONS = {
         "UID 1000 is the Triton image's own user (it owns the image's files); the pod runs "
         "non-root with no privilege escalation and no capabilities"
     ),
-    "CKV2_K8S_6": (
-        "ingress is the namespace's policy: the operator does not know which clients call "
-        "the Service; a NetworkPolicy in the namespace applies to these pods as to any"
-    ),
 }
+NETWORK_POLICY_EXCEPTION = (
+    "CKV2_K8S_6",
+    "spec.networkPolicy is off (the default: it needs a CNI that enforces policies, and the "
+    "operator does not know the callers); turn it on, or the namespace's own policy applies",
+)
 TAG_EXCEPTION = (
     "CKV_K8S_43",
     "images named by tag (spec.image, the operator's CCS_LOADER_IMAGE); give both as "
@@ -480,6 +500,8 @@ PULL_EXCEPTION = (
 def check_exceptions(spec: ServiceSpec, loader_image: str) -> dict[str, str]:
     """The serving Deployment's checkov skip annotations, only for checks it fails."""
     exceptions = dict(CHECK_EXCEPTIONS)
+    if not spec.network_policy.enabled:
+        exceptions[NETWORK_POLICY_EXCEPTION[0]] = NETWORK_POLICY_EXCEPTION[1]
     if not all("@sha256:" in image for image in (spec.image, loader_image)):
         exceptions[TAG_EXCEPTION[0]] = TAG_EXCEPTION[1]
     # The loader image is pulled IfNotPresent always (it is small and named per version).
@@ -561,7 +583,36 @@ def render_children(
     ]
     if spec.monitoring.service_monitor and settings.service_monitor_crd:
         children.append(_render("servicemonitor.yaml.j2", context))
+    if spec.network_policy.enabled:
+        context["ingress"] = network_policy_ingress(spec, settings)
+        children.append(_render("networkpolicy.yaml.j2", context))
     return children
+
+
+def network_policy_ingress(spec: ServiceSpec, settings: RenderSettings) -> list[dict[str, Any]]:
+    """The serving pods' ingress rules: pods of the service's own namespace on every port,
+    `spec.networkPolicy.allowFrom` on the inference ports, Prometheus on the metrics port.
+    (Kubelet probes come from the node, which NetworkPolicies always admit.)"""
+
+    def ports(*numbers: int) -> list[dict[str, Any]]:
+        return [{"port": n, "protocol": "TCP"} for n in numbers]
+
+    rules: list[dict[str, Any]] = [{"from": [{"podSelector": {}}]}]
+    if spec.network_policy.allow_from:
+        rules.append(
+            {
+                "from": [peer.manifest() for peer in spec.network_policy.allow_from],
+                "ports": ports(spec.ports.http, spec.ports.grpc),
+            }
+        )
+    if settings.metrics_from:
+        rules.append(
+            {
+                "from": [peer.manifest() for peer in settings.metrics_from],
+                "ports": ports(spec.ports.metrics),
+            }
+        )
+    return rules
 
 
 class _ReadableDumper(yaml.SafeDumper):

@@ -1,7 +1,7 @@
 {{/*
 Least privilege: exactly the calls the operator makes, nothing else (no Secrets, no writes
-of Pods, no delete of its children but a switched-off ServiceMonitor and the autoscaler of an
-engine no longer used: the garbage collector removes the rest through owner references).
+of Pods, no delete of its children but a switched-off ServiceMonitor or NetworkPolicy and the
+autoscaler of an engine no longer used: the garbage collector removes the rest through owner references).
 RBAC cannot narrow by label: every list and watch of children and pods is filtered by the
 API server (labelSelector app.kubernetes.io/managed-by=ccs-operator, set by the operator),
 and the admission policy (admissionpolicy.yaml) confines its writes to the children of
@@ -43,6 +43,11 @@ ClaudeCodeServices.
 # A ServiceMonitor switched off in a service's spec is deleted (only the operator's own).
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors]
+  verbs: [get, list, watch, create, patch, delete]
+# The serving pods' optional NetworkPolicy (spec.networkPolicy); deleted when switched off
+# (only the operator's own).
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
   verbs: [get, list, watch, create, patch, delete]
 # The serving pods (a label-filtered list and watch, never a read of one pod): their
 # cold-start times, from creation to ready.
