@@ -415,3 +415,56 @@ def test_bad_network_policy_peers_name_the_field(peer: dict[str, Any], words: st
         parse_service(minimal_service(networkPolicy={"enabled": True, "allowFrom": [peer]}))
     assert err.value.path.startswith("spec.networkPolicy.allowFrom[0]"), err.value.path
     assert words in err.value.message, err.value.message
+
+
+def test_a_value_that_looks_like_a_placeholder_stays_a_value() -> None:
+    """Values never reach the YAML parser (each template is parsed as a skeleton with
+    placeholders, then filled): one spelled like a placeholder is still only itself."""
+    lookalike = "\x00ccs:0\x00"
+    ccs = parse_service(
+        minimal_service(image=lookalike, monitoring={"labels": {"team": "\x00ccs:1\x00"}})
+    )
+    children = _by_kind(ccs)
+    (triton,) = children["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert triton["image"] == lookalike
+    assert children["ServiceMonitor"]["metadata"]["labels"]["team"] == "\x00ccs:1\x00"
+    # And two renders of different services share a skeleton but never their values.
+    other = _by_kind(parse_service(minimal_service("other")))
+    assert other["Deployment"]["metadata"]["name"] == "other"
+    assert children["Deployment"]["metadata"]["name"] == "svc"
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.stem)
+def test_skeleton_rendering_equals_parsing_the_filled_text(
+    sample: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path (each template parsed once as a skeleton, then filled) gives exactly
+    what Jinja's own tojson and a YAML parse of the whole text give, key order included."""
+    import jinja2
+    import yaml
+
+    from ccs_operator import render
+    from ccs_operator.render import TEMPLATES_DIR, to_yaml
+
+    plain = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+
+    def parse_whole(template: str, context: dict[str, Any]) -> dict[str, Any]:
+        manifest: dict[str, Any] = yaml.safe_load(plain.get_template(template).render(**context))
+        if not manifest["metadata"]["ownerReferences"]:
+            del manifest["metadata"]["ownerReferences"]
+        return manifest
+
+    body = yaml.safe_load(sample.read_text())
+    body["metadata"].update(namespace="ns", uid="0b0c")
+    ccs = parse_service(body)
+    for floor in (None, 3):
+        fast = render_children(ccs, floor=floor)
+        with monkeypatch.context() as patch:
+            patch.setattr(render, "_render", parse_whole)
+            whole = render_children(ccs, floor=floor)
+        assert fast == whole
+        assert to_yaml(fast) == to_yaml(whole)

@@ -7,8 +7,10 @@ reaches the YAML through Jinja's `tojson`, so no user string can inject structur
 from __future__ import annotations
 
 import copy
+import json
+import re
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -444,25 +446,60 @@ def keda_triggers(ccs: ClaudeCodeService, settings: RenderSettings) -> list[dict
     return triggers
 
 
-# Every reconcile renders every child: parse with libyaml where PyYAML has it (the pure-Python
-# parser was ~40% of the operator's CPU at 500 services); the same safe schema either way.
+# Every reconcile renders every child, and parsing YAML was most of a render (the libyaml
+# parser included: PyYAML builds the objects in Python). So the templates are parsed as
+# skeletons: `tojson` emits a placeholder for its value, and the text with placeholders
+# depends only on which `{% if %}` branches a template took; each such text is parsed once,
+# and a render fills the skeleton's placeholders with plain-JSON copies of its values. The
+# result is what parsing the filled text would give (json.dumps with sorted keys, as Jinja's
+# own tojson), and no value ever reaches the YAML parser, so no user string can inject
+# structure.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_VALUES = "_ccs_values"
+_PLACEHOLDER = re.compile(r"\x00ccs:(\d+)\x00")
+
+
+@jinja2.pass_context
+def _placeholder(context: jinja2.runtime.Context, value: Any) -> str:
+    values: list[Any] = context[_VALUES]
+    values.append(value)
+    return json.dumps(f"\x00ccs:{len(values) - 1}\x00")
 
 
 @cache
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
         auto_reload=False,  # templates ship with the package; no stat() per render
     )
+    environment.filters["tojson"] = _placeholder
+    return environment
+
+
+@lru_cache(maxsize=256)
+def _skeleton(text: str) -> Any:
+    return yaml.load(text, Loader=_YAML_LOADER)  # a safe loader, C or Python
+
+
+def _fill(node: Any, values: list[Any]) -> Any:
+    if isinstance(node, dict):
+        return {key: _fill(item, values) for key, item in node.items()}
+    if isinstance(node, list):
+        return [_fill(item, values) for item in node]
+    if isinstance(node, str):
+        placeholder = _PLACEHOLDER.fullmatch(node)
+        if placeholder is not None:
+            return json.loads(json.dumps(values[int(placeholder[1])], sort_keys=True))
+    return node
 
 
 def _render(template: str, context: dict[str, Any]) -> dict[str, Any]:
-    text = _environment().get_template(template).render(**context)
-    manifest = yaml.load(text, Loader=_YAML_LOADER)  # a safe loader, C or Python
+    values: list[Any] = []
+    text = _environment().get_template(template).render(**context, **{_VALUES: values})
+    manifest: dict[str, Any] = _fill(_skeleton(text), values)
     if not manifest["metadata"]["ownerReferences"]:
         del manifest["metadata"]["ownerReferences"]
     return manifest
