@@ -429,6 +429,23 @@ def test_a_status_only_event_of_a_service_is_not_a_reason_to_reconcile() -> None
     assert needs_reconcile(None, old)
 
 
+def test_kopf_keeps_no_last_handled_state_and_may_not_need_one() -> None:
+    """kopf deep-copied every watched body into a diff base on every event, for change
+    handlers; the operator registers only event handlers, so none is built or stored. If a
+    change, spawning or state handler is ever registered, this fails (and NoDiffBase must go)."""
+    settings = kopf.OperatorSettings()
+    configure(settings, OperatorConfig())
+    assert isinstance(settings.persistence.diffbase_storage, handlers.NoDiffBase)
+    reconciler, _, _ = make()
+    registry = handlers.build_registry(reconciler, OperatorConfig())
+    assert list(registry._watching.get_all_handlers())  # positive control: it sees handlers
+    assert not list(registry._changing.get_all_handlers())
+    assert not list(registry._spawning.get_all_handlers())
+    body = kopf.Body({"metadata": {"name": "x"}, "spec": {"a": [1, {"b": 2}]}})
+    storage = settings.persistence.diffbase_storage
+    assert storage.build(body=body) == {} and storage.fetch(body=body) is None
+
+
 def test_watches_are_filtered_on_the_server() -> None:
     """Defect: `labels=` on kopf handlers filters on the client; the operator listed and
     watched every Pod, ConfigMap, Service, Deployment and HPA of the cluster."""

@@ -45,15 +45,31 @@ def watched_children() -> list[tuple[str, str, str, str]]:
     return watched
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf's last-handled state, kept nowhere: kopf builds it (a deep copy of the body) on
+    every event of every watched object, for change handlers only, and this operator
+    registers none (every handler is an event handler that queues a key; a test checks).
+    That copy was an eighth of the operator's CPU with 300 services coming up."""
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Any = None
+    ) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     """Explicit kopf settings: project-prefixed storage, timeouts, quiet handler chatter."""
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=ANNOTATION_PREFIX
     )
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()
     # Our own events say what happened; kopf's per-handler success events are noise.
     settings.posting.level = logging.WARNING
     settings.networking.request_timeout = config.request_timeout_seconds
