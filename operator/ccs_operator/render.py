@@ -1,7 +1,8 @@
 """Pure: (service, floor, settings) -> the child manifests of a ClaudeCodeService.
 
 No I/O beyond reading the packaged templates once, no clock, no environment. Every value
-reaches the YAML through Jinja's `tojson`, so no user string can inject structure.
+enters a template through `tojson`, which stands in a placeholder for it: the YAML parser
+sees only the templates' own text, so no user string can inject structure (see `_render`).
 """
 
 from __future__ import annotations
