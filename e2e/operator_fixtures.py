@@ -322,6 +322,16 @@ def condition(body: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return None
 
 
+def admins_network_policy(name: str, namespace: str) -> dict[str, Any]:
+    """A NetworkPolicy the namespace's admin made: no owner, not the operator's label."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+    }
+
+
 def sample(name: str, **spec: Any) -> dict[str, Any]:
     """The write-up's service, sized to fit the fake GPU nodes, with overrides."""
     body = yaml.safe_load((ROOT / "samples" / "claude-code.yaml").read_text())

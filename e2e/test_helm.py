@@ -37,7 +37,13 @@ from kubernetes.client.exceptions import ApiException
 from e2e import crds
 from e2e.fixtures import Cluster
 from e2e.helmchart import CHART_DIR, HelmError, helm, set_args
-from e2e.operator_fixtures import OperatorProcess, Services, _make_namespace, sample
+from e2e.operator_fixtures import (
+    OperatorProcess,
+    Services,
+    _make_namespace,
+    admins_network_policy,
+    sample,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -315,12 +321,7 @@ def _assert_owned_objects_only(
         )
         assert "changes only objects a ClaudeCodeService controls" in message, message
     # A NetworkPolicy the operator does not own: RBAC lets it delete one, the policy does not.
-    foreign_policy = {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": {"name": "not-ours", "namespace": namespace},
-        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
-    }
+    foreign_policy = admins_network_policy("not-ours", namespace)
     cluster.kubectl("apply", "-f", "-", input=json.dumps(foreign_policy))
     assert _allowed(sa_client, "delete", "networkpolicies", namespace, "networking.k8s.io")
     message = _refused(

@@ -38,7 +38,14 @@ from ccs_operator.status import FLOOR_STATUS, RECONCILE_STATUS
 from ccs_operator.watch import LabelWatch
 from e2e import crds
 from e2e.fixtures import Cluster
-from e2e.operator_fixtures import GROUP, PLURAL, VERSION, Services, sample
+from e2e.operator_fixtures import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    Services,
+    admins_network_policy,
+    sample,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -188,12 +195,7 @@ async def test_a_network_policy_is_admitted_kept_without_drift_and_deleted_when_
     services.apply(
         solo_namespace, sample("policed", networkPolicy={"enabled": True, "allowFrom": peers})
     )
-    admins = {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": {"name": "admins", "namespace": solo_namespace},
-        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
-    }
+    admins = admins_network_policy("admins", solo_namespace)
     cluster.kubectl("apply", "-f", "-", input=json.dumps(admins))
     applied = await _applies_of_a_fresh_controller(cluster, solo_namespace, "policed")
     assert "NetworkPolicy" in applied, applied

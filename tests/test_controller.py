@@ -224,20 +224,46 @@ async def test_a_discovery_miss_deletes_no_service_monitor() -> None:
     assert not [entry for entry in kube.log if entry[0] == "DELETE"]
 
 
+@pytest.mark.parametrize(
+    ("on", "off", "kind", "message"),
+    [
+        (
+            {},
+            {"monitoring": {"serviceMonitor": False}},
+            "ServiceMonitor",
+            "Deleted ServiceMonitor svc: spec.monitoring.serviceMonitor is false",
+        ),
+        (
+            {"networkPolicy": {"enabled": True}},
+            {"networkPolicy": {"enabled": False}},
+            "NetworkPolicy",
+            "Deleted NetworkPolicy svc: spec.networkPolicy.enabled is false",
+        ),
+    ],
+    ids=["ServiceMonitor", "NetworkPolicy"],
+)
 @pytest.mark.asyncio
-async def test_a_service_monitor_switched_off_is_deleted_once() -> None:
-    reconciler, kube, events = make(service())
+async def test_an_optional_child_switched_off_is_deleted_once(
+    on: dict[str, Any], off: dict[str, Any], kind: str, message: str
+) -> None:
+    reconciler, kube, events = make(service(**on))
     await reconciler.reconcile(kube.service(NS, "svc"))
+    assert kind in kube.kinds(NS)
     body = kube.service(NS, "svc")
-    body["spec"]["monitoring"] = {"serviceMonitor": False}
+    body["spec"].update(off)
     body["metadata"]["generation"] = 2
     kube.objects[("ClaudeCodeService", NS, "svc")] = copy.deepcopy(body)
     reconciler.remember_service(body)
     for _ in range(3):
         await reconciler.reconcile(kube.service(NS, "svc"))
-    assert "ServiceMonitor" not in kube.kinds(NS)
-    assert [e for e in kube.log if e[0] == "DELETE"] == [("DELETE", "ServiceMonitor", NS, "svc")]
-    assert any(reason == "Deleted" for _, reason, _ in events.posted)
+    assert kind not in kube.kinds(NS)
+    assert [e for e in kube.log if e[0] == "DELETE"] == [("DELETE", kind, NS, "svc")]
+    assert ("svc", "Deleted", message) in events.posted
+    # The other children are untouched, and a service that never asked deletes nothing.
+    assert {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler"} <= kube.kinds(NS)
+    plain, plain_kube, _ = make(service())
+    await plain.reconcile(plain_kube.service(NS, "svc"))
+    assert not [e for e in plain_kube.log if e[0] == "DELETE"]
 
 
 @pytest.mark.asyncio
@@ -253,32 +279,6 @@ async def test_a_service_monitor_switched_off_while_the_operator_was_down_is_del
     fresh.remember_service(body)
     await fresh.reconcile(body)
     assert "ServiceMonitor" not in kube.kinds(NS)
-
-
-@pytest.mark.asyncio
-async def test_a_network_policy_is_applied_when_asked_and_deleted_once_when_switched_off() -> None:
-    reconciler, kube, events = make(service(networkPolicy={"enabled": True}))
-    await reconciler.reconcile(kube.service(NS, "svc"))
-    assert "NetworkPolicy" in kube.kinds(NS)
-    body = kube.service(NS, "svc")
-    body["spec"]["networkPolicy"] = {"enabled": False}
-    body["metadata"]["generation"] = 2
-    kube.objects[("ClaudeCodeService", NS, "svc")] = copy.deepcopy(body)
-    reconciler.remember_service(body)
-    for _ in range(3):
-        await reconciler.reconcile(kube.service(NS, "svc"))
-    assert "NetworkPolicy" not in kube.kinds(NS)
-    assert [e for e in kube.log if e[0] == "DELETE"] == [("DELETE", "NetworkPolicy", NS, "svc")]
-    assert (
-        "svc",
-        "Deleted",
-        "Deleted NetworkPolicy svc: spec.networkPolicy.enabled is false",
-    ) in events.posted
-    # The other children are untouched, and a service that never asked deletes nothing.
-    assert {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler"} <= kube.kinds(NS)
-    plain, plain_kube, _ = make(service())
-    await plain.reconcile(plain_kube.service(NS, "svc"))
-    assert not [e for e in plain_kube.log if e[0] == "DELETE"]
 
 
 @pytest.mark.asyncio
