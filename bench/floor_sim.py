@@ -139,6 +139,9 @@ class Trace:
     # (kind, start, end) seconds: where violations are attributed ("burst", "peak").
     windows: list[tuple[str, float, float]] = field(default_factory=list)
     warmup_s: float = 0.0  # not counted (the first replicas settle)
+    # Synthetic traces only: `work` without its unannounced bursts (the diurnal shape, the
+    # recurring peaks, each day's level and the noise), what the oracle floor is told.
+    known: list[float] = field(default_factory=list)
 
     @property
     def days(self) -> int:
@@ -151,6 +154,7 @@ def synthetic_trace(days: int, seed: int, plateau_rps: float, dt: float) -> Trac
     rng = random.Random(seed)
     steps_per_day = int(DAY_SECONDS / dt)
     work: list[float] = []
+    known: list[float] = []
     events: list[str] = []
     windows: list[tuple[str, float, float]] = []
     noise = 0.0
@@ -188,11 +192,20 @@ def synthetic_trace(days: int, seed: int, plateau_rps: float, dt: float) -> Trac
             value = _diurnal(t / 3600)
             for start, dur, height in recurring:
                 value += height * _pulse(t, start, dur, edge=60)
+            without_bursts = value
             for start, dur, height in bursts:
                 value += height * _diurnal(start / 3600) * _pulse(t, start, dur, edge=30)
             noise = 0.995 * noise + rng.gauss(0, 0.005)
             work.append(max(0.0, level * value * (1 + noise)))
-    return Trace(f"synthetic seed {seed}", dt, work, events, sorted(windows, key=lambda w: w[1]))
+            known.append(max(0.0, level * without_bursts * (1 + noise)))
+    return Trace(
+        f"synthetic seed {seed}",
+        dt,
+        work,
+        events,
+        sorted(windows, key=lambda w: w[1]),
+        known=known,
+    )
 
 
 def _pulse(t: float, start: float, duration: float, edge: float) -> float:

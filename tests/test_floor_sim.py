@@ -151,3 +151,19 @@ def test_the_floor_sizes_a_batching_service_from_its_batches() -> None:
     hpa = floor_sim.simulate(trace, floor_sim.Config("hpa", "hpa", 60), setup, seed=1)
     floor = floor_sim.simulate(trace, floor_sim.Config("floor", "floor", 60), setup, seed=1)
     assert floor.gpu_hours < 1.5 * hpa.gpu_hours
+
+
+def test_synthetic_trace_keeps_its_demand_without_bursts() -> None:
+    """`known` is the same trace without its unannounced bursts: equal outside every burst's
+    window, lower somewhere inside them, and `work` itself as before (the seeds' figures)."""
+    trace = floor_sim.synthetic_trace(2, 4, 300.0, 5.0)
+    assert len(trace.known) == len(trace.work)
+    kinds = floor_sim._step_kinds(
+        floor_sim.Trace(
+            "bursts", 5.0, trace.work, windows=[w for w in trace.windows if w[0] == "burst"]
+        )
+    )
+    outside = [i for i, k in enumerate(kinds) if k == "elsewhere"]
+    assert all(trace.known[i] == trace.work[i] for i in outside)
+    assert all(k <= w for k, w in zip(trace.known, trace.work, strict=True))
+    assert sum(trace.work) - sum(trace.known) > 0.01 * sum(trace.work)
