@@ -4,6 +4,7 @@ and the pieces the comparison rests on (the frontier, the HPA model) behave."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +152,128 @@ def test_the_floor_sizes_a_batching_service_from_its_batches() -> None:
     hpa = floor_sim.simulate(trace, floor_sim.Config("hpa", "hpa", 60), setup, seed=1)
     floor = floor_sim.simulate(trace, floor_sim.Config("floor", "floor", 60), setup, seed=1)
     assert floor.gpu_hours < 1.5 * hpa.gpu_hours
+
+
+def test_synthetic_trace_keeps_its_demand_without_bursts() -> None:
+    """`known` is the same trace without its unannounced bursts: equal outside every burst's
+    window, lower somewhere inside them, and `work` itself as before (the seeds' figures)."""
+    trace = floor_sim.synthetic_trace(2, 4, 300.0, 5.0)
+    assert len(trace.known) == len(trace.work)
+    kinds = floor_sim._step_kinds(
+        floor_sim.Trace(
+            "bursts", 5.0, trace.work, windows=[w for w in trace.windows if w[0] == "burst"]
+        )
+    )
+    outside = [i for i, k in enumerate(kinds) if k == "elsewhere"]
+    assert all(trace.known[i] == trace.work[i] for i in outside)
+    assert all(k <= w for k, w in zip(trace.known, trace.work, strict=True))
+    assert sum(trace.work) - sum(trace.known) > 0.01 * sum(trace.work)
+
+
+def _oracle(headroom: float) -> floor_sim.Config:
+    return floor_sim.Config(f"oracle +{headroom:.0%}", "oracle", 60, headroom)
+
+
+@pytest.mark.parametrize("headroom", [0.0, 0.3])
+def test_the_oracle_floor_never_reads_the_bursts(headroom: float) -> None:
+    """Two traces identical but for their unannounced bursts give the oracle the same floor
+    at every step (with the HPA under it seeing the bursts, and the pods starting then)."""
+    trace = floor_sim.synthetic_trace(1, 2, 300.0, 5.0)
+    calm = floor_sim.Trace("calm", trace.dt, list(trace.known), known=list(trace.known))
+    setup = floor_sim.Setup()
+    logs: list[list[tuple[float, float, int, int, float, int]]] = [[], []]
+    results = [
+        floor_sim.simulate(t, _oracle(headroom), setup, seed=2, log=log)
+        for t, log in zip((trace, calm), logs, strict=True)
+    ]
+    floors = [[step[5] for step in log] for log in logs]
+    assert floors[0] == floors[1]
+    assert len(set(floors[0])) > 3  # the floor follows the known demand up and down
+    # ...and the bursts were there: more load, and violations the known demand did not have.
+    assert sum(trace.work) > 1.01 * sum(calm.work)
+    assert results[0].violating > 2 * results[1].violating
+
+
+def test_the_oracle_floor_buys_fewer_violations_with_gpus() -> None:
+    trace = floor_sim.synthetic_trace(1, 5, 300.0, 5.0)
+    setup = floor_sim.Setup()
+    none, lots = (floor_sim.simulate(trace, _oracle(h), setup, seed=5) for h in (0.0, 1.0))
+    assert lots.gpu_hours > 1.3 * none.gpu_hours
+    assert lots.violating < 0.5 * none.violating
+    # Headroom 0 still holds what the known demand needs: fewer violations than the HPA.
+    hpa = floor_sim.simulate(trace, floor_sim.Config("hpa", "hpa", 60), setup, seed=5)
+    assert none.violating < hpa.violating
+
+
+def test_the_oracle_needs_the_split_and_a_trace_file_skips_it(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="without bursts"):
+        floor_sim.simulate(
+            floor_sim.Trace("file", 5.0, [1.0] * 100), _oracle(0.0), floor_sim.Setup(), seed=1
+        )
+    rows = [f"{t / 10:.1f}" for t in range(0, 6_000, 4)]
+    trace = _write(tmp_path / "t.csv", "timestamp", rows)
+    done = _run("--trace", str(trace), "--seeds", "1", "--bound", "--json")
+    assert done.returncode == 0, done.stderr
+    assert "--bound skipped" in done.stderr
+    kinds = {c["kind"] for c in json.loads(done.stdout)["configurations"]}
+    assert kinds == {"hpa", "floor", "floor+prewarm"}
+
+
+def _fake_run(oracle_violating: float) -> list[tuple[int, list[floor_sim.Result], list[str], str]]:
+    def result(name: str, kind: str, target: int, gpu: float, bad: float) -> floor_sim.Result:
+        by_kind = {"burst": bad / 2, "peak": bad / 4, "elsewhere": bad / 4}
+        return floor_sim.Result(name, kind, target, 1e6, bad, gpu, violating_by_kind=by_kind)
+
+    results = [
+        result("plain HPA, CPU 30%", "hpa", 30, 40.0, 10.0),
+        result("plain HPA, CPU 45%", "hpa", 45, 20.0, 40.0),
+        result("plain HPA, CPU 60%", "hpa", 60, 10.0, 100.0),
+        result("HPA + floor", "floor", 60, 20.0, 30.0),
+        result("oracle floor +0%, CPU 60%", "oracle", 60, 15.0, 1e6),
+        result("oracle floor +50%, CPU 60%", "oracle", 60, 20.0, oracle_violating),
+    ]
+    return [(1, results, [], "synthetic seed 1")]
+
+
+@pytest.mark.parametrize(
+    ("oracle_violating", "said"),
+    [
+        (10.0, "reaches the goal (<= 0.5x)"),
+        (24.0, "Even the bound misses the goal"),
+    ],
+)
+def test_the_bound_section_states_its_verdict_from_the_figures(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    oracle_violating: float,
+    said: str,
+) -> None:
+    """The bound's best point is the lowest median vs the frontier, and the section says
+    whether it reaches 0.5x, and how far the floor is from it, from those figures."""
+    monkeypatch.setattr(floor_sim, "run_all", lambda *_: _fake_run(oracle_violating))
+    assert floor_sim.main(["--bound", "--seeds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(floor_sim.BOUND_HEADING + "\n")
+    ratio = oracle_violating / 40.0
+    assert f"Best point: oracle floor +50%, CPU 60%, {ratio:.2f}x" in out
+    assert "the floor: 0.75x" in out and said in out
+    if ratio <= 0.5:
+        assert f"covers {(1 - 0.75) / (1 - ratio):.0%} of the way" in out
+
+
+def test_the_oracle_floor_looks_ahead_by_a_cold_start() -> None:
+    """A known rise is in the floor one look-ahead (p95 cold start + one evaluation) before
+    it comes, and not before that; headroom multiplies what the known demand needs."""
+    setup = floor_sim.Setup()
+    serving = setup.serving()
+    dt = 5.0
+    known = [100.0] * 200 + [400.0] * 200
+    ahead = floor_sim.oracle_look_ahead(setup)
+    assert 280 < ahead < 320
+    needed = floor_sim.replicas_at_target(serving, 400.0, setup.max_replicas)
+    assert floor_sim.replicas_at_target(serving, 100.0, setup.max_replicas) < needed
+    first = 200 - int(ahead // dt)
+    assert floor_sim.oracle_floor(known, first, dt, serving, setup, 0.0) == needed
+    before = floor_sim.oracle_floor(known, first - 2, dt, serving, setup, 0.0)
+    assert before < needed
+    assert floor_sim.oracle_floor(known, first, dt, serving, setup, 0.5) == math.ceil(1.5 * needed)
