@@ -58,7 +58,7 @@ from kubernetes.client.exceptions import ApiException
 
 from e2e.kwok import SERVING_LABEL, SERVING_VALUE
 from e2e.netns import PodNetwork
-from serving_image.loader import S3Settings, assemble, parse_config
+from serving_image.loader import S3Settings, assemble, parse_config, termination_message
 from serving_image.local import LocalTriton, cpu_model_config, local_source
 from serving_image.modelcache import NodeCache
 
@@ -419,8 +419,7 @@ class PodServer:
         except Exception as exc:
             shutil.rmtree(workdir, ignore_errors=True)
             raise PodSetupError(f"model store: {exc}") from None
-        report["seconds"] = round(time.monotonic() - start, 3)
-        served.loader_report = json.dumps({"ccsModelLoader": report}, sort_keys=True)
+        served.loader_report = termination_message(report, start)
         triton = LocalTriton(
             store,
             server_args=list(plan.args),

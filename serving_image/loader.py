@@ -645,6 +645,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def termination_message(report: dict[str, object], started: float) -> str:
+    """The loader's summary as its container's termination message, which the operator reads
+    (coldstart.REPORT_KEY): what `assemble` reported, and the seconds since `started`
+    (time.monotonic())."""
+    summary = {**report, "seconds": round(time.monotonic() - started, 3)}
+    return json.dumps({"ccsModelLoader": summary}, sort_keys=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -668,10 +676,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LoaderError as exc:
         print(f"ccs-model-loader: error: {exc}", file=sys.stderr)
         return 2
-    report["seconds"] = round(time.monotonic() - start, 3)
+    message = termination_message(report, start)
     if args.report is not None:
         with contextlib.suppress(OSError):  # a summary is never worth failing the pod for
-            args.report.write_text(json.dumps({"ccsModelLoader": report}, sort_keys=True))
+            args.report.write_text(message)
     versions = ", ".join(p.name for p in version_dirs(model_dir))
     print(f"ccs-model-loader: {model_dir} ready (versions {versions}) from {args.repository}")
     return 0

@@ -10,17 +10,14 @@ of its own that has no route anywhere.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import subprocess
-import sys
-import time
-import venv
 from pathlib import Path
 from typing import Any
 
+import sidevenv
 from e2e.paths import cache_root
 
 CHECKOV_REQUIREMENT = "checkov==3.3.30"
@@ -35,52 +32,9 @@ def venv_dir() -> Path:
     return Path(override).expanduser() if override else cache_root() / "checkov-venv"
 
 
-def _say(message: str) -> None:
-    stream = sys.__stderr__ or sys.stderr
-    stream.write(f"[checkov] {message}\n")
-    stream.flush()
-
-
 def ensure_venv(path: Path | None = None) -> Path:
     """Create (once) the side venv with checkov; return its python."""
-    path = path or venv_dir()
-    python = path / "bin" / "python"
-    stamp = path / ".ccs-installed"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if stamp.is_file() and stamp.read_text() == CHECKOV_REQUIREMENT and python.exists():
-            return python
-        _say(f"creating {path} with {CHECKOV_REQUIREMENT} (once; reused afterwards)")
-        started = time.monotonic()
-        shutil.rmtree(path, ignore_errors=True)
-        venv.create(path, with_pip=True)
-        cmd = [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--progress-bar",
-            "off",
-            CHECKOV_REQUIREMENT,
-        ]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert proc.stdout is not None
-        tail: list[str] = []
-        for line in proc.stdout:
-            line = line.rstrip()
-            tail = [*tail[-20:], line]
-            if line.startswith(("Successfully", "ERROR")):
-                _say(line[:200])
-        if proc.wait() != 0:
-            shutil.rmtree(path, ignore_errors=True)
-            raise CheckovUnavailable(
-                f"pip install {CHECKOV_REQUIREMENT} into {path} failed:\n" + "\n".join(tail)
-            )
-        stamp.write_text(CHECKOV_REQUIREMENT)
-        _say(f"{path} ready in {time.monotonic() - started:.0f} s")
-        return python
+    return sidevenv.ensure(path or venv_dir(), CHECKOV_REQUIREMENT, "checkov", CheckovUnavailable)
 
 
 def _isolated(argv: list[str]) -> list[str]:

@@ -13,20 +13,17 @@ every later request is authenticated and authorized like AWS does it (SigV4, IAM
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import shutil
 import socket
 import subprocess
-import sys
 import time
-import venv
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import sidevenv
 from e2e.paths import cache_root
 
 MOTO_REQUIREMENT = "moto[server]==5.2.5"
@@ -69,53 +66,15 @@ def venv_dir() -> Path:
     return Path(override).expanduser() if override else cache_root() / "s3-venv"
 
 
-def _say(message: str) -> None:
-    # Printed to the terminal even under pytest's capture: a first install takes a while.
-    stream = sys.__stderr__ or sys.stderr
-    stream.write(f"[s3-server] {message}\n")
-    stream.flush()
-
-
 def ensure_venv(path: Path | None = None) -> Path:
     """Create (once) the side venv with moto's server; return its python."""
-    path = path or venv_dir()
-    python = path / "bin" / "python"
-    stamp = path / ".ccs-installed"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if stamp.is_file() and stamp.read_text() == MOTO_REQUIREMENT and python.exists():
-            return python
-        _say(f"creating {path} with {MOTO_REQUIREMENT} (once; reused afterwards)")
-        started = time.monotonic()
-        shutil.rmtree(path, ignore_errors=True)
-        venv.create(path, with_pip=True)
-        cmd = [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--progress-bar",
-            "off",
-            MOTO_REQUIREMENT,
-        ]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert proc.stdout is not None
-        tail: list[str] = []
-        for line in proc.stdout:
-            line = line.rstrip()
-            tail = [*tail[-20:], line]
-            if line.startswith(("Collecting", "Successfully", "ERROR")):
-                _say(line)
-        if proc.wait() != 0:
-            shutil.rmtree(path, ignore_errors=True)
-            raise S3ServerUnavailable(
-                f"pip install {MOTO_REQUIREMENT} into {path} failed:\n" + "\n".join(tail)
-            )
-        stamp.write_text(MOTO_REQUIREMENT)
-        _say(f"{path} ready in {time.monotonic() - started:.0f} s")
-        return python
+    return sidevenv.ensure(
+        path or venv_dir(),
+        MOTO_REQUIREMENT,
+        "s3-server",
+        S3ServerUnavailable,
+        shown=("Collecting", "Successfully", "ERROR"),
+    )
 
 
 def _free_port() -> int:
