@@ -18,34 +18,19 @@ Goal (issue): the hit's created -> Ready at most 30% of the miss's.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from results import commit, write_section
+from results import commit, e2e_rows, publish
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS_HEADING = "## Node model cache: a replica's start, hit against miss"
 GOAL = 0.30
 
 
 def _progress(message: str) -> None:
     print(f"[cache-bench] {message}", file=sys.stderr, flush=True)
-
-
-def run_once(out: Path) -> int:
-    env = {**os.environ, "CCS_BENCH_MODEL_CACHE_OUT": str(out)}
-    argv = [
-        sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-s",
-        "--basetemp", tempfile.mkdtemp(prefix="ccs-cache-bench-"),
-        "e2e/test_model_cache.py",
-    ]  # fmt: skip
-    return subprocess.run(argv, cwd=ROOT, env=env, check=False).returncode
 
 
 def report(rows: list[dict[str, float]], cmd: str, elapsed: float) -> list[str]:
@@ -87,22 +72,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--write", type=Path, help="update this RESULTS.md's section")
     args = parser.parse_args(argv)
-    out = Path(tempfile.mkstemp(prefix="ccs-cache-bench-", suffix=".jsonl")[1])
     started = time.monotonic()
-    for run in range(1, args.runs + 1):
-        _progress(f"run {run}/{args.runs}: e2e/test_model_cache.py (under a minute warm)")
-        if run_once(out) != 0:
-            _progress(f"run {run} failed; see the pytest output above")
-            return 1
-    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    rows = e2e_rows(
+        "e2e/test_model_cache.py",
+        "CCS_BENCH_MODEL_CACHE_OUT",
+        args.runs,
+        _progress,
+        "under a minute warm",
+    )
+    if rows is None:
+        return 1
     cmd = "python bench/cache_bench.py" + "".join(
         f" {a}" for a in (argv if argv is not None else sys.argv[1:])
     )
     section = "\n".join(report(rows, cmd, time.monotonic() - started))
-    print(section)
-    if args.write:
-        write_section(args.write, RESULTS_HEADING, section)
-        _progress(f"wrote {args.write}")
+    publish(section, RESULTS_HEADING, args.write, _progress)
     return 0
 
 

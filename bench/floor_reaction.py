@@ -19,18 +19,13 @@ tritonserver, a real Prometheus scraping it every second, the operator as a proc
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from results import commit, write_section
+from results import commit, e2e_rows, publish
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS_HEADING = "## Warm floor reaction on the real setup"
 
 
@@ -38,38 +33,21 @@ def _progress(message: str) -> None:
     print(f"[floor-reaction] {message}", file=sys.stderr, flush=True)
 
 
-def run_once(out: Path) -> int:
-    env = {**os.environ, "CCS_BENCH_FLOOR_REACTION_OUT": str(out)}
-    argv = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "-q",
-        "-s",
-        "--basetemp",
-        tempfile.mkdtemp(prefix="ccs-floor-bench-"),
-        "e2e/test_floor_e2e.py",
-    ]
-    return subprocess.run(argv, cwd=ROOT, env=env, check=False).returncode
-
-
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--write", type=Path, help="update this RESULTS.md's section")
     args = parser.parse_args(argv)
-    out = Path(tempfile.mkstemp(prefix="ccs-floor-reaction-", suffix=".jsonl")[1])
     started = time.monotonic()
-    for run in range(1, args.runs + 1):
-        _progress(f"run {run}/{args.runs}: e2e/test_floor_e2e.py (about 4 minutes)")
-        if run_once(out) != 0:
-            _progress(f"run {run} failed; see the pytest output above")
-            return 1
-    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    rows = e2e_rows(
+        "e2e/test_floor_e2e.py",
+        "CCS_BENCH_FLOOR_REACTION_OUT",
+        args.runs,
+        _progress,
+        "about 4 minutes",
+    )
+    if rows is None:
+        return 1
     reactions = [r["reaction_s"] for r in rows if "reaction_s" in r and r["reaction_s"] is not None]
     leads = [r["lead"] for r in rows if "lead" in r]
     if not reactions or not leads:
@@ -126,10 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     section = "\n".join(lines)
-    print(section)
-    if args.write:
-        write_section(args.write, RESULTS_HEADING, section)
-        _progress(f"wrote {args.write}")
+    publish(section, RESULTS_HEADING, args.write, _progress)
     return 0
 
 
