@@ -32,7 +32,6 @@ Log: <state>/logs/prometheus-adapter.log; files in <state>/adapter/.
 from __future__ import annotations
 
 import base64
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -186,25 +185,9 @@ class AdapterStack:
         return [pod, service]
 
     def _apply(self, objects: list[dict[str, Any]]) -> None:
-        kubectl = str(self.cluster.bin_path() / "kubectl")
-        done = subprocess.run(
-            [
-                kubectl,
-                f"--kubeconfig={self.cluster.kubeconfig}",
-                "apply",
-                "--server-side",
-                "--force-conflicts",
-                f"--field-manager={FIELD_MANAGER}",
-                "-f",
-                "-",
-            ],
-            input=yaml.safe_dump_all(objects),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if done.returncode != 0:
-            raise AdapterError(f"kubectl apply failed: {done.stderr.strip()}")
+        problem = self.cluster.apply(objects, FIELD_MANAGER)
+        if problem is not None:
+            raise AdapterError(f"kubectl apply failed: {problem}")
 
     def _check_owner(self, api: client.ApiregistrationV1Api) -> None:
         try:

@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import ssl
+import subprocess
 import sys
 import time
 import urllib.error
@@ -21,7 +22,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -153,6 +156,27 @@ class LocalCluster:
 
     def _kubeconfig_for(self, client_name: str) -> Path:
         return self.state_dir / "kubeconfigs" / f"{client_name}.kubeconfig"
+
+    def apply(self, objects: list[dict[str, Any]], field_manager: str) -> str | None:
+        """`kubectl apply --server-side` of `objects` as `field_manager` (taking over its
+        fields); None when it went through, else kubectl's error."""
+        done = subprocess.run(
+            [
+                str(self.bin_path() / "kubectl"),
+                f"--kubeconfig={self.kubeconfig}",
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                f"--field-manager={field_manager}",
+                "-f",
+                "-",
+            ],
+            input=yaml.safe_dump_all(objects),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        return None if done.returncode == 0 else done.stderr.strip()
 
     def bin_path(self) -> Path:
         """The directory of built binaries, building them on first use."""

@@ -670,25 +670,9 @@ class MonitoringStack:
         ]
 
     def _apply(self, objects: list[dict[str, Any]]) -> None:
-        kubectl = str(self.cluster.bin_path() / "kubectl")
-        done = subprocess.run(
-            [
-                kubectl,
-                f"--kubeconfig={self.cluster.kubeconfig}",
-                "apply",
-                "--server-side",
-                "--force-conflicts",
-                f"--field-manager={FIELD_MANAGER}",
-                "-f",
-                "-",
-            ],
-            input=yaml.safe_dump_all(objects),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if done.returncode != 0:
-            raise MonitoringError(f"kubectl apply failed: {done.stderr.strip()}")
+        problem = self.cluster.apply(objects, FIELD_MANAGER)
+        if problem is not None:
+            raise MonitoringError(f"kubectl apply failed: {problem}")
 
     def _ensure_operator(self, binary: Path, server: str, port: int, timeout: float) -> None:
         component = "prometheus-operator"
