@@ -40,6 +40,8 @@ DASHBOARD = ROOT / "chart" / "ccs-operator" / "dashboards" / "ccs-overview.json"
 # namespaces of their own) can share the cluster with a demo left running.
 DEMO_NAMESPACE = "ccs-demo"
 READY_TIMEOUT_S = 180.0
+# Four HPA syncs: long enough for one good read of the external metric after a failed one.
+HPA_METRIC_WAIT_S = 60.0
 
 
 class DemoError(RuntimeError):
@@ -366,6 +368,7 @@ def run_demo(cluster: LocalCluster) -> int:
         f"(spec min {min_floor})"
     )
     _say(f"done in {time.monotonic() - started:.0f}s")
+    _wait_hpa_reads_its_metric(cluster, name)
     print(f"$ kubectl -n {DEMO_NAMESPACE} get ccs")
     print(_kubectl(cluster, "-n", DEMO_NAMESPACE, "get", "ccs"))
     selector = f"app.kubernetes.io/instance={name}"
@@ -409,6 +412,28 @@ def _wait_metrics(cluster: LocalCluster, name: str) -> None:
         f"ccs/{name} has no FloorControllerActive=True after {READY_TIMEOUT_S:.0f}s; "
         f"`kubectl -n {DEMO_NAMESPACE} describe ccs {name}` says why"
     )
+
+
+def _wait_hpa_reads_its_metric(cluster: LocalCluster, name: str) -> None:
+    """The final listing shows what the HPA last read. One failed fetch of the external
+    metric (prometheus-adapter answering "no metrics returned" while pods come and go) leaves
+    `<unknown>` in its status until the next 15 s sync, so wait a few syncs for a good one;
+    if none comes, say why (the HPA's own condition) and list anyway."""
+    deadline = time.monotonic() + HPA_METRIC_WAIT_S
+    message = ""
+    while time.monotonic() < deadline:
+        out = _kubectl(cluster, "-n", DEMO_NAMESPACE, "get", "hpa", name, "-o", "json", check=False)
+        try:
+            conditions = (json.loads(out).get("status") or {}).get("conditions") or []
+        except ValueError:
+            conditions = []
+        for item in conditions:
+            if item.get("type") == "ScalingActive":
+                if item.get("status") == "True":
+                    return
+                message = item.get("message", "")
+        time.sleep(2)
+    _say(f"the HPA cannot read its metric: {message or 'no ScalingActive condition'}")
 
 
 def _kubectl_input(cluster: LocalCluster, text: str, *args: str) -> str:
