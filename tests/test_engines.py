@@ -374,6 +374,25 @@ async def test_a_switch_made_while_the_operator_was_down_is_completed_after_a_re
 
 
 @pytest.mark.asyncio
+async def test_a_switch_to_keda_while_down_deletes_the_hpa_the_watch_listed() -> None:
+    reconciler, kube, _ = controller()
+    kube.scaledobjects_served = True
+    kube.add_service(service())
+    await reconcile(reconciler, kube)
+    set_engine(kube, "KEDA")
+    fresh, _, _ = controller(kube)  # a new process, its HPA cache filled by the watch's listing
+    for (kind, ns, _name), obj in list(kube.objects.items()):
+        if kind == "HorizontalPodAutoscaler" and ns == NS:
+            fresh.child_event(kind, None, obj)
+    kube.log.clear()
+    await reconcile(fresh, kube)
+    assert autoscalers(kube) == {"ScaledObject/svc"}
+    assert kube.log.index(("DELETE", "HorizontalPodAutoscaler", NS, "svc")) < kube.log.index(
+        ("APPLY", "ScaledObject", NS, "svc")
+    )
+
+
+@pytest.mark.asyncio
 async def test_only_owned_autoscalers_are_deleted_and_kedas_own_hpa_is_never_touched() -> None:
     reconciler, kube, _ = controller()
     kube.scaledobjects_served = True

@@ -729,7 +729,7 @@ class Reconciler:
                 # The other engine's autoscaler goes first: two autoscalers never scale the
                 # Deployment at once (KEDA's admission webhook refuses a ScaledObject for a
                 # Deployment an HPA already scales).
-                await self._prune_other_autoscaler(body, ccs, keep=kind)
+                await self._prune_other_autoscaler(ccs, keep=kind)
             previous = self.children.get(key)
             digest = manifest_digest(manifest)
             manifest = stamped(manifest, digest)
@@ -917,26 +917,30 @@ class Reconciler:
                 await self._prune_child(ccs, kind, name, why)
 
     async def _prune_child(self, ccs: ClaudeCodeService, kind: str, name: str, why: str) -> None:
-        """Delete one child of `ccs` that its spec no longer asks for, if it exists and is ours."""
+        """Delete one child of `ccs` that its spec no longer asks for, if it exists and is
+        ours (its controller reference names this service's uid); one of another owner's is
+        left alone (the name collision check reports it when the child is wanted again)."""
         key = (kind, ccs.namespace, name)
         if key in self.absent:
             return
         known = self.children.get(key)
-        if known is None and kind not in self.watched_kinds:
-            # Not applied by this process, and no watch lists them: switched off while the
-            # operator was down? Its metadata says whether it exists and whose it is (None
-            # as well when the CRD itself is not served).
+        uid = None
+        if known is not None:
+            if known.owner_uid != ccs.uid:
+                return
+            uid = known.uid
+        elif kind not in self.watched_kinds:
+            # Not applied by this process, and no complete listing of the kind: switched off
+            # while the operator was down? Its metadata says whether it exists and whose it is
+            # (None as well when the CRD itself is not served).
             head = await self._get_or_retry(key, metadata_only=True)
-            if head is not None and controller_uid(head) == ccs.uid:
-                known = ChildRecord(
-                    uid=head["metadata"]["uid"],
-                    owner_uid=ccs.uid,
-                    resource_version=head["metadata"]["resourceVersion"],
-                    generation=head["metadata"].get("generation"),
-                )
-        if known is not None and known.owner_uid == ccs.uid:
+            if head is not None:
+                if controller_uid(head) != ccs.uid:
+                    return
+                uid = head["metadata"]["uid"]
+        if uid is not None:
             try:
-                await self.kube.delete(kind, ccs.namespace, name, known.uid)
+                await self.kube.delete(kind, ccs.namespace, name, uid)
             except Transient as exc:
                 raise RetryLater.of(f"deleting {kind} {name}", exc) from exc
             self.post_event(
@@ -947,47 +951,24 @@ class Reconciler:
             )
         self.remember_child_gone(key)
 
-    async def _prune_other_autoscaler(
-        self, body: Mapping[str, Any], ccs: ClaudeCodeService, keep: str
-    ) -> None:
-        """Delete this service's autoscaler of the engine it no longer uses (ours only: the
-        controller reference names this service's uid). KEDA's own HPA (keda-hpa-<name>) is
-        never touched: KEDA deletes it with the ScaledObject."""
+    async def _prune_other_autoscaler(self, ccs: ClaudeCodeService, keep: str) -> None:
+        """Delete this service's autoscaler of the engine it no longer uses (ours only).
+        KEDA's own HPA (keda-hpa-<name>) is never touched: KEDA deletes it with the
+        ScaledObject."""
         names = ChildNames.of(ccs.name)
         for engine, kind in AUTOSCALER_KINDS.items():
             if kind == keep:
                 continue
             name = names.autoscaler(engine)[1]
-            key = (kind, ccs.namespace, name)
-            if key in self.absent:
+            if (kind, ccs.namespace, name) in self.absent:
                 continue
             if kind == SCALED_OBJECT_KIND and not await self._served_or_retry(
                 KEDA_API_VERSION, "scaledobjects"
             ):
                 # No CRD, no ScaledObject (a discovery miss is not remembered as absence).
                 continue
-            known = self.children.get(key)
-            uid = known.uid if known is not None and known.owner_uid == ccs.uid else None
-            if known is None:
-                # Not seen by this process (switched while the operator was down?).
-                live = await self._get_or_retry(key, metadata_only=True)
-                if live is not None and controller_uid(live) == ccs.uid:
-                    uid = live["metadata"]["uid"]
-            if uid is not None:
-                try:
-                    await self.kube.delete(kind, ccs.namespace, name, uid)
-                except Transient as exc:
-                    raise RetryLater.of(f"deleting {kind} {name}", exc) from exc
-                self.post_event(
-                    body,
-                    "Normal",
-                    "Deleted",
-                    f"Deleted {kind} {name}: spec.autoscaling.engine is "
-                    f"{ccs.spec.autoscaling.engine}",
-                )
-            elif known is not None:
-                continue  # not ours: the name collision check reports it, nothing is deleted
-            self.remember_child_gone(key)
+            why = f"spec.autoscaling.engine is {ccs.spec.autoscaling.engine}"
+            await self._prune_child(ccs, kind, name, why)
 
     def remember_child_gone(self, key: ChildKey) -> None:
         self.children.pop(key, None)
