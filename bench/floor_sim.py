@@ -63,6 +63,7 @@ import argparse
 import bisect
 import csv
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -776,6 +777,7 @@ def replicas_at_target(serving: Serving | BatchServing, rate: float, most: int) 
     return most
 
 
+@functools.cache
 def oracle_look_ahead(setup: Setup) -> float:
     """The oracle's look-ahead: the true cold start's p95 plus one evaluation (the operator
     measures the same from its pods, rounded up to minutes). Taken from the setup rather

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,25 @@ def test_crd_prints_the_single_source() -> None:
 def test_version() -> None:
     result = _cli("version")
     assert result.returncode == 0 and result.stdout.strip()
+
+
+def test_render_takes_the_operators_settings_from_the_environment() -> None:
+    # As `run` does: the chart's networkPolicy.metricsFrom reaches the operator as
+    # CCS_METRICS_FROM, and `render` shows what the operator would apply.
+    peers = '[{"namespaceSelector": {"matchLabels": {"team": "observability"}}}]'
+    result = _cli_env("render", "-f", "samples/queue-policy.yaml", env={"CCS_METRICS_FROM": peers})
+    assert result.returncode == 0, result.stderr
+    policy = next(d for d in yaml.safe_load_all(result.stdout) if d["kind"] == "NetworkPolicy")
+    sources = [peer for rule in policy["spec"]["ingress"] for peer in rule.get("from", [])]
+    assert {"namespaceSelector": {"matchLabels": {"team": "observability"}}} in sources
+
+    bad = _cli_env("render", "-f", "samples/queue-policy.yaml", env={"CCS_METRICS_FROM": "["})
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert "CCS_METRICS_FROM" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _cli_env(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ccs_operator.cli", *args],
+        capture_output=True, text=True, check=False, cwd=ROOT, env={**os.environ, **env},
+    )

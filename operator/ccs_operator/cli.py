@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -12,13 +13,8 @@ import yaml
 
 from . import __version__
 from .api import SpecError, parse_service
-from .render import (
-    DEFAULT_LOADER_IMAGE,
-    DEFAULT_PROMETHEUS_URL,
-    RenderSettings,
-    render_children,
-    to_yaml,
-)
+from .config import ConfigError, OperatorConfig
+from .render import render_children, to_yaml
 from .tune import add_arguments as add_tune_arguments
 
 CRD_FILE = Path(__file__).parent / "crds" / "claudecodeservices.yaml"
@@ -39,6 +35,18 @@ def _render(args: argparse.Namespace) -> int:
         documents = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
         return _fail(f"{args.file} is not valid YAML: {exc}")
+    try:
+        # The operator's own settings from the environment (CCS_*), as `run` reads them; the
+        # flags win.
+        base = OperatorConfig.from_env(os.environ).render_settings()
+    except ConfigError as exc:
+        return _fail(str(exc))
+    settings = dataclasses.replace(
+        base,
+        service_monitor_crd=not args.no_service_monitor,
+        loader_image=args.loader_image or base.loader_image,
+        prometheus_url=args.prometheus_url or base.prometheus_url,
+    )
     manifests = []
     for document in documents:
         if not isinstance(document, dict):
@@ -49,12 +57,6 @@ def _render(args: argparse.Namespace) -> int:
             return _fail(f"{args.file}: {exc}")
         if args.namespace:
             ccs = ccs.model_copy(update={"namespace": args.namespace})
-        prometheus_url = args.prometheus_url or os.environ.get("CCS_PROMETHEUS_URL")
-        settings = RenderSettings(
-            service_monitor_crd=not args.no_service_monitor,
-            loader_image=args.loader_image or DEFAULT_LOADER_IMAGE,
-            prometheus_url=prometheus_url or DEFAULT_PROMETHEUS_URL,
-        )
         manifests.extend(render_children(ccs, floor=args.floor, settings=settings))
     sys.stdout.write(to_yaml(manifests))
     return 0
