@@ -422,10 +422,10 @@ def test_a_status_only_event_of_a_service_is_not_a_reason_to_reconcile() -> None
     old = {"metadata": {"uid": "u", "generation": 1, "labels": {}}, "status": {"floor": 1}}
     status_only = copy.deepcopy(old)
     status_only["status"]["floor"] = 2
-    assert not needs_reconcile(old, status_only)
+    assert not needs_reconcile(old["metadata"], status_only)
     spec_change = copy.deepcopy(old)
     spec_change["metadata"]["generation"] = 2
-    assert needs_reconcile(old, spec_change)
+    assert needs_reconcile(old["metadata"], spec_change)
     assert needs_reconcile(None, old)
 
 

@@ -173,9 +173,12 @@ class FloorLoop:
         for gone in [k for k in self.memory if k not in self.reconciler.services]:
             del self.memory[gone]  # deleted services leave nothing behind
         due: list[tuple[ClaudeCodeService, Mapping[str, Any], float]] = []
-        for key, body in list(self.reconciler.services.items()):
+        for key in list(self.reconciler.services):
             memory = self.memory[key]
             if memory.next_due > now:
+                continue
+            body = self.reconciler.services.get(key)
+            if body is None:
                 continue
             try:
                 ccs = parse_service(body)

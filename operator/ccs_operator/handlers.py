@@ -134,7 +134,7 @@ def build_registry(
         if event.get("type") == "DELETED":
             reconciler.forget_service(key, meta.get("uid"))
             return
-        known = reconciler.services.get(key)
+        known = reconciler.services.metadata(key)
         if reconciler.remember_service(body) and needs_reconcile(known, body):
             reconciler.queue.add(key)
 
@@ -187,11 +187,12 @@ def own_watches(reconciler: Reconciler, kind: str, config: OperatorConfig) -> li
 
 
 def needs_reconcile(known: Mapping[str, Any] | None, body: Mapping[str, Any]) -> bool:
-    """Whether a service's event asks for a reconcile: it is new to us, or something other
-    than status changed (a status write of ours, or of the floor loop, is not a reason)."""
+    """Whether a service's event asks for a reconcile: it is new to us (`known`, the metadata
+    of our copy, is None), or something other than status changed (a status write of ours,
+    or of the floor loop, is not a reason)."""
     if known is None:
         return True
-    old, new = known.get("metadata") or {}, body.get("metadata") or {}
+    old, new = known, body.get("metadata") or {}
     if old.get("uid") != new.get("uid"):
         return True
     return any(

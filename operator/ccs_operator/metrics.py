@@ -85,7 +85,7 @@ QUEUE_LATENCY = Gauge(
 )
 SERVICE_CONDITION = Gauge(
     "ccs_service_condition",
-    "Conditions of each service (1 for the current status)",
+    "Conditions of each service: 1 on the current status (the other statuses have no series)",
     [*SERVICE_LABELS, "type", "status"],
 )
 FLOOR_DECISIONS = Counter("ccs_floor_decisions_total", "Floor decisions by reason", ["reason"])

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from . import metrics
 from .api import API_GROUP, KIND, ClaudeCodeService, SpecError, parse_service
+from .bodystore import BodyStore
 from .coldstart import ColdStartWindow, pod_cold_start
 from .kube import (
     FIELD_MANAGER,
@@ -140,10 +141,23 @@ MetadataKey = tuple[str, str]
 _METADATA_MAPS = ("labels", "annotations")
 
 
+# The sets of metadata keys in use: the same few for every service of a kind, so each
+# applied child shares one instance instead of keeping its own (bounded: a set of user
+# labels of its own per service is kept, not interned, beyond the bound).
+_INTERNED_KEYS: dict[frozenset[MetadataKey], frozenset[MetadataKey]] = {}
+_INTERNED_KEYS_MAX = 1024
+
+
 def metadata_keys(manifest: Mapping[str, Any]) -> frozenset[MetadataKey]:
     """The labels and annotations a manifest sets (the only ones its apply changes)."""
     meta = manifest.get("metadata") or {}
-    return frozenset((part, key) for part in _METADATA_MAPS for key in meta.get(part) or {})
+    keys = frozenset((part, key) for part in _METADATA_MAPS for key in meta.get(part) or {})
+    shared = _INTERNED_KEYS.get(keys)
+    if shared is not None:
+        return shared
+    if len(_INTERNED_KEYS) < _INTERNED_KEYS_MAX:
+        _INTERNED_KEYS[keys] = keys
+    return keys
 
 
 def metadata_holds(manifest: Mapping[str, Any], record: ChildRecord) -> bool:
@@ -362,7 +376,7 @@ class Reconciler:
         self.settings = settings
         self.post_event = post_event
         self.clock = clock
-        self.services: dict[ServiceKey, dict[str, Any]] = {}
+        self.services = BodyStore()
         self.children: dict[ChildKey, ChildRecord] = {}
         # Per child: what our last apply sent and got back. While it still holds, applying
         # again is a no-op: the request is skipped.
@@ -397,14 +411,10 @@ class Reconciler:
         key = (meta["namespace"], meta["name"])
         if self._buried(meta.get("uid")):
             return False
-        known = self.services.get(key)
-        kept = known is None or not _older(meta, known["metadata"])
+        known = self.services.metadata(key)
+        kept = known is None or not _older(meta, known)
         if kept:
-            # managedFields are often the largest part of a body and nothing reads them.
-            self.services[key] = {
-                **body,
-                "metadata": {k: v for k, v in meta.items() if k != "managedFields"},
-            }
+            self.services[key] = body
             _export_conditions(key, (body.get("status") or {}).get("conditions") or ())
         metrics.SERVICES.set(len(self.services))
         return kept
@@ -425,8 +435,9 @@ class Reconciler:
 
     def forget_service(self, key: ServiceKey, uid: str | None = None) -> None:
         """The service was deleted: drop everything held for it, and ignore late copies."""
-        known = self.services.pop(key, None)
-        uid = uid or ((known or {}).get("metadata") or {}).get("uid")
+        known = self.services.metadata(key)
+        self.services.pop(key, None)
+        uid = uid or (known or {}).get("uid")
         if uid:
             self.tombstones[str(uid)] = time.monotonic()
         metrics.SERVICES.set(len(self.services))
@@ -1061,7 +1072,9 @@ def _first_sentence(message: str, limit: int = 200) -> str:
 
 
 def _export_conditions(key: ServiceKey, conditions: Any) -> None:
-    """ccs_service_condition{type,status}: 1 on the current status, for alerts."""
+    """ccs_service_condition{type,status} = 1 for each condition's current status, and no
+    series for the statuses it does not have (alerts match `{status="True"} == 1`): one
+    series per condition instead of three, which at 1,000 services is 12,000 fewer."""
     current = {c["type"]: c["status"] for c in conditions}
     for type_ in (
         READY,
@@ -1072,10 +1085,8 @@ def _export_conditions(key: ServiceKey, conditions: Any) -> None:
         SCALED_TO_ZERO,
     ):
         for value in ("True", "False", "Unknown"):
-            if type_ in current:
-                metrics.SERVICE_CONDITION.labels(*key, type_, value).set(
-                    1 if current[type_] == value else 0
-                )
+            if current.get(type_) == value:
+                metrics.SERVICE_CONDITION.labels(*key, type_, value).set(1)
             else:
                 with contextlib.suppress(KeyError):
                     metrics.SERVICE_CONDITION.remove(*key, type_, value)
