@@ -14,7 +14,7 @@ from Prometheus and the API server; nothing else enters `decide`):
 
 - Pods: a pod holds a GPU from creation and serves after a cold start drawn per pod from a
   log-normal (median `--cold-start-s`, sigma `--cold-start-sigma`). The operator measures
-  each pod's cold start as it does on a cluster (ccs_operator.coldstart) and looks ahead by
+  each pod's cold start as it does on a cluster (ccs_operator.core.coldstart) and looks ahead by
   the measured p95 plus one evaluation, rounded up to minutes.
 - Serving: every Ready pod is one Triton with `--instances` model instances behind one
   queue (M/M/c per pod, service time `--service-ms` per request, scaled by the request's
@@ -30,7 +30,7 @@ from Prometheus and the API server; nothing else enters `decide`):
   ending at the last scrape): completed requests, busy instance-seconds (a batch's compute
   counted once), executions, pending requests, and each pod's p99 queue wait over the last minute
   (Triton's summary; the operator takes the worst pod). Pre-warm's history is the same
-  arrival-rate series one period earlier, as prom.py's subquery reads it.
+  arrival-rate series one period earlier, as promql.py's subquery reads it.
 - HPA (what render.py emits, autoscaling/v2 semantics): 15 s sync; CPU utilisation of a GPU
   pod is low and noisy, and not exactly proportional to load (5% idle, up to 70% at
   saturation, concave, log-normal noise per pod and sample), read with a metrics lag of
@@ -39,9 +39,9 @@ from Prometheus and the API server; nothing else enters `decide`):
   scale-down after 300 s stabilisation and at most 1 pod per 60 s; a minReplicas above the
   current count is applied at once. The requests-per-second External metric is left out (it
   is served nowhere by default, so the HPA scales on CPU).
-- Floor: the real `ccs_operator.floor.decide` every 30 s; its floor is the HPA's
+- Floor: the real `ccs_operator.core.floor.decide` every 30 s; its floor is the HPA's
   minReplicas from the next sync. Pre-warm's history is the relative rise of the same
-  arrival-rate signal on each of the last two days, as prom.py's query computes it.
+  arrival-rate signal on each of the last two days, as promql.py's query computes it.
 
 Compared in every run: the plain HPA at CPU targets 30..80% in steps of 5 (the cost /
 violations frontier), the floor on the default HPA (60%), and the floor with pre-warm.
@@ -78,8 +78,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from ccs_operator.coldstart import ColdStart, ColdStartWindow, lead_time_seconds
-from ccs_operator.floor import (
+from ccs_operator.core.coldstart import ColdStart, ColdStartWindow, lead_time_seconds
+from ccs_operator.core.floor import (
     DAY_SECONDS,
     DEFAULT_LEAD_TIME_SECONDS,
     PREWARM_HISTORY_PERIODS,
@@ -91,8 +91,8 @@ from ccs_operator.floor import (
     PrewarmPolicy,
     decide,
 )
-from ccs_operator.prom import MIN_HISTORY_RATE
-from ccs_operator.queueing import DEFAULT_TAIL_PROBABILITY, erlang_c
+from ccs_operator.core.promql import MIN_HISTORY_RATE
+from ccs_operator.core.queueing import DEFAULT_TAIL_PROBABILITY, erlang_c
 from results import commit, write_section
 
 RESULTS_HEADING = "## Warm floor simulation"
@@ -817,7 +817,7 @@ def _step_kinds(trace: Trace) -> list[str]:
 
 
 def _history(log: list[float], prewarm: PrewarmPolicy) -> float | None:
-    """Like prom.py's history query: for k = 1..PREWARM_HISTORY_PERIODS, the max arrival rate
+    """Like promql.py's history query: for k = 1..PREWARM_HISTORY_PERIODS, the max arrival rate
     over [now - k * period, now - k * period + lead + slack] over the rate at now - k *
     period; the smallest ratio, once every period has history."""
     per = round(prewarm.period_seconds / FLOOR_INTERVAL_S)

@@ -168,7 +168,7 @@ class Kube:
         """Server-side apply of each manifest, `threads` at a time (no operator involved)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from ccs_operator.kube import CHILD_TYPES
+        from ccs_operator.clients.kube import CHILD_TYPES
 
         def apply(manifest: dict[str, Any]) -> None:
             meta = manifest["metadata"]

@@ -501,7 +501,7 @@ def cost_curve_subprocess(
 
 
 def service(batching: bool) -> Any:
-    from ccs_operator.api import parse_service
+    from ccs_operator.core.api import parse_service
 
     body = yaml.safe_load(SAMPLE.read_text())
     body["spec"]["batching"]["enabled"] = batching

@@ -36,7 +36,7 @@ for path in (ROOT, ROOT / "operator"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from ccs_operator.api import ClaudeCodeService, parse_service  # noqa: E402
+from ccs_operator.core.api import ClaudeCodeService, parse_service  # noqa: E402
 from ccs_operator.tune import (  # noqa: E402
     Progress,
     Space,

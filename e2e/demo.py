@@ -217,7 +217,7 @@ def demo_manifest() -> tuple[dict[str, Any], list[str]]:
         f"{DEMO_MODEL_COST['CCS_SAMPLE_BATCH_COST_MS']} ms per batch + "
         f"{DEMO_MODEL_COST['CCS_SAMPLE_ITEM_COST_MS']} ms per request (a stand-in for GPU time)",
     ]
-    from ccs_operator.api import parse_service
+    from ccs_operator.core.api import parse_service
     from serving_image.local import local_model_config, local_repository
 
     ccs = parse_service({**body, "metadata": {"name": body["metadata"]["name"]}})

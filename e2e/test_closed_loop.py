@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 from kubernetes import client
 
-from ccs_operator.prom import NoData, PrometheusClient, PrometheusError, PrometheusSettings
+from ccs_operator.clients.prometheus import PrometheusClient
+from ccs_operator.core.promql import NoData, PrometheusError, PrometheusSettings
 from e2e import kwok, loadgen, podserving
 from e2e.fixtures import Cluster
 from e2e.localcluster import LocalCluster

@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ccs_operator.api import parse_service
-from ccs_operator.prom import NoData, PrometheusClient, PrometheusError, PrometheusSettings
+from ccs_operator.clients.prometheus import PrometheusClient
+from ccs_operator.core.api import parse_service
+from ccs_operator.core.promql import NoData, PrometheusError, PrometheusSettings
 from e2e.fixtures import Cluster
 from e2e.operator_fixtures import OperatorProcess, Services, condition, sample
 from e2e.prometheus import PrometheusServer, ScrapeTarget

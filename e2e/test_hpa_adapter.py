@@ -24,7 +24,8 @@ import pytest
 from kubernetes import client
 from kubernetes.utils import parse_quantity
 
-from ccs_operator.prom import PrometheusClient, PrometheusSettings
+from ccs_operator.clients.prometheus import PrometheusClient
+from ccs_operator.core.promql import PrometheusSettings
 from e2e import adapter, kwok, loadgen, podserving
 from e2e.fixtures import Cluster
 from e2e.localcluster import LocalCluster

@@ -29,13 +29,13 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from ccs_operator.clients.kube import CHILD_TYPES, KubeClient
+from ccs_operator.clients.watch import LabelWatch
 from ccs_operator.config import OperatorConfig
-from ccs_operator.handlers import MANAGED_BY_SELECTOR, OPTIONAL_CRD_KINDS, own_watches
-from ccs_operator.kube import CHILD_TYPES, KubeClient
-from ccs_operator.reconcile import DIGEST_ANNOTATION, Reconciler
-from ccs_operator.render import RenderSettings
-from ccs_operator.status import FLOOR_STATUS, RECONCILE_STATUS
-from ccs_operator.watch import LabelWatch
+from ccs_operator.controllers.handlers import MANAGED_BY_SELECTOR, OPTIONAL_CRD_KINDS, own_watches
+from ccs_operator.controllers.reconcile import DIGEST_ANNOTATION, Reconciler
+from ccs_operator.core.render import RenderSettings
+from ccs_operator.core.status import FLOOR_STATUS, RECONCILE_STATUS
 from e2e import crds
 from e2e.fixtures import Cluster
 from e2e.operator_fixtures import (

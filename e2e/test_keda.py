@@ -23,11 +23,11 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from ccs_operator.api import parse_service
-from ccs_operator.handlers import MANAGED_BY_SELECTOR, OPTIONAL_CRD_KINDS
-from ccs_operator.kube import CHILD_TYPES, KubeClient
-from ccs_operator.reconcile import Reconciler
-from ccs_operator.render import RenderSettings, render_children
+from ccs_operator.clients.kube import CHILD_TYPES, KubeClient
+from ccs_operator.controllers.handlers import MANAGED_BY_SELECTOR, OPTIONAL_CRD_KINDS
+from ccs_operator.controllers.reconcile import Reconciler
+from ccs_operator.core.api import parse_service
+from ccs_operator.core.render import RenderSettings, render_children
 from e2e import keda
 from e2e.fixtures import Cluster
 from e2e.operator_fixtures import GROUP, PLURAL, VERSION, Services, condition, sample

@@ -58,9 +58,9 @@ from typing import Any
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-from ccs_operator.api import ClaudeCodeService, parse_service
-from ccs_operator.render import triton_args
-from ccs_operator.tritonconfig import build_model_config
+from ccs_operator.core.api import ClaudeCodeService, parse_service
+from ccs_operator.core.render import triton_args
+from ccs_operator.core.tritonconfig import build_model_config
 
 from . import SAMPLE_MODEL_DIR
 from .loader import assemble
@@ -502,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import yaml
 
-    from ccs_operator.api import SpecError
+    from ccs_operator.core.api import SpecError
 
     try:
         ccs = parse_service(yaml.safe_load(args.file.read_text()))

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ccs_operator.api import ClaudeCodeService, SpecError, parse_service
+from ccs_operator.core.api import ClaudeCodeService, SpecError, parse_service
 from ccs_operator.tune import (
     Candidate,
     Measurement,

@@ -15,8 +15,8 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-from ccs_operator.kube import NotFound
-from ccs_operator.status import FLOOR_STATUS, RECONCILE_STATUS, StatusOwner
+from ccs_operator.clients.kube import NotFound
+from ccs_operator.core.status import FLOOR_STATUS, RECONCILE_STATUS, StatusOwner
 
 SERVICE = "ClaudeCodeService"
 

@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 import yaml
 
-from ccs_operator import adapterrules, floorloop, prom
-from ccs_operator.api import parse_service
-from ccs_operator.render import render_children
+from ccs_operator.controllers import floorloop
+from ccs_operator.core import adapterrules
+from ccs_operator.core.api import parse_service
+from ccs_operator.core.promql import REQUEST_FAILURE_METRIC, REQUEST_SUCCESS_METRIC
+from ccs_operator.core.render import render_children
 from e2e.helmchart import CHART_DIR, find, template
 
 RULES_FILE = CHART_DIR / "adapter" / "prometheus-adapter-rules.yaml"
@@ -30,7 +32,8 @@ def _hpa_external_metric() -> dict[str, Any]:
 
 def test_the_charts_file_is_the_rendered_rules() -> None:
     assert RULES_FILE.read_text() == adapterrules.render(), (
-        f"{RULES_FILE} is stale; regenerate it: python -m ccs_operator.adapterrules > {RULES_FILE}"
+        f"{RULES_FILE} is stale; regenerate it: "
+        f"python -m ccs_operator.core.adapterrules > {RULES_FILE}"
     )
 
 
@@ -53,7 +56,7 @@ def test_the_query_counts_successful_and_failed_requests_over_the_window() -> No
         'sum by (namespace, service) (rate({__name__=~"nv_inference_request_success|'
         'nv_inference_request_failure",<<.LabelMatchers>>}[2m]))'
     )
-    assert set(adapterrules.COUNTERS) == {prom.REQUEST_SUCCESS_METRIC, prom.REQUEST_FAILURE_METRIC}
+    assert set(adapterrules.COUNTERS) == {REQUEST_SUCCESS_METRIC, REQUEST_FAILURE_METRIC}
     with pytest.raises(ValueError):
         adapterrules.metrics_query("1 minute")
 

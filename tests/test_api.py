@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ccs_operator.api import DEFAULT_IMAGE, SpecError, parse_service, parse_spec
+from ccs_operator.core.api import DEFAULT_IMAGE, SpecError, parse_service, parse_spec
 
 from helpers import apply_structural_defaults, crd_schema, minimal_service
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ccs_operator.batchcost import HALF_LIFE_SECONDS, CostFit, CostLine, point_bound_rps
-from ccs_operator.queueing import MAX_UTILISATION
+from ccs_operator.core.batchcost import HALF_LIFE_SECONDS, CostFit, CostLine, point_bound_rps
+from ccs_operator.core.queueing import MAX_UTILISATION
 
 T0 = 1_700_000_000.0
 

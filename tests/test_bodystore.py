@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ccs_operator.bodystore import BodyStore
+from ccs_operator.controllers.bodystore import BodyStore
 
 KEY = ("ns", "svc")
 

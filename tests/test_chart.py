@@ -18,9 +18,10 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from ccs_operator import __version__, floorloop, metrics
+from ccs_operator import __version__, metrics
+from ccs_operator.clients.kube import CHILD_TYPES
 from ccs_operator.config import OperatorConfig
-from ccs_operator.kube import CHILD_TYPES
+from ccs_operator.controllers import floorloop
 from e2e import prometheus
 from e2e.helmchart import CHART_DIR, HelmError, find, helm, template
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from ccs_operator.api import parse_service
-from ccs_operator.render import RenderSettings, render_children, to_yaml
+from ccs_operator.core.api import parse_service
+from ccs_operator.core.render import RenderSettings, render_children, to_yaml
 from checkovtool import scan
 from e2e.helmchart import CHART_DIR, helm
 

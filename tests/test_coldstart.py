@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ccs_operator.coldstart import (
+from ccs_operator.core.coldstart import (
     ColdStart,
     ColdStartWindow,
     lead_time_seconds,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY
 
-from ccs_operator.reconcile import _export_conditions
+from ccs_operator.controllers.reconcile import _export_conditions
 
 KEY = ("ns-metrics", "svc")
 

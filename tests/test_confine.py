@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccs_operator.confine import (
+from ccs_operator.core.confine import (
     FIELD,
     ConfinedQuery,
     OverridePolicy,
@@ -213,7 +213,7 @@ def test_hostile_label_values_stay_inside_their_matcher(value: str) -> None:
 
 
 def _escape(value: str) -> str:
-    from ccs_operator.prom import escape_label_value
+    from ccs_operator.core.promql import escape_label_value
 
     return escape_label_value(value)
 

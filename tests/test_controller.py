@@ -16,13 +16,18 @@ from typing import Any
 import kopf
 import pytest
 
-from ccs_operator import handlers
+from ccs_operator.clients.kube import Rejected, Transient
 from ccs_operator.config import OperatorConfig
-from ccs_operator.handlers import MANAGED_BY_SELECTOR, configure, needs_reconcile
-from ccs_operator.kube import Rejected, Transient
-from ccs_operator.reconcile import TOMBSTONE_SECONDS, ChildRecord, Reconciler, child_changed
-from ccs_operator.render import RenderSettings
-from ccs_operator.workqueue import Backoff, WorkQueue
+from ccs_operator.controllers import handlers
+from ccs_operator.controllers.handlers import MANAGED_BY_SELECTOR, configure, needs_reconcile
+from ccs_operator.controllers.reconcile import (
+    TOMBSTONE_SECONDS,
+    ChildRecord,
+    Reconciler,
+    child_changed,
+)
+from ccs_operator.controllers.workqueue import Backoff, WorkQueue
+from ccs_operator.core.render import RenderSettings
 from fakekube import FakeKube
 
 NS = "ns"
@@ -363,7 +368,7 @@ async def test_a_refused_apply_reports_the_replicas_that_run_not_zero() -> None:
 
 def test_pods_refused_at_admission_degrade_the_service() -> None:
     """Defect: pods forbidden by admission left the service Progressing, not Degraded."""
-    from ccs_operator.status import ApplyOutcome, build_status
+    from ccs_operator.core.status import ApplyOutcome, build_status
 
     deployment = {
         "metadata": {"generation": 1},
@@ -409,7 +414,7 @@ def test_only_changes_that_matter_trigger_a_reconcile() -> None:
     ready = {"replicas": 2, "readyReplicas": 1}
     assert child_changed("Deployment", _record(**ready), _record(replicas=2, readyReplicas=2))
     assert not child_changed("Deployment", _record(**ready), _record(**ready))
-    from ccs_operator.reconcile import fingerprint
+    from ccs_operator.controllers.reconcile import fingerprint
 
     deployment = {"kind": "Deployment", "metadata": {}, "spec": {"replicas": 2, "x": 1}}
     scaled = {"kind": "Deployment", "metadata": {}, "spec": {"replicas": 5, "x": 1}}

@@ -12,10 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccs_operator.api import SpecError, parse_service, parse_spec
 from ccs_operator.config import OperatorConfig
-from ccs_operator.reconcile import Reconciler
-from ccs_operator.render import (
+from ccs_operator.controllers.reconcile import Reconciler
+from ccs_operator.controllers.workqueue import Backoff, WorkQueue
+from ccs_operator.core.api import SpecError, parse_service, parse_spec
+from ccs_operator.core.render import (
     KEDA_EXCLUDED_LABELS_ANNOTATION,
     RenderSettings,
     autoscaler_min_replicas,
@@ -23,8 +24,7 @@ from ccs_operator.render import (
     render_children,
     requests_per_second_query,
 )
-from ccs_operator.status import build_status, scaled_to_zero_condition
-from ccs_operator.workqueue import Backoff, WorkQueue
+from ccs_operator.core.status import build_status, scaled_to_zero_condition
 from fakekube import FakeKube
 
 from helpers import apply_structural_defaults, crd_schema, minimal_service
@@ -251,7 +251,7 @@ def test_scaled_to_zero_condition() -> None:
 def test_status_of_a_service_at_zero_and_of_one_that_cannot_scale_to_zero() -> None:
     from datetime import UTC, datetime
 
-    from ccs_operator.status import ApplyOutcome
+    from ccs_operator.core.status import ApplyOutcome
 
     now = datetime(2026, 1, 1, tzinfo=UTC)
     kwargs = {"generation": 2, "outcome": ApplyOutcome(), "endpoint": {}, "now": now}

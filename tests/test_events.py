@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ccs_operator.kube import EVENT_CORRELATION_SECONDS, EventRecorder, NotFound, Transient
+from ccs_operator.clients.kube import EVENT_CORRELATION_SECONDS, EventRecorder, NotFound, Transient
 
 
 class FakeCalls:

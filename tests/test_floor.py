@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccs_operator.batchcost import CostFit, CostLine
-from ccs_operator.floor import (
+from ccs_operator.core.batchcost import CostFit, CostLine
+from ccs_operator.core.floor import (
     DAY_SECONDS,
     DEFAULT_LEAD_TIME_SECONDS,
     FloorDecision,
@@ -28,7 +28,7 @@ from ccs_operator.floor import (
     PrewarmState,
     decide,
 )
-from ccs_operator.queueing import (
+from ccs_operator.core.queueing import (
     MAX_UTILISATION,
     replicas_for,
     safe_utilisation,
@@ -165,7 +165,7 @@ def test_datetimes_are_accepted_and_must_be_aware() -> None:
 
 
 def test_from_spec_reads_the_ccs_defaults() -> None:
-    from ccs_operator.api import ServiceSpec
+    from ccs_operator.core.api import ServiceSpec
 
     spec = ServiceSpec.model_validate({"model": {"name": "m", "repository": "s3://b/m"}})
     policy = FloorPolicy.from_spec(spec)
@@ -652,7 +652,7 @@ def test_prewarm_needs_a_measured_service_time() -> None:
 
 
 def _rise(earlier: list[list[float]], i: int, ahead: int) -> float | None:
-    """prom.py's history for evaluation i: over the last two days, the highest rate in the
+    """promql.py's history for evaluation i: over the last two days, the highest rate in the
     next `ahead` evaluations relative to the rate then; the smaller of the two."""
     if len(earlier) < 2:
         return None
@@ -947,7 +947,7 @@ def test_a_service_that_does_not_batch_ignores_executions() -> None:
 
 
 def test_from_spec_reads_the_largest_batch() -> None:
-    from ccs_operator.api import ServiceSpec
+    from ccs_operator.core.api import ServiceSpec
 
     model = {"name": "m", "repository": "s3://b/m"}
     assert FloorPolicy.from_spec(ServiceSpec.model_validate({"model": model})).max_batch == 32

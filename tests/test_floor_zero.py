@@ -14,9 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccs_operator import prom
-from ccs_operator.api import parse_service
-from ccs_operator.floor import (
+from ccs_operator.core.api import parse_service
+from ccs_operator.core.floor import (
     ZERO_BASE_RATE,
     FloorObservation,
     FloorPolicy,
@@ -25,7 +24,8 @@ from ccs_operator.floor import (
     PrewarmPolicy,
     decide,
 )
-from ccs_operator.queueing import erlang_c, replicas_for, wait_quantile, wait_tail
+from ccs_operator.core.promql import MIN_HISTORY_RATE
+from ccs_operator.core.queueing import erlang_c, replicas_for, wait_quantile, wait_tail
 
 T0 = 1_700_000_000.0
 S = 0.02
@@ -65,7 +65,7 @@ def serving(rate: float, ready: int, now: float, latency: float = 0.0) -> FloorO
 
 
 def test_the_history_clamp_is_the_one_prom_uses() -> None:
-    assert ZERO_BASE_RATE == prom.MIN_HISTORY_RATE
+    assert ZERO_BASE_RATE == MIN_HISTORY_RATE
 
 
 def test_queueing_with_no_load_needs_no_replica_and_never_divides_by_zero() -> None:
@@ -115,7 +115,7 @@ def test_a_floor_above_zero_falls_to_zero_once_idle_for_a_cooldown() -> None:
         state, now = d.state, now + 30
     assert state.current_floor >= 1
     floors = []
-    for _ in range(80):  # then nothing, the idle queue reads 0 ms (prom.py's clamp)
+    for _ in range(80):  # then nothing, the idle queue reads 0 ms (promql.py's clamp)
         d = decide(ZERO, state, serving(0.0, state.current_floor, now, latency=0.0))
         floors.append(d.floor)
         state, now = d.state, now + 30

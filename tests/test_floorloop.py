@@ -14,18 +14,19 @@ from typing import Any
 
 import pytest
 
-from ccs_operator import floorloop, metrics
-from ccs_operator.confine import ConfinedQuery, OverridePolicy
-from ccs_operator.floorloop import ACCOUNTING_WRITE_SECONDS, FloorLoop
-from ccs_operator.prom import (
+from ccs_operator import metrics
+from ccs_operator.controllers import floorloop
+from ccs_operator.controllers.floorloop import ACCOUNTING_WRITE_SECONDS, FloorLoop
+from ccs_operator.controllers.reconcile import ChildRecord
+from ccs_operator.core.confine import ConfinedQuery, OverridePolicy
+from ccs_operator.core.promql import (
     FloorSignals,
     PrometheusSettings,
     PrometheusUnavailable,
     QueryTooExpensive,
     QueueLatency,
 )
-from ccs_operator.reconcile import ChildRecord
-from ccs_operator.status import FLOOR_STATUS
+from ccs_operator.core.status import FLOOR_STATUS
 from fakekube import apply_status
 
 T0 = 1_700_000_000.0
@@ -306,8 +307,8 @@ def test_accounting_matches_the_crd_schema() -> None:
 
     import yaml
 
-    from ccs_operator.floor import FloorAccounting, PrewarmState
-    from ccs_operator.floorloop import accounting_status
+    from ccs_operator.controllers.floorloop import accounting_status
+    from ccs_operator.core.floor import FloorAccounting, PrewarmState
 
     crd = yaml.safe_load(
         (Path(__file__).resolve().parent.parent / "crds" / "claudecodeservices.yaml").read_text()
@@ -326,7 +327,7 @@ def test_accounting_matches_the_crd_schema() -> None:
 
 
 def test_the_no_series_condition_is_one_short_sentence_naming_the_fix() -> None:
-    from ccs_operator.api import parse_service
+    from ccs_operator.core.api import parse_service
 
     from helpers import minimal_service
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ccs_operator.forecast import RISE_BIN, Holt, Rises, decay_for
+from ccs_operator.core.forecast import RISE_BIN, Holt, Rises, decay_for
 
 
 def test_holt_follows_a_ramp_and_projects_it() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ccs_operator.hpastatus import hpa_alone_replicas
+from ccs_operator.core.hpastatus import hpa_alone_replicas
 
 
 def _cpu(util: int) -> dict[str, object]:

@@ -11,8 +11,8 @@ import pytest
 import urllib3
 from kubernetes import client as k8s
 
-from ccs_operator.kube import Fenced, KubeClient
-from ccs_operator.leader import LeaseElector
+from ccs_operator.clients.kube import Fenced, KubeClient
+from ccs_operator.clients.leader import LeaseElector
 
 
 class FakeLeases:

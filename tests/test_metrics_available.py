@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ccs_operator.api import parse_service
-from ccs_operator.floorloop import Reading, _external_metric_problem, _metrics_available
-from ccs_operator.status import FLOOR_ACTIVE, METRICS_AVAILABLE, Condition
+from ccs_operator.controllers.floorloop import Reading, _external_metric_problem, _metrics_available
+from ccs_operator.core.api import parse_service
+from ccs_operator.core.status import FLOOR_ACTIVE, METRICS_AVAILABLE, Condition
 
 
 def service(**spec: Any) -> Any:

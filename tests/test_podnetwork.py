@@ -12,8 +12,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from ccs_operator.api import parse_service
-from ccs_operator.render import render_children
+from ccs_operator.core.api import parse_service
+from ccs_operator.core.render import render_children
 from e2e import kwok
 from e2e.netns import PodNetwork, PodNetworkError, is_pod_address
 from e2e.podserving import PodSetupError, Settings, plan_for, wants_serving, write_settings
@@ -164,7 +164,7 @@ def test_settings_round_trip_and_default_when_missing(tmp_path: Path) -> None:
 
 
 def test_the_rendered_config_is_adapted_to_cpu_with_notes() -> None:
-    from ccs_operator.tritonconfig import build_model_config
+    from ccs_operator.core.tritonconfig import build_model_config
 
     ccs = parse_service(_sample())
     config, notes = cpu_model_config(build_model_config(ccs.spec))

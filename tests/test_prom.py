@@ -1,4 +1,4 @@
-"""prom.py without a server: query building, escaping, templates, parsing, settings.
+"""promql.py without a server: query building, escaping, templates, parsing, settings.
 
 The same escaping is checked against the real Prometheus parser in test_prom_live.py.
 """
@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from ccs_operator.prom import (
+from ccs_operator.core.promql import (
     FloorSignals,
     PrometheusSettings,
     QueryFailed,

@@ -1,4 +1,4 @@
-"""prom.py against the real Prometheus, scraping real exporters.
+"""promql.py against the real Prometheus, scraping real exporters.
 
 The exporters are small HTTP servers serving prometheus_client registries under Triton's
 metric names, in the text format tritonserver serves (counters without `_total`), with
@@ -24,11 +24,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from ccs_operator.confine import QueryRefused, confine_override
-from ccs_operator.floor import FloorObservation, FloorPolicy, FloorReason, FloorState, decide
-from ccs_operator.prom import (
+from ccs_operator.clients.prometheus import PrometheusClient
+from ccs_operator.core.confine import QueryRefused, confine_override
+from ccs_operator.core.floor import FloorObservation, FloorPolicy, FloorReason, FloorState, decide
+from ccs_operator.core.promql import (
     NoData,
-    PrometheusClient,
     PrometheusSettings,
     PrometheusUnavailable,
     QueryFailed,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccs_operator.queueing import (
+from ccs_operator.core.queueing import (
     DEFAULT_TAIL_PROBABILITY,
     MAX_UTILISATION,
     MIN_UTILISATION,

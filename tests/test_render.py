@@ -9,14 +9,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ccs_operator.api import ClaudeCodeService, NetworkPeer, SpecError, parse_service
-from ccs_operator.render import (
+from ccs_operator.core.api import ClaudeCodeService, NetworkPeer, SpecError, parse_service
+from ccs_operator.core.render import (
     CONFIG_HASH_ANNOTATION,
     RenderSettings,
     autoscaler_min_replicas,
     render_children,
 )
-from ccs_operator.tritonconfig import parse_config_pbtxt
+from ccs_operator.core.tritonconfig import parse_config_pbtxt
 
 from helpers import SAMPLES, minimal_service
 
@@ -218,7 +218,7 @@ def _shape(value: Any) -> Any:
 
 
 def test_node_cache_mounts_the_host_directory_for_the_loader_only() -> None:
-    from ccs_operator.render import MODEL_CACHE_MOUNT
+    from ccs_operator.core.render import MODEL_CACHE_MOUNT
 
     body = minimal_service()
     body["spec"]["model"]["cache"] = {
@@ -259,7 +259,7 @@ def test_without_the_cache_no_host_directory_is_mounted() -> None:
 def test_bad_cache_settings_name_the_field(
     cache: dict[str, Any], repository: str, message: str
 ) -> None:
-    from ccs_operator.api import SpecError
+    from ccs_operator.core.api import SpecError
 
     body = minimal_service()
     body["spec"]["model"].update(repository=repository, cache=cache)
@@ -316,7 +316,7 @@ def test_every_child_and_pod_carries_the_label_the_operator_watches_by() -> None
     """The operator lists and watches children and pods only through this label (filtered by
     the API server): a child without it would be invisible to its own watches. A user's
     ServiceMonitor labels cannot override it."""
-    from ccs_operator.handlers import MANAGED_BY_SELECTOR
+    from ccs_operator.controllers.handlers import MANAGED_BY_SELECTOR
 
     key, value = MANAGED_BY_SELECTOR.split("=")
     body = minimal_service(monitoring={"labels": {key: "somebody-else", "release": "kps"}})
@@ -443,8 +443,8 @@ def test_skeleton_rendering_equals_parsing_the_filled_text(
     import jinja2
     import yaml
 
-    from ccs_operator import render
-    from ccs_operator.render import TEMPLATES_DIR, to_yaml
+    from ccs_operator.core import render
+    from ccs_operator.core.render import TEMPLATES_DIR, to_yaml
 
     plain = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ccs_operator.api import parse_service
+from ccs_operator.core.api import parse_service
 from serving_image.client import (
     MAX_RECONNECT_BACKOFF_MS,
     RETRYABLE_CODES,

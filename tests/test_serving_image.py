@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import yaml
 
-from ccs_operator.api import DEFAULT_IMAGE, parse_service
-from ccs_operator.render import render_children, triton_args
+from ccs_operator.core.api import DEFAULT_IMAGE, parse_service
+from ccs_operator.core.render import render_children, triton_args
 from serving_image import SAMPLE_MODEL_DIR
 from serving_image.export_torchscript import VOCAB, reference_output, reference_table
 from serving_image.local import TritonDist

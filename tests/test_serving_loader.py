@@ -29,9 +29,9 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from ccs_operator.api import parse_service
-from ccs_operator.render import render_children
-from ccs_operator.tritonconfig import parse_config_pbtxt, render_config_pbtxt
+from ccs_operator.core.api import parse_service
+from ccs_operator.core.render import render_children
+from ccs_operator.core.tritonconfig import parse_config_pbtxt, render_config_pbtxt
 from s3server import S3Server, S3ServerUnavailable, moto_server
 from serving_image import SAMPLE_MODEL_DIR
 from serving_image.loader import LoaderError, S3Settings, assemble, build_parser, main

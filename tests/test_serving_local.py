@@ -10,9 +10,9 @@ import pytest
 import yaml
 from tritonclient.grpc import model_config_pb2 as pb
 
-from ccs_operator.api import parse_service
-from ccs_operator.render import triton_args
-from ccs_operator.tritonconfig import build_model_config, render_config_pbtxt
+from ccs_operator.core.api import parse_service
+from ccs_operator.core.render import triton_args
+from ccs_operator.core.tritonconfig import build_model_config, render_config_pbtxt
 from serving_image import SAMPLE_MODEL_DIR
 from serving_image.loader import assemble
 from serving_image.local import (

@@ -32,7 +32,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
-from ccs_operator.api import ClaudeCodeService, parse_service
+from ccs_operator.core.api import ClaudeCodeService, parse_service
 from serving_image.local import LocalTriton, free_port, local_model_config
 
 pytestmark = [pytest.mark.triton, pytest.mark.timeout(300)]

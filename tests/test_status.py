@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from ccs_operator.status import (
+from ccs_operator.core.status import (
     DEGRADED,
     PROGRESSING,
     READY,

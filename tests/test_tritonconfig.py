@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from tritonclient.grpc import model_config_pb2 as pb
 
-from ccs_operator.api import parse_service
-from ccs_operator.tritonconfig import (
+from ccs_operator.core.api import parse_service
+from ccs_operator.core.tritonconfig import (
     build_model_config,
     config_hash,
     parse_config_pbtxt,

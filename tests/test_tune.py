@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from ccs_operator import cli
-from ccs_operator.api import ClaudeCodeService, parse_service
-from ccs_operator.tritonconfig import build_model_config
+from ccs_operator.core.api import ClaudeCodeService, parse_service
+from ccs_operator.core.tritonconfig import build_model_config
 from ccs_operator.tune import (
     Candidate,
     Measurement,

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
+from ccs_operator.clients.kube import NotFound
+from ccs_operator.clients.watch import LabelWatch, namespace_matches, watch_scopes
 from ccs_operator.config import OperatorConfig
-from ccs_operator.handlers import MANAGED_BY_SELECTOR, own_watches
-from ccs_operator.kube import NotFound
-from ccs_operator.watch import LabelWatch, namespace_matches, watch_scopes
+from ccs_operator.controllers.handlers import MANAGED_BY_SELECTOR, own_watches
 from fakekube import FakeKube
 from test_controller import NS, applies, make, service, settle
 

@@ -7,7 +7,15 @@ import random
 
 import pytest
 
-from ccs_operator.workqueue import Backoff, Permanent, Requeue, Result, ShutDown, Workers, WorkQueue
+from ccs_operator.controllers.workqueue import (
+    Backoff,
+    Permanent,
+    Requeue,
+    Result,
+    ShutDown,
+    Workers,
+    WorkQueue,
+)
 
 
 @pytest.mark.asyncio

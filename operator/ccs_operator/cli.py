@@ -11,11 +11,11 @@ from pathlib import Path
 
 import yaml
 
-from . import __version__
-from .api import SpecError, parse_service
-from .config import ConfigError, OperatorConfig
-from .render import render_children, to_yaml
-from .tune import add_arguments as add_tune_arguments
+from ccs_operator import __version__
+from ccs_operator.config import ConfigError, OperatorConfig
+from ccs_operator.core.api import SpecError, parse_service
+from ccs_operator.core.render import render_children, to_yaml
+from ccs_operator.tune import add_arguments as add_tune_arguments
 
 CRD_FILE = Path(__file__).parent / "crds" / "claudecodeservices.yaml"
 EXIT_USAGE = 2
@@ -89,7 +89,7 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .runner import run_operator  # kopf is only imported when the operator runs
+    from ccs_operator.runner import run_operator  # kopf is only imported when the operator runs
 
     return run_operator(args)
 

@@ -11,10 +11,10 @@ from typing import Literal
 
 from pydantic import TypeAdapter, ValidationError
 
-from .api import NetworkPeer
-from .confine import OVERRIDE_MODES, OverridePolicy
-from .floor import DEFAULT_LEAD_TIME_SECONDS
-from .render import (
+from ccs_operator.core.api import NetworkPeer
+from ccs_operator.core.confine import OVERRIDE_MODES, OverridePolicy
+from ccs_operator.core.floor import DEFAULT_LEAD_TIME_SECONDS
+from ccs_operator.core.render import (
     DEFAULT_LOADER_IMAGE,
     DEFAULT_METRICS_FROM,
     DEFAULT_PROMETHEUS_URL,

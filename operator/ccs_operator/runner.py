@@ -16,13 +16,14 @@ import kubernetes
 import prometheus_client
 from aiohttp import web
 
-from .config import ConfigError, OperatorConfig
-from .floorloop import FloorLoop
-from .handlers import build_registry
-from .kube import EventRecorder, KubeClient
-from .leader import LeaseElector
-from .prom import PrometheusClient, PrometheusSettings
-from .reconcile import Reconciler
+from ccs_operator.clients.kube import EventRecorder, KubeClient
+from ccs_operator.clients.leader import LeaseElector
+from ccs_operator.clients.prometheus import PrometheusClient
+from ccs_operator.config import ConfigError, OperatorConfig
+from ccs_operator.controllers.floorloop import FloorLoop
+from ccs_operator.controllers.handlers import build_registry
+from ccs_operator.controllers.reconcile import Reconciler
+from ccs_operator.core.promql import PrometheusSettings
 
 log = logging.getLogger("ccs_operator")
 

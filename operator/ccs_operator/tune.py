@@ -35,7 +35,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from .api import ClaudeCodeService, InstanceGroup
+from ccs_operator.core.api import ClaudeCodeService, InstanceGroup
 
 PREFERRED_POLICIES = ("none", "max", "ladder")
 DEFAULT_MAX_BATCH = (8, 16, 32)

@@ -15,13 +15,13 @@ from typing import Any
 
 import kopf
 
-from .api import API_GROUP, API_VERSION, PLURAL
-from .config import OperatorConfig
-from .floorloop import FloorLoop
-from .kube import CHILD_TYPES
-from .reconcile import Reconciler
-from .render import MANAGED_BY_LABEL, MANAGED_BY_VALUE
-from .watch import LabelWatch, watch_scopes
+from ccs_operator.clients.kube import CHILD_TYPES
+from ccs_operator.clients.watch import LabelWatch, watch_scopes
+from ccs_operator.config import OperatorConfig
+from ccs_operator.controllers.floorloop import FloorLoop
+from ccs_operator.controllers.reconcile import Reconciler
+from ccs_operator.core.api import API_GROUP, API_VERSION, PLURAL
+from ccs_operator.core.render import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 
 # Children whose CRD may be removed while the operator runs. kopf stops the whole operator
 # when a watch of a vanished resource answers 404, so kopf does not watch these: the

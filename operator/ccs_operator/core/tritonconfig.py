@@ -16,7 +16,7 @@ from typing import Any
 
 from google.protobuf import text_format
 
-from .api import ServiceSpec, Tensor
+from ccs_operator.core.api import ServiceSpec, Tensor
 
 _PB2 = "tritonclient.grpc.model_config_pb2"
 

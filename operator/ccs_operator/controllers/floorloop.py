@@ -21,11 +21,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from . import metrics
-from .api import ClaudeCodeService, SpecError, duration_seconds, parse_service
-from .coldstart import lead_time_seconds
-from .confine import OverridePolicy, QueryRefused, confine_override
-from .floor import (
+from ccs_operator import metrics
+from ccs_operator.clients.kube import KubeError, Transient
+from ccs_operator.clients.prometheus import PrometheusClient
+from ccs_operator.controllers.reconcile import Reconciler
+from ccs_operator.core.api import ClaudeCodeService, SpecError, duration_seconds, parse_service
+from ccs_operator.core.coldstart import lead_time_seconds
+from ccs_operator.core.confine import OverridePolicy, QueryRefused, confine_override
+from ccs_operator.core.floor import (
     DEFAULT_LEAD_TIME_SECONDS,
     PREWARM_HISTORY_PERIODS,
     PREWARM_SLACK_SECONDS,
@@ -38,12 +41,10 @@ from .floor import (
     PrewarmState,
     decide,
 )
-from .hpastatus import hpa_alone_replicas
-from .kube import KubeError, Transient
-from .prom import (
+from ccs_operator.core.hpastatus import hpa_alone_replicas
+from ccs_operator.core.promql import (
     FloorSignals,
     NoData,
-    PrometheusClient,
     PrometheusError,
     PrometheusUnavailable,
     QueryTooExpensive,
@@ -51,9 +52,8 @@ from .prom import (
     arrival_rate_query,
     p99_queue_latency_query,
 )
-from .reconcile import Reconciler
-from .render import ChildNames
-from .status import (
+from ccs_operator.core.render import ChildNames
+from ccs_operator.core.status import (
     FLOOR_ACTIVE,
     FLOOR_STATUS,
     METRICS_AVAILABLE,

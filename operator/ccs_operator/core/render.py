@@ -18,8 +18,8 @@ from typing import Any
 import jinja2
 import yaml
 
-from . import __version__
-from .api import (
+from ccs_operator import __version__
+from ccs_operator.core.api import (
     API_GROUP,
     API_VERSION,
     KIND,
@@ -28,7 +28,7 @@ from .api import (
     NetworkPeer,
     ServiceSpec,
 )
-from .prom import (
+from ccs_operator.core.promql import (
     DEFAULT_WINDOW,
     REQUEST_FAILURE_METRIC,
     REQUEST_SUCCESS_METRIC,
@@ -36,9 +36,9 @@ from .prom import (
     quote_label_value,
     validate_window,
 )
-from .tritonconfig import config_hash, render_config_pbtxt
+from ccs_operator.core.tritonconfig import config_hash, render_config_pbtxt
 
-TEMPLATES_DIR = Path(__file__).parent / "templates"
+TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
 MODEL_CONFIG_MOUNT = "/etc/ccs/model-config"
 MODEL_STORE_MOUNT = "/models"
 PVC_MOUNT_ROOT = "/mnt/pvc"

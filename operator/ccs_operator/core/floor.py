@@ -58,9 +58,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from .batchcost import CostFit, CostLine, point_bound_rps
-from .forecast import Holt, Rises, decay_for
-from .queueing import (
+from ccs_operator.core.batchcost import CostFit, CostLine, point_bound_rps
+from ccs_operator.core.forecast import Holt, Rises, decay_for
+from ccs_operator.core.queueing import (
     DEFAULT_TAIL_PROBABILITY,
     planned_utilisation,
     replicas_for,
@@ -68,7 +68,7 @@ from .queueing import (
 )
 
 if TYPE_CHECKING:  # api.py is only needed to build a policy from a parsed spec
-    from ccs_operator.api import ServiceSpec
+    from ccs_operator.core.api import ServiceSpec
 
 Instant = datetime | float
 """A point in time: an aware datetime or Unix epoch seconds."""
@@ -144,7 +144,7 @@ PREWARM_MIN_HIT_RATE = 1 / 3
 PREWARM_MIN_EPISODES = 2.0
 # Scale to zero (spec.replicas.min 0): at zero replicas no pod counts requests, so today's
 # arrival rate is unknown, not zero. Pre-warm's history is a rise relative to the rate one
-# period earlier, clamped from below at this rate (prom.MIN_HISTORY_RATE, the same number);
+# period earlier, clamped from below at this rate (promql.MIN_HISTORY_RATE, the same number);
 # a service at zero applies the rise to this rate too, which gives back the absolute rate
 # the history saw ahead. Pre-warm wakes a service from zero when that expected rate is at
 # least this much, and the first replica is always a sizeable rise for a service at zero.

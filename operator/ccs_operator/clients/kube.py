@@ -20,7 +20,7 @@ from typing import Any
 import urllib3
 from kubernetes import client as k8s
 
-from .api import API_GROUP, API_VERSION, KIND, PLURAL
+from ccs_operator.core.api import API_GROUP, API_VERSION, KIND, PLURAL
 
 FIELD_MANAGER = "ccs-operator"
 log = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .queueing import MAX_UTILISATION
+from ccs_operator.core.queueing import MAX_UTILISATION
 
 # The points' summed squared deviation from their mean batch before the line counts.
 MIN_BATCH_LEVERAGE = 4.0

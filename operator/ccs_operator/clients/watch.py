@@ -26,7 +26,14 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from .kube import CHILD_TYPES, KubeClient, KubeError, NotFound, Transient, _error
+from ccs_operator.clients.kube import (
+    CHILD_TYPES,
+    KubeClient,
+    KubeError,
+    NotFound,
+    Transient,
+    _error,
+)
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 import promql_parser as pp
 
-from .prom import TemplateError, escape_label_value, render_template
+from ccs_operator.core.promql import TemplateError, escape_label_value, render_template
 
 FIELD = "spec.autoscaling.floor.query"
 NAMESPACE_LABEL = "namespace"
@@ -305,7 +305,7 @@ def confine(query: str, *, namespace: str, service: str) -> ConfinedQuery:
 def confine_override(
     template: str, *, namespace: str, service: str, model: str, window: str
 ) -> ConfinedQuery:
-    """Fill the template's placeholders (prom.render_template) and confine the result.
+    """Fill the template's placeholders (promql.render_template) and confine the result.
     Cached: the spec changes far less often than it is evaluated."""
     try:
         query = render_template(

@@ -21,11 +21,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from . import metrics
-from .api import API_GROUP, KIND, ClaudeCodeService, SpecError, parse_service
-from .bodystore import BodyStore
-from .coldstart import ColdStartWindow, pod_cold_start
-from .kube import (
+from ccs_operator import metrics
+from ccs_operator.clients.kube import (
     FIELD_MANAGER,
     KubeClient,
     KubeError,
@@ -33,7 +30,11 @@ from .kube import (
     Rejected,
     Transient,
 )
-from .render import (
+from ccs_operator.controllers.bodystore import BodyStore
+from ccs_operator.controllers.workqueue import Permanent, Requeue, Result, Workers, WorkQueue
+from ccs_operator.core.api import API_GROUP, KIND, ClaudeCodeService, SpecError, parse_service
+from ccs_operator.core.coldstart import ColdStartWindow, pod_cold_start
+from ccs_operator.core.render import (
     AUTOSCALER_KINDS,
     KEDA_API_VERSION,
     SCALED_OBJECT_KIND,
@@ -43,7 +44,7 @@ from .render import (
     autoscaler_min_replicas,
     render_children,
 )
-from .status import (
+from ccs_operator.core.status import (
     DEGRADED,
     MONITORING,
     READY,
@@ -54,7 +55,6 @@ from .status import (
     build_status,
     merge_conditions,
 )
-from .workqueue import Permanent, Requeue, Result, Workers, WorkQueue
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,3 @@
+"""The controllers: one work queue, the reconcile, the floor loop and kopf's wiring. They
+connect the pure core to the clients.
+"""
