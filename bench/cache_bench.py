@@ -3,7 +3,7 @@ against the first one on that node (a miss), on the real setup.
 
     python bench/cache_bench.py [--runs 3] [--write bench/RESULTS.md]
 
-Runs e2e/test_model_cache.py `--runs` times (the local control plane, the project's loader
+Runs e2e/tests/test_model_cache.py `--runs` times (the local control plane, the project's loader
 in every pod with a real S3 server bridged into the pod network, a real tritonserver behind
 each pod): each run fills a node's cache with one replica, then scales to two and times the
 second replica on the same node. Two figures per run, from the pods themselves:
@@ -44,7 +44,7 @@ def report(rows: list[dict[str, float]], cmd: str, elapsed: float) -> list[str]:
         RESULTS_HEADING,
         "",
         f"Command: `{cmd}` at commit {commit()} ({elapsed:.0f}s, {len(rows)} runs). Setup: "
-        f"e2e/test_model_cache.py: a {mib:.0f} MiB repository (the sample Python model plus "
+        f"e2e/tests/test_model_cache.py: a {mib:.0f} MiB repository (the sample Python model plus "
         "random weights) in a real S3 server (moto) on loopback, bridged into the pod network; "
         "the project's loader per pod with spec.model.cache on; a real CPU tritonserver per "
         "pod; one node, so the second replica lands where the first filled the cache.",
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.monotonic()
     rows = e2e_rows(
-        "e2e/test_model_cache.py",
+        "e2e/tests/test_model_cache.py",
         "CCS_BENCH_MODEL_CACHE_OUT",
         args.runs,
         _progress,

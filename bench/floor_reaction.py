@@ -2,7 +2,7 @@
 
     python bench/floor_reaction.py [--runs 3] [--write bench/RESULTS.md]
 
-Runs the end-to-end floor tests (e2e/test_floor_e2e.py: the local control plane, a real
+Runs the end-to-end floor tests (e2e/tests/test_floor_e2e.py: the local control plane, a real
 tritonserver, a real Prometheus scraping it every second, the operator as a process)
 `--runs` times. Two figures per run, both measured from outside the operator:
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.monotonic()
     rows = e2e_rows(
-        "e2e/test_floor_e2e.py",
+        "e2e/tests/test_floor_e2e.py",
         "CCS_BENCH_FLOOR_REACTION_OUT",
         args.runs,
         _progress,
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         RESULTS_HEADING,
         "",
         f"Command: `{cmd}` at commit {commit()} ({time.monotonic() - started:.0f}s, "
-        f"{len(leads)} runs). Setup: e2e/test_floor_e2e.py (real tritonserver on CPU, real "
+        f"{len(leads)} runs). Setup: e2e/tests/test_floor_e2e.py (real tritonserver on CPU, real "
         "Prometheus scraping every 1 s with a 5 s rate window, evaluation interval "
         f"{interval} s, the real HPA controller). Measured from outside the operator.",
         "",

@@ -1,6 +1,6 @@
 """The helm CLI (built from its Go module by e2e.toolchain) driving chart/ccs-operator.
 
-Used by tests/test_chart.py (lint and template, no cluster) and e2e/test_helm.py (install,
+Used by tests/test_chart.py (lint and template, no cluster) and e2e/tests/test_helm.py (install,
 upgrade and uninstall on the local cluster). helm keeps its caches and configuration in a
 private directory, so the tests never read or write the user's helm setup.
 """

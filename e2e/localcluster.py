@@ -53,7 +53,7 @@ EGRESS = "egress"
 
 # The API server's audit policy: at Metadata level (who, verb, the request URI with its query,
 # the response code; no bodies), what ServiceAccounts other than kube-system's controllers
-# ask of pods, secrets and the operator's child kinds. e2e/test_helm.py reads it to prove
+# ask of pods, secrets and the operator's child kinds. e2e/tests/test_helm.py reads it to prove
 # that the operator, running as the chart's ServiceAccount, lists and watches only through
 # its label selector and never asks for a Secret.
 AUDIT_POLICY = """\

@@ -213,7 +213,7 @@ def test_rendered_objects_are_valid_kubernetes(values: dict[str, Any]) -> None:
     """Every core object against Kubernetes' OpenAPI schema, strictly (no unknown fields)."""
     for doc in template(values):
         if doc["apiVersion"].startswith("monitoring.coreos.com"):
-            continue  # checked against prometheus-operator's CRDs in e2e/test_helm.py
+            continue  # checked against prometheus-operator's CRDs in e2e/tests/test_helm.py
         kubernetes_validate.validate(doc, "1.34.0", strict=True)
 
 
@@ -302,7 +302,7 @@ def test_the_admission_policy_confines_the_service_account_to_the_child_kinds(
 ) -> None:
     """Tied to the code: the policy covers every child kind the operator writes
     (kube.CHILD_TYPES), every write verb, and only the chart's ServiceAccount. What it allows
-    and refuses is proven on the real API server (e2e/test_helm.py)."""
+    and refuses is proven on the real API server (e2e/tests/test_helm.py)."""
     docs = template(values)
     (policy,) = find(docs, "ValidatingAdmissionPolicy")
     (binding,) = find(docs, "ValidatingAdmissionPolicyBinding")

@@ -91,3 +91,18 @@ def test_the_pure_core_does_no_io() -> None:
 def test_no_module_is_left_beside_the_layers_but_the_commands_and_settings() -> None:
     top = {p.stem for p in PACKAGE.glob("*.py")}
     assert top == {"__init__", "cli", "runner", "config", "metrics", "tune"}
+
+
+def test_the_harness_and_the_benchmarks_never_import_the_suites() -> None:
+    root = PACKAGE.parents[1]
+    harness = [*sorted((root / "e2e").glob("*.py")), *sorted((root / "bench").glob("*.py"))]
+    assert len(harness) > 10
+    wrong = {}
+    for path in harness:
+        tree = ast.parse(path.read_text(), filename=str(path))
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        suites = sorted(m for m in names if m == "e2e.tests" or m.startswith("e2e.tests."))
+        if suites:
+            wrong[path.name] = suites
+    assert not wrong, f"the harness imports the e2e suites: {wrong}"

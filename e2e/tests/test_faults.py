@@ -10,7 +10,7 @@ owned set of children per ClaudeCodeService, all Ready:
 - children deleted every few seconds for a minute (chaos);
 - two operators started at once on the same lease: only one acts.
 
-"Prometheus down for several intervals" is covered in e2e/test_floor_e2e.py
+"Prometheus down for several intervals" is covered in e2e/tests/test_floor_e2e.py
 (test_floor_rises_under_load_holds_without_prometheus_and_steps_down), with a real
 Prometheus stopped and started.
 """

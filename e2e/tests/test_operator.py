@@ -287,7 +287,7 @@ def test_noop_resync_writes_nothing(
 ) -> None:
     """Counted by the API server itself (a no-op server-side apply changes neither
     managedFields times nor resourceVersions, so those cannot tell)."""
-    from e2e.test_faults import metric
+    from e2e.tests.test_faults import metric
 
     before_create = apiserver_writes(cluster)
     operator = start_operator(solo_namespace, CCS_RESYNC_SECONDS="10")
@@ -345,7 +345,7 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
     """Child names are deterministic, so duplicates of them cannot exist: what can go wrong
     is an interrupted set (a child missing, an orphan, a second owner) or a spurious rollout
     (a second ReplicaSet). The kill must land while work is half done."""
-    from e2e.test_faults import _list, _ready, assert_one_set_each, metric
+    from e2e.tests.test_faults import _list, _ready, assert_one_set_each, metric
 
     first = start_operator(solo_namespace, lease="ccs-e2e-kill")
     names = [f"svc-{i}" for i in range(10)]
