@@ -516,3 +516,39 @@ async def test_an_expensive_override_says_so(what: str, words: str) -> None:
     message = override_problem(reconciler, "over", "QueryTooExpensive")
     assert words in message and "max(...)" in message
     assert status(reconciler, "over")["floor"] == 5
+
+
+@pytest.mark.asyncio
+async def test_a_restarted_loop_spreads_the_accounting_refresh_over_one_period() -> None:
+    names = [f"svc-{i:02d}" for i in range(20)]
+    loop, reconciler, prometheus, clock = make(*(body(n) for n in names))
+    mean_only = QueueLatency(5.0, None)
+    for n in names:
+        prometheus.signals[("ns", n)] = dataclasses.replace(serving(300.0), latency=mean_only)
+    for _ in range(4):  # settled, accounting stored for every service
+        await loop.tick()
+        clock[0] += 30
+    assert all("floorAccounting" in status(reconciler, n) for n in names)
+    # A new process: nothing of the loop's memory survives, the stored status does.
+    loop = FloorLoop(reconciler, prometheus, clock=lambda: clock[0])  # type: ignore[arg-type]
+    reconciler.kube.patches.clear()
+    writes_at: dict[str, list[float]] = {n: [] for n in names}
+    start = clock[0]
+    # One period (and one evaluation interval) of a wobbling rate
+    for i in range(int((ACCOUNTING_WRITE_SECONDS + 30) // 10)):
+        for n in names:  # that never moves the floor (6 replicas either way)
+            prometheus.signals[("ns", n)] = dataclasses.replace(
+                serving(295.0 + (i % 2) * 10), latency=mean_only
+            )
+        before = len(reconciler.kube.patches)
+        await loop.tick()
+        for name, _ in reconciler.kube.patches[before:]:
+            writes_at[name].append(clock[0] - start)
+        clock[0] += 10
+    first = [w[0] for w in writes_at.values() if w]
+    # Nothing rewritten in the first interval; every service refreshed once in the period
+    # (and the interval it is evaluated in), at times spread across it.
+    assert min(first) > 10
+    assert sorted(len(w) for w in writes_at.values()) == [1] * len(names)
+    assert {status(reconciler, n)["floor"] for n in names} == {6}
+    assert max(first) - min(first) > ACCOUNTING_WRITE_SECONDS / 2

@@ -15,6 +15,7 @@ import functools
 import logging
 import math
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -126,6 +127,13 @@ def _latency_changed(old: float | None, new: float | None) -> bool:
     if old is None or new is None:
         return old != new
     return abs(new - old) > max(1.0, 0.1 * abs(old))
+
+
+def _refresh_offset(key: tuple[str, str]) -> float:
+    """A service's fixed place in the accounting refresh period, [0, period): spread by a
+    hash of its name, the same in every process."""
+    digest = zlib.crc32("/".join(key).encode())
+    return ACCOUNTING_WRITE_SECONDS * digest / 2**32
 
 
 def _rounded(latency: float | None) -> float | None:
@@ -602,6 +610,11 @@ class FloorLoop:
             if _latency_changed(current.get("queueLatencyMs"), latency):
                 patch["queueLatencyMs"] = latency
             accounting = accounting_status(decision.accounting)
+            if memory.accounting_written_at is None and current.get("floorAccounting"):
+                # Figures an earlier process stored (a restart, a new leader): refreshed
+                # within one period, each service at its own offset, not every service's
+                # status rewritten in the first interval.
+                memory.accounting_written_at = now - _refresh_offset(key)
             due = (
                 memory.accounting_written_at is None
                 or now - memory.accounting_written_at >= ACCOUNTING_WRITE_SECONDS
