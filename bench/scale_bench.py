@@ -293,12 +293,19 @@ class FirstTrue:
         if name not in self.times and self.ready(obj):
             self.times[name] = time.monotonic()
 
+    def _listed(self, obj: Mapping[str, Any]) -> None:
+        self._see(obj)
+
+    def _event(self, kind: str, obj: Mapping[str, Any]) -> None:
+        if kind in ("ADDED", "MODIFIED"):
+            self._see(obj)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 listing = self.kube.custom.list_namespaced_custom_object(**self.args)
                 for item in listing.get("items", ()):
-                    self._see(item)
+                    self._listed(item)
                 stream = watch.Watch().stream(
                     self.kube.custom.list_namespaced_custom_object,
                     resource_version=listing["metadata"]["resourceVersion"],
@@ -308,8 +315,7 @@ class FirstTrue:
                 for event in stream:
                     if self._stop.is_set():
                         return
-                    if event["type"] in ("ADDED", "MODIFIED"):
-                        self._see(event["object"])
+                    self._event(event["type"], event["object"])
             except Exception as exc:  # the watch is re-listed after any failure
                 if not self._stop.is_set():
                     progress(f"watch {self.args['plural']}: {exc!r:.200}; re-listing")
@@ -415,47 +421,23 @@ def live_services(prom: PrometheusServer, namespace: str) -> int:
     return int(float(result[0]["value"][1])) if result else 0
 
 
-class Changes:
+class Changes(FirstTrue):
     """Counts MODIFIED events of the services in a namespace (each one a change the API
     server stored: a no-op server-side apply changes nothing and sends no event)."""
 
     def __init__(self, kube: Kube, namespace: str) -> None:
-        self.kube = kube
-        self.args = {"group": GROUP, "version": VERSION, "namespace": namespace, "plural": PLURAL}
+        super().__init__(kube, namespace, GROUP, VERSION, PLURAL, lambda _: False)
         self.modified = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        version = self.kube.custom.list_namespaced_custom_object(**self.args)["metadata"][
-            "resourceVersion"
-        ]
-        while not self._stop.is_set():
-            try:
-                stream = watch.Watch().stream(
-                    self.kube.custom.list_namespaced_custom_object,
-                    resource_version=version,
-                    timeout_seconds=5,
-                    **self.args,
-                )
-                for event in stream:
-                    version = event["object"]["metadata"]["resourceVersion"]
-                    if event["type"] == "MODIFIED":
-                        self.modified += 1
-                    if self._stop.is_set():
-                        return
-            except Exception as exc:  # resumed from the last version seen
-                if not self._stop.is_set():
-                    progress(f"watch of changes: {exc!r:.200}; resuming")
-                    time.sleep(0.5)
+    def _listed(self, obj: Mapping[str, Any]) -> None:
+        pass
 
-    def start(self) -> Changes:
-        self._thread.start()
-        return self
+    def _event(self, kind: str, obj: Mapping[str, Any]) -> None:
+        if kind == "MODIFIED":
+            self.modified += 1
 
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join(timeout=15)
+    def count(self) -> int:
+        self.stop()
         return self.modified
 
 
@@ -735,6 +717,9 @@ def run_size(
             if now != last:
                 last, quiet_since = now, time.monotonic()
         progress(f"N={n}: quiet {time.monotonic() - quiet_since:.0f}s; idle window starts")
+        changes = Changes(kube, op_ns)
+        changes.start()
+        time.sleep(1)  # listed, watching
         api0, op0, prom0, cpu1 = (
             kube.apiserver_writes(),
             operator.metrics(),
@@ -742,11 +727,10 @@ def run_size(
             operator.cpu_seconds(),
         )
         progress(f"N={n}: idle window {args.idle_seconds}s (resync every {args.resync_seconds}s)")
-        changes = Changes(kube, op_ns).start()
         t_idle = time.monotonic()
         time.sleep(args.idle_seconds)
+        result.idle_changes = changes.count()  # before the writes' count: none is missed
         api1, op1, prom1 = kube.apiserver_writes(), operator.metrics(), prometheus_queries(prom)
-        result.idle_changes = changes.stop()
         result.idle_s = time.monotonic() - t_idle
         result.cpu_idle_s = operator.cpu_seconds() - cpu1
         result.peak_rss_mb = operator.peak_rss_mb()
@@ -788,8 +772,10 @@ def run_size(
                 "-p",
                 '{"spec":{"maxReplicas":7}}',
             )
+        changes = Changes(kube, op_ns)
+        changes.start()
+        time.sleep(1)  # listed, watching
         api0 = kube.apiserver_writes()
-        changes = Changes(kube, op_ns).start()
         operator = Operator(provider.kubeconfig, op_ns, log_dir, **env)
         t_storm = time.monotonic()
         operator.start()
@@ -811,9 +797,9 @@ def run_size(
             ):
                 break
             time.sleep(1)
+        result.storm_changes = changes.count()
         op1 = operator.metrics()
         api1 = kube.apiserver_writes()
-        result.storm_changes = changes.stop()
         result.storm_s = time.monotonic() - t_storm
         result.storm_writes = operator_writes(api1 - api0)
         result.storm_status_requests = result.storm_writes.pop(f"APPLY {SERVICE_STATUS}", 0)

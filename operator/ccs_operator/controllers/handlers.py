@@ -213,6 +213,14 @@ def _watch_child(
     # The watch keeps the reconciler's child cache current, so it may skip no-op applies.
     reconciler.watched_kinds.add(kind)
 
+    # An index handler that indexes nothing: with one registered, kopf holds every handler
+    # (the services' too) until this kind's initial listing is in (its "indexed" readiness),
+    # so no reconcile after a start trusts a half-filled cache and re-applies children it
+    # has not seen yet (controller-runtime's WaitForCacheSync).
+    @kopf.index(group, version, plural, labels=MANAGED_BY, registry=registry, id=f"listed-{plural}")
+    async def _listed(**_: Any) -> None:
+        return None
+
     @kopf.on.event(
         group, version, plural, labels=MANAGED_BY, registry=registry, id=f"watch-{plural}"
     )
