@@ -265,6 +265,13 @@ def operator_writes(delta: Counter[tuple[str, str, str]]) -> Counter[str]:
     return out
 
 
+def child_writes(counts: Counter[tuple[str, str, str]]) -> Counter[str]:
+    """operator_writes without the services' /status."""
+    return Counter(
+        {k: v for k, v in operator_writes(counts).items() if not k.endswith(SERVICE_STATUS)}
+    )
+
+
 def events_written(delta: Counter[tuple[str, str, str]]) -> int:
     return sum(v for (_, resource, _), v in delta.items() if resource == "events")
 
@@ -707,13 +714,14 @@ def run_size(
 
         # 3./4. Idle: settle, then a window spanning at least one full resync.
         # Ready is not idle: kopf's annotation patches, first floor evaluations and status
-        # updates may still be in flight. Idle starts once the operator's resources have seen
+        # updates may still be in flight. Idle starts once the children and the services
+        # (their /status apart: the accounting refreshes go on under live series) have seen
         # no write for 15 s (at most --settle-seconds).
         settle_until = time.monotonic() + args.settle_seconds
-        last, quiet_since = operator_writes(kube.apiserver_writes()), time.monotonic()
+        last, quiet_since = child_writes(kube.apiserver_writes()), time.monotonic()
         while time.monotonic() < settle_until and time.monotonic() - quiet_since < 15:
             time.sleep(3)
-            now = operator_writes(kube.apiserver_writes())
+            now = child_writes(kube.apiserver_writes())
             if now != last:
                 last, quiet_since = now, time.monotonic()
         progress(f"N={n}: quiet {time.monotonic() - quiet_since:.0f}s; idle window starts")
