@@ -265,11 +265,15 @@ def operator_writes(delta: Counter[tuple[str, str, str]]) -> Counter[str]:
     return out
 
 
-def child_writes(counts: Counter[tuple[str, str, str]]) -> Counter[str]:
-    """operator_writes without the services' /status."""
-    return Counter(
-        {k: v for k, v in operator_writes(counts).items() if not k.endswith(SERVICE_STATUS)}
-    )
+def split_writes(delta: Counter[tuple[str, str, str]]) -> tuple[Counter[str], int]:
+    """operator_writes apart from the services' /status, and the count of those."""
+    writes = operator_writes(delta)
+    status = sum(v for k, v in writes.items() if k.endswith(SERVICE_STATUS))
+    return Counter({k: v for k, v in writes.items() if not k.endswith(SERVICE_STATUS)}), status
+
+
+def child_writes(delta: Counter[tuple[str, str, str]]) -> Counter[str]:
+    return split_writes(delta)[0]
 
 
 def events_written(delta: Counter[tuple[str, str, str]]) -> int:
@@ -755,9 +759,7 @@ def run_size(
         result.cpu_idle_s = operator.cpu_seconds() - cpu1
         result.peak_rss_mb = operator.peak_rss_mb()
         result.idle_rss_mb = operator.peak_rss_mb("VmRSS")
-        result.idle_writes = operator_writes(api1 - api0)
-        result.idle_status_requests = result.idle_writes.pop(f"APPLY {SERVICE_STATUS}", 0)
-        result.idle_status_requests += result.idle_writes.pop(f"PATCH {SERVICE_STATUS}", 0)
+        result.idle_writes, result.idle_status_requests = split_writes(api1 - api0)
         result.idle_decisions = decisions_by_reason(op1, op0)
         result.idle_events = events_written(api1 - api0)
         result.idle_apply_requests = delta_sum(op1, op0, "ccs_apply_requests_total")
@@ -821,9 +823,7 @@ def run_size(
         op1 = operator.metrics()
         api1 = kube.apiserver_writes()
         result.storm_s = time.monotonic() - t_storm
-        result.storm_writes = operator_writes(api1 - api0)
-        result.storm_status_requests = result.storm_writes.pop(f"APPLY {SERVICE_STATUS}", 0)
-        result.storm_status_requests += result.storm_writes.pop(f"PATCH {SERVICE_STATUS}", 0)
+        result.storm_writes, result.storm_status_requests = split_writes(api1 - api0)
         result.storm_apply_requests = metric_sum(op1, "ccs_apply_requests_total")
         result.storm_skipped = metric_sum(op1, "ccs_apply_skipped_total")
         result.storm_children_changed = metric_sum(op1, "ccs_children_applied_total")
@@ -858,7 +858,9 @@ def fmt_counter(counts: Counter[str]) -> str:
     return f"{sum(counts.values())} ({parts})"
 
 
-def report(results: list[Result], args: argparse.Namespace, cmd: str, elapsed: float) -> str:
+def report(
+    results: list[Result], args: argparse.Namespace, live: LiveTriton, cmd: str, elapsed: float
+) -> str:
     def ratio(op: float, raw: float) -> str:
         return f"**{op / raw:.2f}x**" if raw > 0 else "n/a"
 
@@ -892,8 +894,7 @@ def report(results: list[Result], args: argparse.Namespace, cmd: str, elapsed: f
             f"{r.cpu_to_ready_s:.1f} | {r.cpu_to_ready_s / r.n * 1000:.0f} ms | "
             f"{r.peak_rss_mb:.0f} / {r.idle_rss_mb:.0f} |"
         )
-    sent = getattr(args, "live_sent", 0)
-    failed = getattr(args, "live_failed", 0)
+    sent, failed = live.sent, live.failed
     lines += [
         "",
         "API writes (the API server's `apiserver_request_total`, write verbs on the children: "
@@ -1041,16 +1042,16 @@ def main(argv: Iterable[str] | None = None) -> int:
                 load = os.getloadavg()[0]
                 progress(f"N={n}: load average {load:.2f}")
                 results.append(run_size(n, kube, provider, prom, live, args, log_dir))
-                print(report(results, args, "(partial)", time.monotonic() - started), flush=True)
+                partial = report(results, args, live, "(partial)", time.monotonic() - started)
+                print(partial, flush=True)
     finally:
         live.stop()
     if live.sent == 0:
         raise SystemExit("the live tritonserver answered no request: the live series are not live")
-    args.live_sent, args.live_failed = live.sent, live.failed
     if args.unrelated:
         kube.delete_namespace(unrelated_ns)
     cmd = "python bench/scale_bench.py" + "".join(f" {a}" for a in argv)
-    section = report(results, args, cmd, time.monotonic() - started)
+    section = report(results, args, live, cmd, time.monotonic() - started)
     print(section)
     if args.write:
         write_section(args.write, RESULTS_HEADING, section)
