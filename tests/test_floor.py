@@ -572,6 +572,24 @@ def test_lowering_waits_a_cooldown_and_goes_to_the_most_needed_over_it() -> None
     assert lowered[-1].floor >= need(300.0)
 
 
+def test_a_resumed_loop_holds_the_floor_it_found_for_a_cooldown() -> None:
+    """Defect: a restarted operator's loop started with no needs and no last raise, so a
+    floor held through a cool-down (after a burst, for a pre-warmed peak) was lowered at
+    its first evaluation. Resumed, it counts the floor it found as needed now."""
+    high = need(600.0)
+    low = need(100.0)
+    assert low < high
+    # Positive control: a state that remembers nothing lowers at once.
+    d = decide(LEAD, FloorState(high, last_change_at=T0 - 60), load(100.0, high))
+    assert d.floor < high and d.reason == FloorReason.DEMAND_BELOW_FLOOR
+    decisions, state = run(LEAD, FloorState.resumed(high, T0 - 60, T0), [100.0] * 12)
+    lowered = [i for i, d in enumerate(decisions) if d.floor < high]
+    assert lowered, [d.reason for d in decisions]
+    assert lowered[0] * 30 > LEAD.cooldown_seconds - 30
+    assert all(d.reason == FloorReason.COOLING_DOWN for d in decisions[: lowered[0]])
+    assert state.current_floor >= low
+
+
 def test_lowering_needs_a_quiet_queue() -> None:
     _, state = run(LEAD, FloorState(2), [600.0] * 6)
     decisions, _ = run(LEAD, state, [300.0] * 20, start=T0 + 180, latency=80.0)

@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -552,3 +553,22 @@ async def test_a_restarted_loop_spreads_the_accounting_refresh_over_one_period()
     assert sorted(len(w) for w in writes_at.values()) == [1] * len(names)
     assert {status(reconciler, n)["floor"] for n in names} == {6}
     assert max(first) - min(first) > ACCOUNTING_WRITE_SECONDS / 2
+
+
+@pytest.mark.asyncio
+async def test_a_restarted_loop_holds_the_floor_it_finds_for_a_cooldown() -> None:
+    """A new process finds floor 6 in status (raised a minute ago) under a load that needs
+    2: it holds 6 for a cool-down, as the loop that raised it would have, then lowers."""
+    changed = datetime.fromtimestamp(T0 - 60, UTC).isoformat().replace("+00:00", "Z")
+    loop, reconciler, prometheus, clock = make(
+        body("svc", floor=6, readyReplicas=6, floorLastChangeTime=changed)
+    )
+    prometheus.signals[("ns", "svc")] = serving(20.0)
+    floors = []
+    for _ in range(14):
+        await loop.tick()
+        floors.append(status(reconciler, "svc")["floor"])
+        clock[0] += 30
+    held = floors.index(min(floors))
+    assert min(floors) == 2, floors  # positive control: it does lower
+    assert held * 30 >= 300 - 30 and floors[:held] == [6] * held, floors

@@ -474,18 +474,21 @@ class FloorLoop:
             lead_time_seconds=self._horizon(ccs, body),
             window_seconds=self.window_seconds,
         )
-        remembered = memory.state or FloorState.initial(policy)
-        # status holds the floor and when it changed: they win over memory (another
-        # operator may have moved them while this one was standby).
-        state = dataclasses.replace(
-            remembered,
-            current_floor=status.get("floor", policy.min_replicas),
-            last_change_at=_parse_time(status.get("floorLastChangeTime"))
-            or remembered.last_change_at,
-        )
+        now = self.clock()
+        current = status.get("floor", policy.min_replicas)
+        changed_at = _parse_time(status.get("floorLastChangeTime"))
+        if memory.state is None:
+            state = FloorState.resumed(current, changed_at, now)
+        else:
+            # status holds the floor and when it changed: they win over memory (another
+            # operator may have moved them while this one was standby).
+            state = dataclasses.replace(
+                memory.state,
+                current_floor=current,
+                last_change_at=changed_at or memory.state.last_change_at,
+            )
         reading = reading or Reading(None)
         signals = reading.signals
-        now = self.clock()
         arrival_rps = signals.arrival_rps if signals else None
         if asleep(ccs, status) and (reading.problem is None or reading.problem.reason == "NoData"):
             # Scaled to zero by design: no pod, so no Triton series; that is no arrival

@@ -374,6 +374,18 @@ class FloorState:
     def initial(cls, policy: FloorPolicy) -> FloorState:
         return cls(current_floor=policy.min_replicas)
 
+    @classmethod
+    def resumed(cls, current_floor: int, last_change_at: Instant | None, now: float) -> FloorState:
+        """A loop that starts with a floor already in status (a restart, a new leader): the
+        needs it would lower to are lost, so it counts the floor it found as needed now.
+        Without that, a floor held through a cool-down (after a burst, for a pre-warmed
+        peak) was lowered at the first evaluation after every restart."""
+        return cls(
+            current_floor=current_floor,
+            last_change_at=last_change_at,
+            needs=((now, current_floor),),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class FloorAccounting:
