@@ -19,6 +19,7 @@ from ccs_operator.clients.kube import CHILD_TYPES
 from ccs_operator.clients.watch import LabelWatch, watch_scopes
 from ccs_operator.config import OperatorConfig
 from ccs_operator.controllers.floorloop import FloorLoop
+from ccs_operator.controllers.kopfnamespaces import see_namespaces_in_every_listing
 from ccs_operator.controllers.reconcile import Reconciler
 from ccs_operator.core.api import API_GROUP, API_VERSION, PLURAL
 from ccs_operator.core.render import MANAGED_BY_LABEL, MANAGED_BY_VALUE
@@ -89,6 +90,7 @@ def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
 def build_registry(
     reconciler: Reconciler, config: OperatorConfig, floor_loop: FloorLoop | None = None
 ) -> kopf.OperatorRegistry:
+    see_namespaces_in_every_listing()
     registry = kopf.OperatorRegistry()
     resource = (API_GROUP, API_VERSION, PLURAL)
     stop = asyncio.Event()
