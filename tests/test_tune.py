@@ -24,8 +24,11 @@ from ccs_operator.tune import (
     Measurement,
     Progress,
     Space,
+    confirm,
+    confirmed_rps,
     coordinate_descent,
     default_budget,
+    describe_runs,
     grid_search,
     report,
     with_candidate,
@@ -129,6 +132,32 @@ def test_descent_stops_at_its_budget() -> None:
     space = Space()
     search = coordinate_descent(space, space.start(sample()), Synthetic(), budget=3)
     assert len(search.measurements) == 3
+
+
+def test_confirm_alternates_the_order_every_round() -> None:
+    a, b = Candidate(8, "max", 0, 1), Candidate(32, "ladder", 2000, 2)
+    order: list[Candidate] = []
+
+    def measure(c: Candidate) -> Measurement:
+        order.append(c)
+        return Measurement(c, 100.0 + len(order), 25.0, 50.0, 2.0, 1.0, 100.0)
+
+    runs = confirm(measure, [a, b], 3)
+    assert order == [a, b, b, a, a, b]
+    assert [m.rps for m in runs[a.key]] == [101.0, 104.0, 105.0]
+    assert [m.rps for m in runs[b.key]] == [102.0, 103.0, 106.0]
+
+
+def test_confirmed_rate_is_the_median_and_zero_when_the_median_p99_misses_the_slo() -> None:
+    c = Candidate(8, "max", 0, 1)
+
+    def run(rps: float, p99: float) -> Measurement:
+        return Measurement(c, rps, p99 / 2, p99, 2.0, 1.0, 100.0)
+
+    noisy = [run(300.0, 90.0), run(100.0, 99.0), run(200.0, 150.0)]
+    assert confirmed_rps(noisy, 100.0) == 200.0  # one outlier each way is ignored
+    assert confirmed_rps([run(300.0, 120.0), run(310.0, 101.0), run(290.0, 50.0)], 100.0) == 0
+    assert describe_runs(noisy) == "200.0 req/s (100.0-300.0, p99 99.0 ms)"
 
 
 def test_report_is_a_block_that_makes_a_valid_service_with_the_chosen_values() -> None:

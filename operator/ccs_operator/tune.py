@@ -21,6 +21,8 @@ check the tuner against.
 
 This module is pure: measuring (a real tritonserver under load) is passed in as a
 function, so the search is tested with a synthetic one. serving_image/tune.py measures.
+It imports the typed API only where a service is handled, so the search runs where only
+the standard library and PyYAML are installed (bench/gpu_serving.py on a GPU machine).
 """
 
 from __future__ import annotations
@@ -28,14 +30,16 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import statistics
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 
-from ccs_operator.core.api import ClaudeCodeService, InstanceGroup
+if TYPE_CHECKING:
+    from ccs_operator.core.api import ClaudeCodeService
 
 PREFERRED_POLICIES = ("none", "max", "ladder")
 DEFAULT_MAX_BATCH = (8, 16, 32)
@@ -252,6 +256,34 @@ def grid_search(space: Space, measure: Measure, progress: Progress | None = None
     return search
 
 
+def confirm(
+    measure: Measure, candidates: Sequence[Candidate], rounds: int
+) -> dict[object, list[Measurement]]:
+    """Measure each candidate `rounds` times, the order reversed every round (A B, B A, ...),
+    so drift on the host falls on both alike."""
+    runs: dict[object, list[Measurement]] = {c.key: [] for c in candidates}
+    for r in range(rounds):
+        for candidate in candidates if r % 2 == 0 else list(reversed(candidates)):
+            runs[candidate.key].append(measure(candidate))
+    return runs
+
+
+def confirmed_rps(runs: Sequence[Measurement], slo: float) -> float:
+    """The median throughput of the runs, 0 if their median p99 is over the SLO."""
+    if statistics.median(m.p99_ms for m in runs) > slo:
+        return 0.0
+    return float(statistics.median(m.rps for m in runs))
+
+
+def describe_runs(runs: Sequence[Measurement]) -> str:
+    rates = [m.rps for m in runs]
+    p99 = statistics.median(m.p99_ms for m in runs)
+    return (
+        f"{statistics.median(rates):.1f} req/s ({min(rates):.1f}-{max(rates):.1f}, "
+        f"p99 {p99:.1f} ms)"
+    )
+
+
 def spec_block(ccs: ClaudeCodeService, candidate: Candidate) -> dict[str, Any]:
     """The `spec.batching` and `spec.instanceGroups` to paste into the service."""
     batching: dict[str, Any] = {
@@ -271,6 +303,8 @@ def spec_block(ccs: ClaudeCodeService, candidate: Candidate) -> dict[str, Any]:
 
 def with_candidate(ccs: ClaudeCodeService, candidate: Candidate) -> ClaudeCodeService:
     """The service with the candidate's batching and first instance group's count."""
+    from ccs_operator.core.api import InstanceGroup
+
     batching = ccs.spec.batching.model_copy(
         update={
             "enabled": True,
