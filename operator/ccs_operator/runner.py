@@ -21,7 +21,7 @@ from ccs_operator.clients.leader import LeaseElector
 from ccs_operator.clients.prometheus import PrometheusClient
 from ccs_operator.config import ConfigError, OperatorConfig
 from ccs_operator.controllers.floorloop import FloorLoop
-from ccs_operator.controllers.handlers import build_registry
+from ccs_operator.controllers.handlers import build_registry, own_watch_streams
 from ccs_operator.controllers.reconcile import Reconciler
 from ccs_operator.core.promql import PrometheusSettings
 
@@ -59,13 +59,27 @@ def configure_logging(config: OperatorConfig) -> None:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
-def _api_client(config: OperatorConfig) -> kubernetes.client.ApiClient:
-    try:
-        kubernetes.config.load_incluster_config()
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
-    configuration = kubernetes.client.Configuration.get_default_copy()
-    configuration.connection_pool_maxsize = config.api_workers
+def pool_size(config: OperatorConfig) -> int:
+    """Connections the API client keeps open for reuse: one per API worker, one per watch
+    stream of the operator's own (each holds its connection for minutes) and one for the
+    lease keeper, whose renewals run beside the workers. A smaller pool discards a
+    connection each time more are out at once (urllib3's "Connection pool is full" warning)
+    and the next request opens a new one, TLS handshake included: at 1000 services, with
+    every worker busy, that was most requests."""
+    return config.api_workers + own_watch_streams(config) + 1
+
+
+def api_client(
+    config: OperatorConfig, configuration: kubernetes.client.Configuration | None = None
+) -> kubernetes.client.ApiClient:
+    """The one API client of the process (in-cluster ServiceAccount, else $KUBECONFIG)."""
+    if configuration is None:
+        try:
+            kubernetes.config.load_incluster_config()
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config()
+        configuration = kubernetes.client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = pool_size(config)
     return kubernetes.client.ApiClient(configuration)
 
 
@@ -102,9 +116,9 @@ class Health:
 
 
 async def serve(config: OperatorConfig) -> int:
-    api_client = _api_client(config)
+    client = api_client(config)
     kube = KubeClient(
-        api_client, workers=config.api_workers, timeout_seconds=config.request_timeout_seconds
+        client, workers=config.api_workers, timeout_seconds=config.request_timeout_seconds
     )
     prometheus_client.start_http_server(config.metrics_port)
     health = Health()
@@ -117,7 +131,7 @@ async def serve(config: OperatorConfig) -> int:
     elector = None
     if config.leader_election:
         elector = LeaseElector(
-            api_client,
+            client,
             config.lease_name,
             config.lease_namespace,
             lease_seconds=config.lease_duration_seconds,

@@ -151,6 +151,12 @@ def build_registry(
     return registry
 
 
+def own_watch_streams(config: OperatorConfig) -> int:
+    """How many watch requests `own_watches` keeps open at once, for every optional kind:
+    each holds an API connection of its own for minutes."""
+    return len(OPTIONAL_CRD_KINDS) * len(watch_scopes(config.namespaces))
+
+
 def own_watches(reconciler: Reconciler, kind: str, config: OperatorConfig) -> list[LabelWatch]:
     """The operator's own label-filtered watch of `kind` (one per namespace when it serves
     named namespaces, else one for the cluster). The kind counts as watched (the reconcile
