@@ -3,14 +3,16 @@
     python bench/tune_bench.py                           # prints the section
     python bench/tune_bench.py --write bench/RESULTS.md  # and updates it there
 
-For each load shape of `--loads` (default: mixed request lengths with a p99 SLO of 250 ms,
-and one length only with 100 ms), both searches measure with the same
-serving_image.tune.TritonMeasure: samples/claude-code.yaml re-rendered per candidate, the
-real-compute model (serving_image/models/claude_code_compute) on the real tritonserver
-(CPU), a closed loop of `--concurrency` gRPC clients, a candidate feasible when its p99
-meets the SLO. The grid measures every distinct configuration of the space once; the tuner
-(coordinate descent from the sample's own values, budget a quarter of the grid) runs
-first, then the grid.
+For each load shape of `--loads` (default: mixed request lengths, and one length only, each
+with its p99 SLO at the sample configuration's own p99, the median of three measurements
+taken first: a pick must keep the sample's tail and serve more; a fixed number of
+milliseconds would be met by every configuration on a fast host and by none on a slow one),
+both searches measure with the same serving_image.tune.TritonMeasure:
+samples/claude-code.yaml re-rendered per candidate, the real-compute model
+(serving_image/models/claude_code_compute) on the real tritonserver (CPU), a closed loop of
+`--concurrency` gRPC clients, a candidate feasible when its p99 meets the SLO. The grid
+measures every distinct configuration of the space once; the tuner (coordinate descent from
+the sample's own values, budget a quarter of the grid) runs first, then the grid.
 
 Goal (issue 18): the tuner's pick within 5% of the best throughput the grid found, in at
 most 25% of the grid's measuring time. Measuring time is wall time per candidate, server
@@ -24,13 +26,15 @@ measured again, side by side, `--confirm-rounds` times each in alternating order
 ...), and the verdict compares their medians (both must still meet the SLO at the median
 p99). The single-measurement comparison (the grid's own figure for the pick against the
 grid's best figure) is printed beside it. The confirmation is the judge's cost, not the
-tuner's: it is not counted in either search's time.
+tuner's: it is not counted in either search's time, nor is the reference measurement.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -66,11 +70,55 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def parse_loads(text: str) -> list[tuple[str, str]]:
+    """`lengths@slo;...` -> [(lengths, slo)], the SLO as given: milliseconds (`250`) or a
+    multiple of the sample's own p99 (`x1`)."""
+    loads = []
+    for part in text.split(";"):
+        lengths, sep, slo = part.partition("@")
+        if not sep or not lengths:
+            raise SystemExit(f"--loads: {part!r} is not lengths@slo (e.g. 1:1@x1 or 1:1@100)")
+        try:
+            float(slo[1:] if slo.startswith("x") else slo)
+        except ValueError:
+            raise SystemExit(
+                f"--loads: SLO {slo!r} is neither milliseconds nor x<factor>"
+            ) from None
+        loads.append((lengths, slo))
+    return loads
+
+
+def reference_p99(
+    ccs: ClaudeCodeService, space: Space, load: Load, rounds: int
+) -> tuple[float, list[float]]:
+    """The sample's own configuration measured `rounds` times: the median p99 and every p99.
+    A relative SLO is a multiple of it, so the goal follows this host's speed (a fixed
+    number of milliseconds is met by every configuration on a fast host and by none on a
+    slow one)."""
+    measure = TritonMeasure(ccs, load, math.inf, str(COMPUTE_MODEL_DIR))
+    start = space.start(ccs)
+    p99s = [measure(start).p99_ms for _ in range(rounds)]
+    return statistics.median(p99s), p99s
+
+
 def compare(
-    ccs: ClaudeCodeService, space: Space, args: argparse.Namespace, lengths: str, slo: float
+    ccs: ClaudeCodeService, space: Space, args: argparse.Namespace, lengths: str, slo_text: str
 ) -> tuple[list[str], str]:
     """Tuner then grid for one load shape: the subsection's lines and a one-line verdict."""
     load = Load(args.concurrency, lengths, args.warmup, args.window)
+    slo_note = ""
+    if slo_text.startswith("x"):
+        factor = float(slo_text[1:])
+        progress(f"reference: the sample's configuration, {args.reference_rounds} rounds")
+        reference, p99s = reference_p99(ccs, space, load, args.reference_rounds)
+        slo = round(factor * reference, 1)
+        slo_note = (
+            f" ({factor:g}x the sample's own p99, median of {len(p99s)} measurements first: "
+            + ", ".join(f"{p:.1f}" for p in p99s)
+            + " ms)"
+        )
+    else:
+        slo = float(slo_text)
     measure = TritonMeasure(ccs, load, slo, str(COMPUTE_MODEL_DIR))
     grid_size = len(space.grid())
     budget = default_budget(space)
@@ -84,6 +132,8 @@ def compare(
     by_key = {m.candidate.key: m for m in grid.measurements}
     title = f"c={args.concurrency}, lengths {lengths}, SLO p99 <= {slo:g} ms"
     lines = [f"### Load: closed loop {title}", ""]
+    if slo_note:
+        lines += [f"SLO: {slo:g} ms{slo_note}.", ""]
     if pick is None or best is None:
         verdict = f"{title}: no candidate met the SLO (goal not evaluated)"
         lines += [
@@ -172,8 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument(
         "--loads",
-        default="1:2,2:1,4:1@250;1:1@100",
-        help="load shapes, `lengths@slo-p99-ms` separated by `;` (lengths as length:weight)",
+        default="1:2,2:1,4:1@x1;1:1@x1",
+        help=(
+            "load shapes, `lengths@slo` separated by `;` (lengths as length:weight; the p99 "
+            "SLO in ms, or x<factor> of the sample configuration's own p99 measured first)"
+        ),
+    )
+    parser.add_argument(
+        "--reference-rounds", type=int, default=3, help="measurements of the sample for x SLOs"
     )
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--window", type=float, default=2.0)
@@ -196,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         queue_delay_us=tuple(int(x) for x in args.queue_delay.split(",")),
         instances=tuple(int(x) for x in args.instances.split(",")),
     )
-    loads = [(part.split("@")[0], float(part.split("@")[1])) for part in args.loads.split(";")]
+    loads = parse_loads(args.loads)
     notes = measure_notes(TritonMeasure(ccs, Load(), 0.0))
     parts = [compare(ccs, space, args, lengths, slo) for lengths, slo in loads]
     elapsed = time.monotonic() - started
