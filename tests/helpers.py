@@ -1,8 +1,9 @@
-"""Shared test helpers: sample objects and CRD-style structural defaulting."""
+"""Shared test helpers: sample objects, CRD-style structural defaulting, loopback HTTP replies."""
 
 from __future__ import annotations
 
 import copy
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +46,12 @@ def apply_structural_defaults(schema: dict[str, Any], value: Any) -> Any:
     if isinstance(value, list) and schema.get("type") == "array":
         return [apply_structural_defaults(schema.get("items", {}), v) for v in value]
     return value
+
+
+def reply(handler: BaseHTTPRequestHandler, body: bytes, content_type: str) -> None:
+    """A whole 200 answer with a Content-Length (keep-alive safe) from a test server."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)

@@ -25,6 +25,8 @@ from ccs_operator.clients.kube import KubeClient
 from ccs_operator.config import OperatorConfig
 from ccs_operator.controllers.handlers import own_watch_streams
 
+from helpers import reply
+
 HOLD_SECONDS = 0.3
 
 
@@ -57,12 +59,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
             return
         time.sleep(HOLD_SECONDS)  # a request long enough for all of them to be out at once
-        body = b"{}"
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        reply(self, b"{}", "application/json")
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -83,11 +80,11 @@ def _load(server: _Server, config: OperatorConfig, pool: int | None = None) -> t
     """Two rounds of every worker busy beside the open watch streams and a lease renewal;
     returns (connections the server accepted, pool-full warnings)."""
     configuration = kubernetes.client.Configuration(host=f"http://127.0.0.1:{server.server_port}")
-    client = runner.api_client(config, configuration)
-    if pool is not None:  # the positive control: an undersized pool
+    if pool is None:
+        client = runner.api_client(config, configuration)
+    else:  # the positive control: an undersized pool
+        configuration.connection_pool_maxsize = pool
         client = kubernetes.client.ApiClient(configuration)
-        client.configuration.connection_pool_maxsize = pool
-        client.rest_client.pool_manager.connection_pool_kw["maxsize"] = pool
     kube = KubeClient(client, workers=config.api_workers)
     warnings: list[logging.LogRecord] = []
 

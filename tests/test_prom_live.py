@@ -39,6 +39,8 @@ from ccs_operator.core.promql import (
 )
 from e2e.prometheus import PrometheusServer, ScrapeTarget
 
+from helpers import reply
+
 pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(180)]
 
 WINDOW = "5s"  # five 1s scrapes: enough for rate()
@@ -118,12 +120,7 @@ class Exporter:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                body = generate_latest(registry)
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                reply(self, generate_latest(registry), "text/plain; version=0.0.4; charset=utf-8")
 
             def log_message(self, *args: Any) -> None:
                 pass

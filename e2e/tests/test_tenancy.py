@@ -21,6 +21,8 @@ from e2e.fixtures import Cluster
 from e2e.operator_fixtures import OperatorProcess, Services, condition, sample
 from e2e.prometheus import PrometheusServer, ScrapeTarget
 
+from helpers import reply
+
 pytestmark = pytest.mark.cluster
 
 FOREIGN = 52.6
@@ -36,11 +38,7 @@ class Gauge:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                reply(self, body, "text/plain; version=0.0.4")
 
             def log_message(self, *args: Any) -> None:
                 pass

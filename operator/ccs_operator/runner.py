@@ -64,8 +64,7 @@ def pool_size(config: OperatorConfig) -> int:
     stream of the operator's own (each holds its connection for minutes) and one for the
     lease keeper, whose renewals run beside the workers. A smaller pool discards a
     connection each time more are out at once (urllib3's "Connection pool is full" warning)
-    and the next request opens a new one, TLS handshake included: at 1000 services, with
-    every worker busy, that was most requests."""
+    and the next request opens a new one, TLS handshake included."""
     return config.api_workers + own_watch_streams(config) + 1
 
 
