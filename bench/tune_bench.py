@@ -37,6 +37,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -70,31 +71,37 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def parse_loads(text: str) -> list[tuple[str, str]]:
-    """`lengths@slo;...` -> [(lengths, slo)], the SLO as given: milliseconds (`250`) or a
-    multiple of the sample's own p99 (`x1`)."""
+@dataclass(frozen=True)
+class Slo:
+    """A load's p99 SLO: `value` milliseconds, or (relative) `value` times the sample's own p99."""
+
+    value: float
+    relative: bool
+
+
+def parse_loads(text: str) -> list[tuple[str, Slo]]:
+    """`lengths@slo;...` -> [(lengths, Slo)]: `@250` is 250 ms, `@x1` the sample's own p99."""
     loads = []
     for part in text.split(";"):
         lengths, sep, slo = part.partition("@")
         if not sep or not lengths:
             raise SystemExit(f"--loads: {part!r} is not lengths@slo (e.g. 1:1@x1 or 1:1@100)")
+        relative = slo.startswith("x")
         try:
-            float(slo[1:] if slo.startswith("x") else slo)
+            value = float(slo[1:] if relative else slo)
         except ValueError:
             raise SystemExit(
                 f"--loads: SLO {slo!r} is neither milliseconds nor x<factor>"
             ) from None
-        loads.append((lengths, slo))
+        loads.append((lengths, Slo(value, relative)))
     return loads
 
 
 def reference_p99(
     ccs: ClaudeCodeService, space: Space, load: Load, rounds: int
 ) -> tuple[float, list[float]]:
-    """The sample's own configuration measured `rounds` times: the median p99 and every p99.
-    A relative SLO is a multiple of it, so the goal follows this host's speed (a fixed
-    number of milliseconds is met by every configuration on a fast host and by none on a
-    slow one)."""
+    """The sample's own configuration measured `rounds` times: the median p99 and every p99
+    (a relative SLO is a multiple of the median)."""
     measure = TritonMeasure(ccs, load, math.inf, str(COMPUTE_MODEL_DIR))
     start = space.start(ccs)
     p99s = [measure(start).p99_ms for _ in range(rounds)]
@@ -102,23 +109,19 @@ def reference_p99(
 
 
 def compare(
-    ccs: ClaudeCodeService, space: Space, args: argparse.Namespace, lengths: str, slo_text: str
+    ccs: ClaudeCodeService, space: Space, args: argparse.Namespace, lengths: str, spec: Slo
 ) -> tuple[list[str], str]:
     """Tuner then grid for one load shape: the subsection's lines and a one-line verdict."""
     load = Load(args.concurrency, lengths, args.warmup, args.window)
-    slo_note = ""
-    if slo_text.startswith("x"):
-        factor = float(slo_text[1:])
+    slo, slo_note = spec.value, ""
+    if spec.relative:
         progress(f"reference: the sample's configuration, {args.reference_rounds} rounds")
         reference, p99s = reference_p99(ccs, space, load, args.reference_rounds)
-        slo = round(factor * reference, 1)
+        slo = round(spec.value * reference, 1)
         slo_note = (
-            f" ({factor:g}x the sample's own p99, median of {len(p99s)} measurements first: "
-            + ", ".join(f"{p:.1f}" for p in p99s)
-            + " ms)"
+            f" ({spec.value:g}x the sample's own p99, median of {len(p99s)} measurements "
+            "first: " + ", ".join(f"{p:.1f}" for p in p99s) + " ms)"
         )
-    else:
-        slo = float(slo_text)
     measure = TritonMeasure(ccs, load, slo, str(COMPUTE_MODEL_DIR))
     grid_size = len(space.grid())
     budget = default_budget(space)
